@@ -1,0 +1,199 @@
+"""One frozen Config read by every stage; CLI flags are generated from its fields.
+
+Precedence: field defaults < `--config FILE` (JSON or YAML) < command-line flags.
+Each field's trailing comment is its `--help` text.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+DEFAULT_DATA = "data/digit-recognizer"
+
+
+@dataclass(frozen=True)
+class Config:
+    # data and folds
+    data: str = DEFAULT_DATA  # competition folder, the zip `kaggle competitions download` leaves, or 'sample'
+    folds_path: str = "folds/folds.csv"  # fold of every train row, written by make_folds, read by train
+    n_splits: int = 5  # number of folds, 2..20
+    seed: int = 42  # seed for folds, weight init, batch order and augmentation
+    group_col: str = ""  # train.csv column whose rows must share a fold (StratifiedGroupKFold); '' = none
+    # model
+    model: str = "digit_cnn"  # any timm model name; digit_cnn is the pipeline's own CNN for 28x28 digits
+    pretrained: bool = False  # hub weights need internet: refused, use --pretrained-path
+    pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
+    img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
+    # training
+    fold: str = "all"  # 'all' or one fold index 0..n_splits-1
+    epochs: int = 15  # passes over the fold's training rows, >= 1
+    batch_size: int = 0  # images per optimizer step; 0 = auto: the largest of 256/128/64/32 giving >= 16 steps an epoch
+    lr: float = 3e-3  # peak AdamW learning rate after warmup, > 0
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (not on norms and biases), >= 0
+    label_smoothing: float = 0.1  # on the training loss only, 0 <= x < 1
+    warmup_epochs: float = 1.0  # linear warmup length in epochs, then cosine decay to 0, >= 0
+    rotate: float = 10.0  # training augmentation: max rotation in degrees, 0..45
+    scale: float = 0.1  # training augmentation: max zoom in or out as a fraction, 0..0.5
+    shift: float = 0.08  # training augmentation: max translation as a fraction of the side, 0..0.5
+    exp: tuple[str, ...] = ()  # experiment name(s) under weights_dir: train takes one, infer several; () = model name
+    weights_dir: str = "weights"  # where experiments live: weights/<exp>/
+    device: str = "auto"  # auto | cpu | cuda
+    overwrite: bool = False  # train: replace an existing experiment's folds
+    resume: bool = False  # train: continue an interrupted experiment
+    # inference
+    tta: bool = False  # infer: test-time augmentation with ttach
+    tta_preset: str = "digits"  # infer: 'digits' (shifts, zoom: label-preserving) or 'flips' (natural images)
+    ensemble: str = "mean"  # infer with several experiments: 'mean' or 'learned' (softmax weights fitted on OOF)
+    out: str = ""  # infer: submission path; '' = submissions/<exp>.csv
+    # submit
+    submission: str = ""  # submit: the csv to check and send
+    message: str = ""  # submit: submission description
+    competition: str = "digit-recognizer"  # submit: Kaggle competition slug
+    dry_run: bool = False  # submit: validate only, send nothing
+
+    def __post_init__(self):
+        for problem in _problems(self):
+            raise PipelineError(problem)
+
+    @property
+    def exp_name(self) -> str:
+        """The single experiment train writes to."""
+        return self.exp[0] if self.exp else self.model
+
+    def fold_ids(self, n_splits: int) -> list[int]:
+        """The folds to train: all of them, or the one named by --fold."""
+        if self.fold == "all":
+            return list(range(n_splits))
+        k = int(self.fold)
+        if k >= n_splits:
+            raise PipelineError(f"--fold: must be 'all' or 0..{n_splits - 1} (the folds file has {n_splits}), got {k}")
+        return [k]
+
+
+RULES = {  # field -> (test, rule text)
+    "n_splits": (lambda v: 2 <= v <= 20, "must be 2..20"),
+    "img_size": (lambda v: 16 <= v <= 512, "must be 16..512"),
+    "fold": (lambda v: v == "all" or (v.isdigit() and int(v) < 20), "must be 'all' or a fold index 0..n_splits-1"),
+    "epochs": (lambda v: v >= 1, "must be >= 1"),
+    "batch_size": (lambda v: v == 0 or v >= 2, "must be 0 (auto) or >= 2"),
+    "lr": (lambda v: 0 < v < 10, "must be > 0 (and < 10)"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "warmup_epochs": (lambda v: v >= 0, "must be >= 0"),
+    "rotate": (lambda v: 0 <= v <= 45, "must be 0..45 degrees"),
+    "scale": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
+    "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
+    "tta_preset": (lambda v: v in ("digits", "flips"), "must be 'digits' or 'flips'"),
+    "ensemble": (lambda v: v in ("mean", "learned"), "must be 'mean' or 'learned'"),
+    "exp": (lambda v: all(re.fullmatch(r"[\w.+-]+", e) for e in v), "must be names of letters, digits, _ . + -"),
+}
+
+
+def _problems(cfg: Config):
+    for name, (ok, rule) in RULES.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            yield f"{flag(name)}: {rule}, got {value!r}"
+    if cfg.resume and cfg.overwrite:
+        yield "--resume and --overwrite: choose one"
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_help() -> dict[str, str]:
+    """Trailing comments of the Config fields, used as --help text."""
+    source = inspect.getsource(Config)
+    return dict(re.findall(r"^\s+(\w+): [^#\n]+#\s*(.+)$", source, flags=re.M))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as for every bad input
+        raise PipelineError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser(prog: str, names: list[str], doc: str = "", positional: tuple[str, ...] = (),
+                 short: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """An argument parser exposing the Config fields in `names` as flags."""
+    parser = _Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of field values, applied before flags")
+    hints, helps, short = typing.get_type_hints(Config), _field_help(), short or {}
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for name in names:
+        kind, text = hints[name], f"{helps.get(name, '')} (default: {defaults[name]!r})"
+        opts = [name] if name in positional else [s for s in (short.get(name), flag(name)) if s]
+        extra = {} if name in positional else {"dest": name, "default": None}
+        if kind is bool:
+            parser.add_argument(*opts, action=argparse.BooleanOptionalAction, help=text, **extra)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(*opts, nargs="+", type=typing.get_args(kind)[0], metavar="NAME", help=text, **extra)
+        else:
+            parser.add_argument(*opts, type=kind, metavar=name.upper() if name in positional else None,
+                                help=text, **extra)
+    return parser
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"--config: {path} not found")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        raise PipelineError(f"{path}: not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'} ({e})") from None
+    if not isinstance(values, dict):
+        raise PipelineError(f"{path}: expected a mapping of field names to values, got {type(values).__name__}")
+    return values
+
+
+def make_config(values: dict, source: str = "config") -> Config:
+    """Config from a mapping, refusing unknown keys and coercing to the annotated types."""
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise PipelineError(f"{source}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(hints)}")
+    typed = {}
+    for name, value in values.items():
+        kind = hints[name]
+        try:
+            if typing.get_origin(kind) is tuple:
+                typed[name] = tuple(str(v) for v in ([value] if isinstance(value, str) else value))
+            elif kind is bool and not isinstance(value, bool):
+                raise ValueError(value)
+            else:
+                typed[name] = kind(value)
+        except (TypeError, ValueError):
+            raise PipelineError(f"{source}: {name} must be {getattr(kind, '__name__', kind)}, got {value!r}") from None
+    return Config(**typed)
+
+
+def parse_config(argv: list[str] | None, prog: str, names: list[str], doc: str = "",
+                 positional: tuple[str, ...] = (), short: dict[str, str] | None = None) -> Config:
+    """defaults < --config FILE < flags, validated before any work starts."""
+    parser = build_parser(prog, names, doc, positional, short)
+    args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    config_file = args.pop("config")
+    values = load_config_file(config_file) if config_file else {}
+    values.update({k: v for k, v in args.items() if v is not None})
+    return make_config(values, source=config_file or prog)
+
+
+def to_dict(cfg: Config) -> dict:
+    """JSON-ready dict of the config (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}

@@ -1,0 +1,154 @@
+"""Offline inference: k fold models (pretrained=False) averaged, optional TTA, optional blend of experiments.
+
+    python -m pipeline.infer --tta                          # submissions/digit_cnn.csv
+    python -m pipeline.infer --exp a b --ensemble learned   # blend two experiments, weights fitted on OOF
+    python -m pipeline.infer --data /kaggle/input/digit-recognizer --weights-dir /kaggle/input/my-weights
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import data
+from pipeline.checkpoint import load_checkpoint, write_csv, write_json, write_npy
+from pipeline.config import Config, parse_config
+from pipeline.engine import predict, resolve_device
+from pipeline.ensemble import blend, fit_weights, honest_blend_scores
+from pipeline.errors import PipelineError, main_guard
+from pipeline.experiment import prob_columns
+from pipeline.metrics import scores
+from pipeline.models import build_model
+from pipeline.tta import with_tta
+
+FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size"]
+
+
+def run(cfg: Config) -> pd.DataFrame:
+    exps = cfg.exp or (default_experiment(Path(cfg.weights_dir), cfg.model),)
+    src = data.resolve(cfg.data)
+    test = data.read_test(src)
+    sample = data.read_sample_submission(src, len(test))
+    device = resolve_device(cfg.device)
+    images = torch.from_numpy(test).to(device)  # (N, 1, 28, 28) uint8
+    test_probs = np.stack([predict_experiment(Path(cfg.weights_dir) / e, images, cfg, device) for e in exps])
+    if len(exps) == 1:
+        final = test_probs[0]
+    else:
+        weights = ensemble_weights(Path(cfg.weights_dir), exps, cfg.ensemble)
+        final = blend(test_probs, weights)
+    out = Path(cfg.out or f"submissions/{'+'.join(exps)}{'_' + cfg.ensemble if len(exps) > 1 else ''}.csv")
+    submission = sample.copy()
+    submission[sample.columns[1]] = final.argmax(1).astype(np.int64)
+    write_csv(submission, out)
+    counts = np.bincount(final.argmax(1), minlength=final.shape[1])
+    print(f"wrote {out}: {len(submission):,} rows, predicted class counts {counts.tolist()}")
+    return submission
+
+
+def default_experiment(weights_dir: Path, model: str) -> str:
+    found = sorted(p.parent.name for p in weights_dir.glob("*/config.json"))
+    if model in found or len(found) == 1:
+        return model if model in found else found[0]
+    if not found:
+        raise PipelineError(f"{weights_dir}/: no trained experiment; train one with: python -m pipeline.train --fold all")
+    raise PipelineError(f"--exp: {weights_dir}/ holds several experiments ({', '.join(found)}); name one or more")
+
+
+def fold_checkpoints(exp_dir: Path) -> list[Path]:
+    """The k fold checkpoints of an experiment, refusing a partial set."""
+    if not (exp_dir / "config.json").is_file():
+        raise PipelineError(f"{exp_dir}: not a trained experiment (no config.json)")
+    n_splits = json.loads((exp_dir / "config.json").read_text())["n_splits"]
+    paths = [exp_dir / f"fold{k}.pth" for k in range(n_splits)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise PipelineError(f"{exp_dir}: missing fold weights {', '.join(missing)} of {n_splits}; train them with: "
+                            f"python -m pipeline.train --exp {exp_dir.name} --fold all --resume")
+    return paths
+
+
+def load_fold_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """Rebuild the fold's model from the config stored in its checkpoint (pretrained=False)."""
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("config") or {}
+    for key, want in (("num_classes", data.NUM_CLASSES), ("in_chans", 1)):
+        if saved.get(key) != want:
+            raise PipelineError(f"{path}: checkpoint has {key}={saved.get(key)!r}, the data needs {want}")
+    model = build_model(saved["model"], saved["num_classes"], saved["in_chans"], saved["img_size"], pretrained=False)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise PipelineError(f"{path}: weights do not fit {saved['model']} ({str(e).splitlines()[1].strip()[:120]})") from None
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device).eval(), saved["img_size"]
+
+
+def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, device: torch.device) -> np.ndarray:
+    """Mean of the k fold models' test probabilities (N, C); saved as weights/<exp>/test_probs.npy."""
+    paths = fold_checkpoints(exp_dir)
+    total = None
+    for k, path in enumerate(paths):
+        model, img_size = load_fold_model(path, device)
+        if cfg.tta:
+            model = with_tta(model, cfg.tta_preset)
+        probs = predict(model, images, cfg.batch_size or 1024, img_size, device,
+                        desc=f"{exp_dir.name} fold {k}{' tta' if cfg.tta else ''}")
+        total = probs if total is None else total + probs
+    mean = total / len(paths)
+    write_npy(mean, exp_dir / "test_probs.npy")
+    write_json({"tta": cfg.tta, "tta_preset": cfg.tta_preset if cfg.tta else None, "folds": len(paths),
+                "rows": len(mean)}, exp_dir / "test_probs.json")
+    print(f"{exp_dir.name}: {len(paths)} folds{' with TTA (' + cfg.tta_preset + ')' if cfg.tta else ''} -> "
+          f"{exp_dir / 'test_probs.npy'}")
+    return mean
+
+
+def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M, N, C) OOF probabilities of the experiments, their labels and folds; all must share the folds."""
+    frames = []
+    for e in exps:
+        path = weights_dir / e / "oof.csv"
+        if not path.is_file():
+            raise PipelineError(f"{path}: not found; the ensemble needs every experiment's OOF (train --fold all)")
+        frames.append(pd.read_csv(path).sort_values("id").reset_index(drop=True))
+    first = frames[0]
+    for e, f in zip(exps[1:], frames[1:]):
+        if not (f["id"].equals(first["id"]) and f["fold"].equals(first["fold"])):
+            raise PipelineError(f"--exp: {e} and {exps[0]} have different OOF rows or folds; "
+                                "blend experiments trained on the same folds file with --fold all")
+    cols = prob_columns(len([c for c in first.columns if c.startswith("p") and c[1:].isdigit()]))
+    probs = np.stack([f[cols].to_numpy() for f in frames])
+    return probs, first["label"].to_numpy(), first["fold"].to_numpy()
+
+
+def ensemble_weights(weights_dir: Path, exps: tuple[str, ...], method: str) -> np.ndarray:
+    """Equal weights, or softmax weights fitted on OOF; prints the OOF scores that justify them."""
+    probs, labels, folds = read_oofs(weights_dir, exps)
+    for e, p in zip(exps, probs):
+        print(f"OOF {e}: accuracy {scores(p, labels)['accuracy']:.5f}  log loss {scores(p, labels)['log_loss']:.4f}")
+    mean = scores(probs.mean(0), labels)
+    print(f"OOF mean blend: accuracy {mean['accuracy']:.5f}  log loss {mean['log_loss']:.4f}")
+    if method == "mean":
+        return np.full(len(exps), 1 / len(exps))
+    weights = fit_weights(probs, labels)
+    honest = honest_blend_scores(probs, labels, folds)
+    print(f"OOF learned blend (weights fitted on the other folds): accuracy {honest['accuracy']:.5f}  "
+          f"log loss {honest['log_loss']:.4f}; weights on all OOF: "
+          + ", ".join(f"{e} {w:.3f}" for e, w in zip(exps, weights)))
+    write_json({"experiments": list(exps), "weights": weights.tolist(), "oof_mean": mean, "oof_learned_honest": honest},
+               weights_dir / f"blend_{'+'.join(exps)}.json")
+    return weights
+
+
+def main(argv=None) -> int:
+    return main_guard(lambda a: run(parse_config(a, "infer", FLAGS, __doc__)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

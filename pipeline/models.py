@@ -1,0 +1,110 @@
+"""build_model(...) through timm; the pipeline's digit CNN is registered in timm's registry."""
+from __future__ import annotations
+
+import difflib
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import register_model
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.errors import PipelineError
+
+OFFLINE = ("hub weights need internet, which this pipeline and Kaggle's offline inference do not have; "
+           "download them once and pass --pretrained-path FILE (.pth or .safetensors)")
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class DigitCNN(nn.Module):
+    """A small VGG-style CNN sized for 28x28 digits: 28 -> 14 -> 7, global average pool, linear.
+
+    About 0.28M parameters at width 32; cheap enough to train five folds on a laptop CPU.
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.3):
+        super().__init__()
+        w = width
+        self.num_classes = num_classes
+        self.features = nn.Sequential(
+            _conv_bn(in_chans, w),  # (B, w, 28, 28)
+            _conv_bn(w, 2 * w, stride=2), _conv_bn(2 * w, 2 * w),  # (B, 2w, 14, 14)
+            _conv_bn(2 * w, 4 * w, stride=2), _conv_bn(4 * w, 4 * w),  # (B, 4w, 7, 7)
+        )
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).mean((2, 3))  # (B, 4w)
+        return self.fc(self.head_drop(x))
+
+
+@register_model
+def digit_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, **kwargs) -> DigitCNN:
+    """timm entry point: `timm.create_model('digit_cnn', num_classes=10, in_chans=1)`."""
+    if pretrained:
+        raise PipelineError(f"--pretrained: digit_cnn has no published weights; {OFFLINE}")
+    allowed = {k: kwargs[k] for k in ("width", "drop_rate") if k in kwargs}
+    return DigitCNN(num_classes=num_classes, in_chans=in_chans, **allowed)
+
+
+def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
+                pretrained: bool = False, pretrained_path: str = "") -> nn.Module:
+    """A timm model for (B, in_chans, img_size, img_size) inputs, checked with one forward pass."""
+    if pretrained:
+        raise PipelineError(f"--pretrained: {OFFLINE}")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise PipelineError(f"--model: unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                                                                  "; see timm.list_models()"))
+    kwargs = {}
+    cfg = timm.get_pretrained_cfg(name, allow_unregistered=True)
+    if cfg is not None and getattr(cfg, "fixed_input_size", False):
+        kwargs["img_size"] = img_size  # ViT-style models size their position embeddings at build time
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if pretrained_path:
+        load_pretrained(model, pretrained_path, in_chans)
+    _check_input_size(model, name, in_chans, img_size)
+    return model
+
+
+def _check_input_size(model: nn.Module, name: str, in_chans: int, img_size: int) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, img_size, img_size))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise PipelineError(f"--model {name} cannot take {img_size}x{img_size} inputs "
+                            f"({str(e).splitlines()[0][:100]}); try a larger --img-size such as 64") from None
+    finally:
+        model.train(was_training)
+
+
+def load_pretrained(model: nn.Module, path: str, in_chans: int) -> None:
+    """Start from local weights: the input conv is adapted to in_chans, a mismatched classifier is skipped."""
+    from timm.models import adapt_input_conv
+
+    state = load_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    kept = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key not in own:
+            continue
+        if value.shape != own[key].shape and value.ndim == 4 and value.shape[0] == own[key].shape[0]:
+            value = adapt_input_conv(in_chans, value)
+        if value.shape == own[key].shape:
+            kept[key] = value
+    if not kept:
+        raise PipelineError(f"--pretrained-path: {path} has no weights that fit {type(model).__name__}")
+    model.load_state_dict(kept, strict=False)
+    print(f"loaded {len(kept)}/{len(own)} tensors from {path} (the rest, e.g. the classifier, start fresh)")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DataParallel; checkpoints always hold its state dict."""
+    return model.module if isinstance(model, nn.DataParallel) else model

@@ -1,0 +1,139 @@
+"""Train one timm model per fold; save fold weights, OOF predictions and the local CV.
+
+    python -m pipeline.train --fold all                      # weights/digit_cnn/ on folds/folds.csv
+    python -m pipeline.train --fold 0 --epochs 1 --data data/digit-recognizer.zip
+    python -m pipeline.train --model resnet18 --lr 1e-3 --exp r18 --config my.yaml
+    python -m pipeline.train --fold all --resume             # after an interruption
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from tqdm.auto import tqdm
+
+from pipeline import data, experiment
+from pipeline.checkpoint import load_checkpoint, save_checkpoint, write_json
+from pipeline.config import Config, parse_config, to_dict
+from pipeline.engine import auto_batch_size, predict, resolve_device, steps_per_epoch, train_one_epoch
+from pipeline.errors import PipelineError, main_guard
+from pipeline.folds import read_folds
+from pipeline.metrics import scores
+from pipeline.models import build_model, unwrap
+
+FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
+         "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
+         "exp", "weights_dir", "device", "seed", "overwrite", "resume"]
+
+
+def run(cfg: Config) -> dict:
+    if len(cfg.exp) > 1:
+        raise PipelineError(f"--exp: train writes one experiment, got {len(cfg.exp)}: {' '.join(cfg.exp)}")
+    train = data.read_train(data.resolve(cfg.data))
+    folds = read_folds(cfg.folds_path, train.train_hash, len(train.labels))
+    n_splits = int(folds.max()) + 1
+    fold_ids = cfg.fold_ids(n_splits)
+    if cfg.batch_size == 0:
+        cfg = replace(cfg, batch_size=auto_batch_size(int((folds != 0).sum())))
+    device = resolve_device(cfg.device)
+    build_model(cfg.model, data.NUM_CLASSES, 1, cfg.img_size, cfg.pretrained, cfg.pretrained_path)  # fail fast
+    exp_dir = Path(cfg.weights_dir) / cfg.exp_name
+    resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": n_splits, "num_classes": data.NUM_CLASSES,
+                               "in_chans": 1, "train_hash": train.train_hash}
+    todo = experiment.prepare(exp_dir, resolved, fold_ids, cfg.resume, cfg.overwrite)
+    write_json(resolved, exp_dir / "config.json")
+    print(f"training {cfg.model} on {len(train.labels):,} rows, folds {fold_ids} -> {exp_dir}/ "
+          f"(device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''})")
+    images = torch.from_numpy(train.images).to(device)  # (N, 1, 28, 28) uint8, resident for the whole run
+    labels = torch.from_numpy(train.labels).to(device)
+    started = time.perf_counter()
+    for k in todo:
+        probs = train_fold(cfg, resolved, k, images, labels, folds, exp_dir, device)
+        valid = np.flatnonzero(folds == k)
+        experiment.write_oof(exp_dir, train.ids[valid], k, train.labels[valid], probs)
+        (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
+    cv = experiment.write_cv(exp_dir, n_splits, {"train_seconds": round(time.perf_counter() - started, 1)})
+    print(experiment.format_cv(cv, cfg.exp_name))
+    return cv
+
+
+def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels: torch.Tensor,
+               folds: np.ndarray, exp_dir: Path, device: torch.device) -> np.ndarray:
+    """Train fold k; save its best epoch; return that epoch's validation probabilities (OOF)."""
+    train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(device)
+    valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(device)
+    valid_labels = labels[valid_idx].cpu().numpy()
+    torch.manual_seed(cfg.seed + k)  # weight init and dropout
+    model = build_model(cfg.model, data.NUM_CLASSES, 1, cfg.img_size, pretrained_path=cfg.pretrained_path).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed * 1000 + k)  # batch order and augmentation
+    state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_log_loss": float("inf"), "best_probs": None}
+    last = exp_dir / f"fold{k}.last.pth"
+    if cfg.resume and last.is_file():
+        state = restore(load_checkpoint(last), model, optimizer, generator)
+        print(f"resume: fold {k} continues after epoch {state['epoch']} of {cfg.epochs} "
+              f"(best accuracy so far {state['best_accuracy']:.5f})")
+    x_train, y_train = images[train_idx], labels[train_idx]
+    x_valid = images[valid_idx]
+    total_steps = cfg.epochs * steps_per_epoch(len(train_idx), cfg.batch_size)
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.perf_counter()
+        loss, state["step"] = train_one_epoch(net, optimizer, x_train, y_train, cfg, state["step"], total_steps,
+                                              generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}")
+        probs = predict(net, x_valid, 2 * cfg.batch_size, cfg.img_size, device)
+        valid = scores(probs, valid_labels)
+        improved = (valid["accuracy"], -valid["log_loss"]) > (state["best_accuracy"], -state["best_log_loss"])
+        if improved:  # best by accuracy, ties broken by the lower log loss
+            state |= {"best_accuracy": valid["accuracy"], "best_log_loss": valid["log_loss"], "best_probs": probs}
+            save_checkpoint({"state_dict": unwrap(net).state_dict(), "config": resolved, "fold": k,
+                             "epoch": epoch + 1, "score": valid}, exp_dir / f"fold{k}.pth")
+        seconds = time.perf_counter() - t0
+        lr = optimizer.param_groups[0]["lr"]
+        experiment.append_metrics(exp_dir, {"fold": k, "epoch": epoch + 1, "train_loss": loss,
+                                            "valid_loss": valid["log_loss"], "valid_accuracy": valid["accuracy"],
+                                            "lr": lr, "seconds": round(seconds, 3)})
+        state["epoch"] = epoch + 1
+        save_checkpoint(snapshot(state, model, optimizer, generator), last)
+        tqdm.write(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train loss {loss:.4f}  valid loss "
+                   f"{valid['log_loss']:.4f}  valid acc {valid['accuracy']:.5f}  lr {lr:.2e}  "
+                   f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} img/s{'  *best' if improved else ''}")
+    return state["best_probs"]
+
+
+def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator) -> dict:
+    """Everything needed to continue after this epoch exactly as if never stopped."""
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+            "epoch": state["epoch"], "step": state["step"], "best_accuracy": state["best_accuracy"],
+            "best_log_loss": state["best_log_loss"], "best_probs": torch.from_numpy(state["best_probs"])}
+
+
+def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator) -> dict:
+    model.load_state_dict(saved["state_dict"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    generator.set_state(saved["rng"]["generator"])
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    return {"epoch": saved["epoch"], "step": saved["step"], "best_accuracy": saved["best_accuracy"],
+            "best_log_loss": saved["best_log_loss"], "best_probs": saved["best_probs"].numpy()}
+
+
+def main(argv=None) -> int:
+    return main_guard(lambda a: run(parse_config(a, "train", FLAGS, __doc__)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
