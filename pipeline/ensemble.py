@@ -25,7 +25,7 @@ def fit_weights(probs: np.ndarray, labels: np.ndarray, steps: int = 300, lr: flo
 
     One learnable logit per model, trained by full-batch Adam from equal weights.
     """
-    p = torch.as_tensor(probs, dtype=torch.float64)[:, np.arange(len(labels)), torch.as_tensor(labels)]  # (M, N)
+    p = torch.tensor(probs[:, np.arange(len(labels)), labels], dtype=torch.float64)  # (M, N): p(label) per model
     logits = torch.zeros(len(probs), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     for _ in range(steps):

@@ -56,5 +56,5 @@ def read_folds(path: str, train_hash: str, n_rows: int) -> np.ndarray:
     bad = ~np.isin(folds, np.arange(n_splits))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise PipelineError(f"{path}: row {row + 1}: fold must be 0..{n_splits - 1} (the file has {n_splits} folds), found {df['fold'].iloc[row]!r}")
+        raise PipelineError(f"{path}: row {row + 1}: fold must be 0..{n_splits - 1} (the file has {n_splits} folds), found {df['fold'].iloc[row]}")
     return folds.astype(np.int64)

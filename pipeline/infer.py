@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import prob_columns
 from pipeline.metrics import scores
 from pipeline.models import build_model
-from pipeline.tta import with_tta
 
 FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size"]
 
@@ -96,17 +96,28 @@ def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, device:
     for k, path in enumerate(paths):
         model, img_size = load_fold_model(path, device)
         if cfg.tta:
+            from pipeline.tta import with_tta  # ttach is needed only with --tta
             model = with_tta(model, cfg.tta_preset)
         probs = predict(model, images, cfg.batch_size or 1024, img_size, device,
                         desc=f"{exp_dir.name} fold {k}{' tta' if cfg.tta else ''}")
         total = probs if total is None else total + probs
     mean = total / len(paths)
-    write_npy(mean, exp_dir / "test_probs.npy")
+    where = writable_dir(exp_dir, Path(cfg.out).parent if cfg.out else Path("submissions"))
+    prefix = "" if where == exp_dir else f"{exp_dir.name}_"
+    write_npy(mean, where / f"{prefix}test_probs.npy")
     write_json({"tta": cfg.tta, "tta_preset": cfg.tta_preset if cfg.tta else None, "folds": len(paths),
-                "rows": len(mean)}, exp_dir / "test_probs.json")
+                "rows": len(mean)}, where / f"{prefix}test_probs.json")
     print(f"{exp_dir.name}: {len(paths)} folds{' with TTA (' + cfg.tta_preset + ')' if cfg.tta else ''} -> "
-          f"{exp_dir / 'test_probs.npy'}")
+          f"{where / (prefix + 'test_probs.npy')}")
     return mean
+
+
+def writable_dir(preferred: Path, fallback: Path) -> Path:
+    """The experiment folder, or the output folder when weights are read-only (a Kaggle input dataset)."""
+    if os.access(preferred, os.W_OK):
+        return preferred
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
 
 
 def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,7 +153,7 @@ def ensemble_weights(weights_dir: Path, exps: tuple[str, ...], method: str) -> n
           f"log loss {honest['log_loss']:.4f}; weights on all OOF: "
           + ", ".join(f"{e} {w:.3f}" for e, w in zip(exps, weights)))
     write_json({"experiments": list(exps), "weights": weights.tolist(), "oof_mean": mean, "oof_learned_honest": honest},
-               weights_dir / f"blend_{'+'.join(exps)}.json")
+               writable_dir(weights_dir, Path("submissions")) / f"blend_{'+'.join(exps)}.json")
     return weights
 
 

@@ -1,0 +1,63 @@
+"""A stand-in for the Kaggle server on 127.0.0.1:7777 (kagglesdk's TEST environment).
+
+Only the server is replaced: the real kaggle client builds, authenticates and sends the requests.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT = 7777  # kagglesdk's KaggleEnv.TEST endpoint: http://localhost:7777
+SERVICE = "/v1/competitions.CompetitionApiService/"
+
+
+class FakeKaggle:
+    def __init__(self, accept_rules: bool = True):
+        self.accept_rules = accept_rules
+        self.uploads: list[bytes] = []
+        self.submissions: list[dict] = []
+        self.auth: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _json(self, status: int, body: dict):
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def do_POST(self):
+                request = json.loads(self._body() or b"{}")
+                server.auth.append(self.headers.get("Authorization", ""))
+                if self.path == SERVICE + "StartSubmissionUpload":
+                    return self._json(200, {"token": "blob-token", "createUrl": f"http://localhost:{PORT}/upload"})
+                if self.path == SERVICE + "CreateSubmission":
+                    if not server.accept_rules:
+                        return self._json(403, {"code": 403, "message": "You must accept this competition's rules"})
+                    server.submissions.append(request)
+                    return self._json(200, {"message": "Successfully submitted to Digit Recognizer"})
+                return self._json(404, {"code": 404, "message": f"unknown {self.path}"})
+
+            def do_PUT(self):
+                server.uploads.append(self._body())
+                self._json(200, {})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

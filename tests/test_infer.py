@@ -1,0 +1,74 @@
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import infer, make_folds, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def two_experiments(tiny_comp, workdir):
+    comp = str(tiny_comp)
+    assert make_folds.main(["--data", comp]) == 0
+    for exp, lr in (("a", "3e-3"), ("b", "1e-3")):
+        assert train.main(["--data", comp, "--epochs", "2", "--batch-size", "32", "--lr", lr, "--exp", exp]) == 0
+    return comp
+
+
+def test_mean_and_learned_ensembles(two_experiments, workdir, capsys):
+    comp = two_experiments
+    assert infer.main(["--data", comp, "--exp", "a", "b", "--ensemble", "mean"]) == 0
+    pa, pb = (np.load(workdir / "weights" / e / "test_probs.npy") for e in "ab")
+    mean_sub = pd.read_csv("submissions/a+b_mean.csv")
+    assert (mean_sub["Label"].to_numpy() == ((pa + pb) / 2).argmax(1)).all()
+    assert infer.main(["--data", comp, "--exp", "a", "b", "--ensemble", "learned"]) == 0
+    out = capsys.readouterr().out
+    assert "OOF mean blend" in out and "OOF learned blend (weights fitted on the other folds)" in out
+    blend = json.loads((workdir / "weights" / "blend_a+b.json").read_text())
+    w = np.array(blend["weights"])
+    assert w.sum() == pytest.approx(1) and (w > 0).all()
+    learned = pd.read_csv("submissions/a+b_learned.csv")
+    assert (learned["Label"].to_numpy() == (w[0] * pa + w[1] * pb).argmax(1)).all()
+
+
+def test_missing_fold_weights_listed(two_experiments, workdir, capsys):
+    os.remove(workdir / "weights" / "a" / "fold1.pth")
+    os.remove(workdir / "weights" / "a" / "fold3.pth")
+    assert infer.main(["--data", two_experiments, "--exp", "a"]) == 2
+    assert "missing fold weights fold1.pth, fold3.pth of 5" in capsys.readouterr().err
+
+
+def test_checkpoint_classes_must_match_data(two_experiments, workdir, capsys):
+    path = workdir / "weights" / "a" / "fold0.pth"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["num_classes"] = 7
+    torch.save(ckpt, path)
+    assert infer.main(["--data", two_experiments, "--exp", "a"]) == 2
+    assert "fold0.pth: checkpoint has num_classes=7, the data needs 10" in capsys.readouterr().err
+
+
+def test_several_experiments_need_a_name(two_experiments, capsys):
+    assert infer.main(["--data", two_experiments]) == 2
+    assert "holds several experiments (a, b)" in capsys.readouterr().err
+
+
+def test_kaggle_notebook_runs_offline(two_experiments, workdir):
+    """The notebook's own cells, with the /kaggle/input paths pointed at this run's files."""
+    nb = json.loads(open(os.path.join(os.path.dirname(__file__), "..", "notebooks", "kaggle_inference.ipynb")).read())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)  # outputs stripped
+    source = "\n".join("".join(c["source"]) for c in code)
+    assert "pretrained\": True" not in source and "import pipeline" not in source.replace("from pipeline", "")
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    source = (source.replace('"/kaggle/input/pipeline-code"', repr(repo))
+              .replace('"/kaggle/input/pipeline-weights"', repr(str(workdir / "weights")))
+              .replace('"/kaggle/input/digit-recognizer"', repr(two_experiments))
+              .replace('["digit_cnn"]', '["a", "b"]')
+              .replace("/kaggle/working/submission.csv", str(workdir / "submission.csv")))
+    exec(compile(source, "kaggle_inference.ipynb", "exec"), {})
+    assert len(pd.read_csv(workdir / "submission.csv")) == 40

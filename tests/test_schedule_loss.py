@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import Config
+from pipeline.engine import auto_batch_size, predict, train_one_epoch
+from pipeline.metrics import log_loss, scores
+from pipeline.schedule import lr_at
+
+
+def test_warmup_is_linear_then_cosine_to_zero():
+    lrs = [lr_at(s, total_steps=100, warmup_steps=10, peak_lr=1.0) for s in range(100)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
+
+
+def test_no_warmup_starts_at_peak():
+    assert lr_at(0, 10, 0, 0.1) == pytest.approx(0.1)
+
+
+def test_auto_batch_size_keeps_enough_steps():
+    assert auto_batch_size(33_600) == 256 and auto_batch_size(1_150) == 64 and auto_batch_size(100) == 32
+
+
+class Recorder(torch.nn.Module):
+    """A linear model that remembers the labels' smoothed loss it was trained with."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)[:, :4])
+
+
+def test_label_smoothing_on_training_loss_only():
+    torch.manual_seed(0)
+    model = Recorder()
+    images = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (8,))
+    cfg = Config(batch_size=8, lr=1e-9, label_smoothing=0.2, rotate=0, scale=0, shift=0, img_size=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    cfg = Config(**{**cfg.__dict__, "img_size": 16})
+    from pipeline.augment import to_model_input
+    x = to_model_input(images, 16, False)
+    expected = F.cross_entropy(model(x), labels, label_smoothing=0.2).item()
+    loss, step = train_one_epoch(model, opt, images, labels, cfg, 0, 1, torch.Generator().manual_seed(0))
+    assert loss == pytest.approx(expected, rel=1e-5) and step == 1
+    probs = predict(model, images, 4, 16, torch.device("cpu"))
+    hard = F.cross_entropy(model(x), labels).item()  # validation: hard labels, no smoothing
+    assert log_loss(probs, labels.numpy()) == pytest.approx(hard, rel=1e-4)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_scores():
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3]])
+    s = scores(probs, np.array([0, 1, 1]))
+    assert s["accuracy"] == pytest.approx(2 / 3)
+    assert s["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.6) + np.log(0.3)) / 3)

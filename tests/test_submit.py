@@ -1,0 +1,75 @@
+import pandas as pd
+import pytest
+
+from pipeline import submit
+from pipeline.errors import PipelineError
+from pipeline.submit import validate_submission
+
+from fake_kaggle import PORT, FakeKaggle
+
+SAMPLE = pd.DataFrame({"ImageId": [1, 2, 3], "Label": [0, 0, 0]})
+
+
+def test_valid_submission_passes():
+    validate_submission(pd.DataFrame({"ImageId": [1, 2, 3], "Label": [3, 9, 0]}), SAMPLE, 10, "s.csv")
+
+
+@pytest.mark.parametrize("sub, message", [
+    (pd.DataFrame({"id": [1, 2, 3], "Label": [1, 2, 3]}), "header must be ImageId,Label, found id,Label"),
+    (pd.DataFrame({"ImageId": [1, 2], "Label": [1, 2]}), "expected 3 rows .* found 2"),
+    (pd.DataFrame({"ImageId": [1, 3, 2], "Label": [1, 2, 3]}), "row 2: ImageId should be 2, found 3"),
+    (pd.DataFrame({"ImageId": [1, 2, 3], "Label": [1, 10, 3]}), "row 2: Label must be an integer 0..9, found 10"),
+    (pd.DataFrame({"ImageId": [1, 2, 3], "Label": [1, 2.5, 3]}), "row 2: Label must be an integer"),
+])
+def test_invalid_submission(sub, message):
+    with pytest.raises(PipelineError, match=message):
+        validate_submission(sub, SAMPLE, 10, "s.csv")
+
+
+@pytest.fixture
+def submission(tiny_comp, workdir):
+    sample = pd.read_csv(tiny_comp / "sample_submission.csv")
+    sample.assign(Label=7).to_csv("sub.csv", index=False)
+    return "sub.csv"
+
+
+@pytest.fixture
+def kaggle_env(monkeypatch, tmp_path):
+    """Credentials in the environment and the client's API address pointed at the local fake server."""
+    import kagglesdk.kaggle_env as kaggle_env
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, f"http://localhost:{PORT}")
+
+
+def test_submit_through_real_client(tiny_comp, submission, kaggle_env, capsys):
+    with FakeKaggle() as server:
+        assert submit.main([submission, "-m", "first try", "--data", str(tiny_comp)]) == 0
+    assert server.uploads == [open(submission, "rb").read()]
+    assert server.submissions == [{"competitionName": "digit-recognizer", "blobFileTokens": "blob-token",
+                                   "submissionDescription": "first try"}]
+    assert "Successfully submitted" in capsys.readouterr().out
+
+
+def test_rules_not_accepted(tiny_comp, submission, kaggle_env, capsys):
+    with FakeKaggle(accept_rules=False):
+        assert submit.main([submission, "-m", "x", "--data", str(tiny_comp)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: kaggle: submission refused (403): accept the competition rules")
+
+
+def test_missing_credentials(tiny_comp, submission, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert submit.main([submission, "-m", "x", "--data", str(tiny_comp)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: kaggle: no credentials")
+
+
+def test_invalid_file_is_not_sent(tiny_comp, workdir, kaggle_env, capsys):
+    pd.DataFrame({"ImageId": [1], "Label": [1]}).to_csv("short.csv", index=False)
+    with FakeKaggle() as server:
+        assert submit.main(["short.csv", "-m", "x", "--data", str(tiny_comp)]) == 2
+    assert server.uploads == [] and "expected 40 rows" in capsys.readouterr().err
