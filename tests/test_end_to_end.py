@@ -52,3 +52,14 @@ def test_training_on_real_format_learns(sample_dir, workdir):
     cv = json.loads((workdir / "weights" / "digit_cnn" / "cv.json").read_text())
     assert cv["folds_present"] == [0] and not cv["complete"]
     assert cv["oof"]["accuracy"] > 0.8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_whole_pipeline_on_cuda(tiny_comp, workdir):
+    """bf16 autocast, channels_last and the GPU-resident data path end to end."""
+    comp = str(tiny_comp)
+    assert make_folds.main(["--data", comp]) == 0
+    assert train.main(["--data", comp, "--epochs", "2", "--device", "cuda"]) == 0
+    assert infer.main(["--data", comp, "--tta", "--device", "cuda"]) == 0
+    assert len(pd.read_csv("submissions/digit_cnn.csv")) == 40

@@ -1,0 +1,159 @@
+"""Side-by-side training benchmark: the seed-notebook loop vs the pipeline's own training path.
+
+    python -m pipeline.bench --data data/digit-recognizer.zip --device cuda --model resnet18 --batch-size 256
+    python -m pipeline.bench --data data/digit-recognizer.zip --device cpu --limit 4000
+
+Both train fold 0 with the same model, batch size, optimizer (timm AdamW), warmup-cosine schedule,
+label smoothing, augmentation ranges and epochs, in one process, one after the other:
+1. seed notebook: a Dataset reading one pandas row per item, albumentations Affine on CPU,
+   DataLoader worker processes, fp32, torch.nn.DataParallel;
+2. pipeline: `pipeline.train.train_fold`, the exact code `train` runs.
+Figures are printed, never asserted. The last line is the speedup.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+
+from pipeline import data
+from pipeline.augment import MEAN, STD, albumentations_affine
+from pipeline.config import Config, build_parser, load_config_file, make_config, to_dict
+from pipeline.engine import auto_batch_size, resolve_device, steps_per_epoch
+from pipeline.errors import main_guard
+from pipeline.folds import assign_folds
+from pipeline.metrics import accuracy
+from pipeline.models import build_model
+from pipeline.schedule import lr_at
+from pipeline.train import train_fold
+
+FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed"]
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """The notebooks' Dataset: one DataFrame row per item, augmented with albumentations."""
+
+    def __init__(self, frame: pd.DataFrame, transform=None):
+        self.frame, self.transform = frame, transform
+
+    def __len__(self):
+        return len(self.frame)
+
+    def __getitem__(self, i):
+        label = int(self.frame.iloc[i, 0])
+        image = self.frame.iloc[i, 1:].to_numpy(dtype=np.uint8).reshape(28, 28)
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        x = (torch.from_numpy(image.astype(np.float32) / 255.0)[None] - MEAN) / STD
+        return x, label
+
+
+def seed_notebook_fold(cfg: Config, frame: pd.DataFrame, folds: np.ndarray, device: torch.device,
+                       workers: int) -> dict:
+    """Train fold 0 the way the seed notebooks do; returns figures."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.NUM_CLASSES, 1, 28).to(device)
+    net = nn.DataParallel(model)
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_rows, valid_rows = frame[folds != 0].reset_index(drop=True), frame[folds == 0].reset_index(drop=True)
+    augment = albumentations_affine(cfg.rotate, cfg.scale, cfg.shift)
+    train_loader = torch.utils.data.DataLoader(RowDataset(train_rows, augment), batch_size=cfg.batch_size,
+                                               shuffle=True, drop_last=True, num_workers=workers)
+    valid_loader = torch.utils.data.DataLoader(RowDataset(valid_rows), batch_size=2 * cfg.batch_size,
+                                               num_workers=workers)
+    n_steps = steps_per_epoch(len(train_rows), cfg.batch_size)
+    total, warmup, step, best = cfg.epochs * n_steps, round(cfg.warmup_epochs * n_steps), 0, 0.0
+    started = time.perf_counter()
+    for _ in range(cfg.epochs):
+        net.train()
+        for x, y in train_loader:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, warmup, cfg.lr)
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+        net.eval()
+        with torch.no_grad():
+            probs = torch.cat([net(x.to(device)).softmax(1).cpu() for x, _ in valid_loader]).numpy()
+        best = max(best, accuracy(probs, valid_rows["label"].to_numpy()))
+    return {"seconds": time.perf_counter() - started, "images": len(train_rows) * cfg.epochs, "accuracy": best}
+
+
+def pipeline_fold(cfg: Config, train: data.TrainSet, folds: np.ndarray, device: torch.device) -> dict:
+    """Fold 0 through `train_fold`, the function `python -m pipeline.train` calls."""
+    images = torch.from_numpy(train.images).to(device)
+    labels = torch.from_numpy(train.labels).to(device)
+    resolved = to_dict(cfg) | {"n_splits": 5, "num_classes": data.NUM_CLASSES, "in_chans": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        probs = train_fold(cfg, resolved, 0, images, labels, folds, Path(tmp), device)
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "images": int((folds != 0).sum()) * cfg.epochs,
+            "accuracy": accuracy(probs, train.labels[folds == 0])}
+
+
+def memory(device: torch.device) -> str:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB" if device.type == "cuda" else ""
+    return f"peak host RSS {rss:,.0f} MiB (largest worker {workers:,.0f} MiB){gpu}"
+
+
+def report(name: str, r: dict, cfg: Config, device: torch.device) -> float:
+    rate = r["images"] / r["seconds"]
+    print(f"{name:<14} {rate:>10,.0f} img/s  {r['seconds'] / cfg.epochs:7.2f} s/epoch  "
+          f"valid acc {r['accuracy']:.5f}  {memory(device)}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    return rate
+
+
+def run(cfg: Config, limit: int, workers: int) -> float:
+    device = resolve_device(cfg.device)
+    src = data.resolve(cfg.data)
+    train = data.read_train(src)
+    if limit:
+        train = data.TrainSet(train.images[:limit], train.labels[:limit], train.ids[:limit], None, train.train_hash)
+    frame = pd.DataFrame(train.images.reshape(len(train.labels), -1), columns=data.PIXELS)
+    frame.insert(0, "label", train.labels)
+    folds = assign_folds(train.labels, 5, cfg.seed)
+    cfg = replace(cfg, batch_size=cfg.batch_size or auto_batch_size(int((folds != 0).sum())))
+    print(f"bench: {cfg.model}, fold 0 of {len(folds):,} rows, batch {cfg.batch_size}, {cfg.epochs} epochs, "
+          f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, "
+          f"{os.cpu_count()} CPUs, seed-notebook workers {workers}")
+    seed = report("seed-notebook", seed_notebook_fold(cfg, frame, folds, device, workers), cfg, device)
+    fast = report("pipeline", pipeline_fold(cfg, train, folds, device), cfg, device)
+    print(f"speedup: {fast / seed:.1f}x (pipeline {fast:,.0f} img/s vs seed-notebook {seed:,.0f} img/s)")
+    return fast / seed
+
+
+def main(argv=None) -> int:
+    def go(argv):
+        parser = build_parser("bench", FLAGS, __doc__)
+        parser.add_argument("--limit", type=int, default=0, help="use the first N train rows (0 = all)")
+        parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                            help="seed-notebook DataLoader worker processes")
+        args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+        limit, workers, config_file = args.pop("limit"), args.pop("workers"), args.pop("config")
+        values = {"epochs": 3} | (load_config_file(config_file) if config_file else {})
+        values |= {k: v for k, v in args.items() if v is not None}
+        run(make_config(values, config_file or "bench"), limit, workers)
+    return main_guard(go, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
