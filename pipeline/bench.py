@@ -29,7 +29,7 @@ from timm.optim import create_optimizer_v2
 
 from pipeline import data
 from pipeline.augment import MEAN, STD, albumentations_affine
-from pipeline.config import Config, build_parser, load_config_file, make_config, to_dict
+from pipeline.config import Config, parse_stage, to_dict
 from pipeline.engine import auto_batch_size, resolve_device, steps_per_epoch
 from pipeline.errors import main_guard
 from pipeline.folds import assign_folds
@@ -122,7 +122,8 @@ def report(name: str, r: dict, cfg: Config, device: torch.device) -> float:
     return rate
 
 
-def run(cfg: Config, limit: int, workers: int) -> float:
+def run(cfg: Config, extra: dict) -> float:
+    limit, workers = extra["limit"], extra["workers"]
     device = resolve_device(cfg.device)
     src = data.resolve(cfg.data)
     train = data.read_train(src)
@@ -142,17 +143,10 @@ def run(cfg: Config, limit: int, workers: int) -> float:
 
 
 def main(argv=None) -> int:
-    def go(argv):
-        parser = build_parser("bench", FLAGS, __doc__)
-        parser.add_argument("--limit", type=int, default=0, help="use the first N train rows (0 = all)")
-        parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                            help="seed-notebook DataLoader worker processes")
-        args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
-        limit, workers, config_file = args.pop("limit"), args.pop("workers"), args.pop("config")
-        values = {"epochs": 3} | (load_config_file(config_file) if config_file else {})
-        values |= {k: v for k, v in args.items() if v is not None}
-        run(make_config(values, config_file or "bench"), limit, workers)
-    return main_guard(go, argv)
+    extra = {"limit": {"type": int, "default": 0, "help": "use the first N train rows (0 = all)"},
+             "workers": {"type": int, "default": min(4, os.cpu_count() or 1),
+                         "help": "seed-notebook DataLoader worker processes"}}
+    return main_guard(lambda a: run(*parse_stage(a, "bench", FLAGS, __doc__, {"epochs": 3}, extra)), argv)
 
 
 if __name__ == "__main__":

@@ -49,11 +49,16 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     overwrite: bool = False  # train: replace an existing experiment's folds
     resume: bool = False  # train: continue an interrupted experiment
+    oof_tta: bool = False  # train: also score TTA on the OOF rows (oof_tta.csv, cv.json), to know its gain locally
+    report: bool = False  # train: write weights/<exp>/report/ (figures and report.md) at the end
     # inference
     tta: bool = False  # infer: test-time augmentation with ttach
     tta_preset: str = "digits"  # infer: 'digits' (shifts, zoom: label-preserving) or 'flips' (natural images)
     ensemble: str = "mean"  # infer with several experiments: 'mean' or 'learned' (softmax weights fitted on OOF)
     out: str = ""  # infer: submission path; '' = submissions/<exp>.csv
+    # runs, sweep, tune
+    compare: tuple[str, ...] = ()  # runs: two experiments whose OOF correctness is tested against each other
+    trials: int = 20  # tune: number of Optuna trials, >= 1
     # submit
     submission: str = ""  # submit: the csv to check and send
     message: str = ""  # submit: submission description
@@ -95,6 +100,8 @@ RULES = {  # field -> (test, rule text)
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
     "tta_preset": (lambda v: v in ("digits", "flips"), "must be 'digits' or 'flips'"),
     "ensemble": (lambda v: v in ("mean", "learned"), "must be 'mean' or 'learned'"),
+    "trials": (lambda v: v >= 1, "must be >= 1"),
+    "compare": (lambda v: len(v) in (0, 2), "takes exactly two experiment names"),
     "exp": (lambda v: all(re.fullmatch(r"[\w.+-]+", e) for e in v), "must be names of letters, digits, _ . + -"),
 }
 
@@ -186,12 +193,25 @@ def make_config(values: dict, source: str = "config") -> Config:
 def parse_config(argv: list[str] | None, prog: str, names: list[str], doc: str = "",
                  positional: tuple[str, ...] = (), short: dict[str, str] | None = None) -> Config:
     """defaults < --config FILE < flags, validated before any work starts."""
+    return parse_stage(argv, prog, names, doc, positional=positional, short=short)[0]
+
+
+def parse_stage(argv: list[str] | None, prog: str, names: list[str], doc: str = "", stage_defaults: dict | None = None,
+                extra: dict[str, dict] | None = None, positional: tuple[str, ...] = (),
+                short: dict[str, str] | None = None) -> tuple[Config, dict]:
+    """Like parse_config, plus this stage's own defaults for Config fields and its own extra flags.
+
+    Precedence: Config defaults < stage_defaults < --config FILE < flags. Returns (config, extra values).
+    """
     parser = build_parser(prog, names, doc, positional, short)
+    for name, spec in (extra or {}).items():
+        parser.add_argument(flag(name), dest=name, **spec)
     args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    extras = {name: args.pop(name) for name in extra or {}}
     config_file = args.pop("config")
-    values = load_config_file(config_file) if config_file else {}
+    values = dict(stage_defaults or {}) | (load_config_file(config_file) if config_file else {})
     values.update({k: v for k, v in args.items() if v is not None})
-    return make_config(values, source=config_file or prog)
+    return make_config(values, source=config_file or prog), extras
 
 
 def to_dict(cfg: Config) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,10 +47,18 @@ def auto_batch_size(n_rows: int) -> int:
     return next((b for b in (256, 128, 64) if n_rows // b >= 16), 32)
 
 
+@dataclass
+class EpochResult:
+    loss: float  # mean label-smoothed training loss
+    accuracy: float  # on the augmented training batches
+    step: int  # the next optimizer step
+    lrs: list[float]  # learning rate of each optimizer step, as applied
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     labels: torch.Tensor, cfg, step: int, total_steps: int,
-                    generator: torch.Generator, desc: str = "") -> tuple[float, int]:
-    """One pass over (N, C, H, W) uint8 `images` resident on the device; returns (mean loss, next step).
+                    generator: torch.Generator, desc: str = "") -> EpochResult:
+    """One pass over (N, C, H, W) uint8 `images` resident on the device.
 
     lr follows lr_at(step) per optimizer step; label smoothing applies to this loss only.
     """
@@ -60,12 +69,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
     channels_last = device.type == "cuda"
     order = torch.randperm(n, device=device, generator=generator)
     total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    lrs = []
     model.train()
     bar = tqdm(range(n_steps), desc=desc, leave=False, unit="step", dynamic_ncols=True, disable=None)
     for i in bar:
         lr = lr_at(step, total_steps, warmup, cfg.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        lrs.append(lr)
         idx = order[i * batch:(i + 1) * batch]
         x = random_affine(images[idx], cfg.rotate, cfg.scale, cfg.shift, generator)
         x = to_model_input(x, cfg.img_size, channels_last)
@@ -76,10 +88,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
         loss.backward()
         optimizer.step()
         total_loss += loss.detach()
+        correct += (logits.detach().argmax(1) == labels[idx]).sum()
         step += 1
         if i % 25 == 0 or i == n_steps - 1:  # reading the loss syncs the GPU: not every step
             bar.set_postfix(loss=f"{total_loss.item() / (i + 1):.4f}", lr=f"{lr:.2e}")
-    return total_loss.item() / n_steps, step
+    return EpochResult(total_loss.item() / n_steps, correct.item() / (n_steps * batch), step, lrs)
 
 
 @torch.inference_mode()

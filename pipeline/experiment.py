@@ -3,6 +3,7 @@
 config.json  resolved config            fold<k>.pth       best epoch: state dict + config + score
 oof.csv      id, fold, label, p0..p9     fold<k>.last.pth  end of the last finished epoch (for --resume)
 metrics.csv  one row per fold and epoch  cv.json           per-fold and overall local CV
+schedule.csv learning rate of every optimizer step, as applied
 """
 from __future__ import annotations
 
@@ -68,19 +69,32 @@ def forget_fold(exp_dir: Path, k: int) -> None:
     """Remove fold k's checkpoints and rows, leaving the other folds intact."""
     for name in (f"fold{k}.pth", f"fold{k}.last.pth"):
         (exp_dir / name).unlink(missing_ok=True)
-    for name in ("oof.csv", "metrics.csv"):
+    for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv"):
         table = read_table(exp_dir / name)
         if table is not None:
             write_csv(table[table["fold"] != k], exp_dir / name)
 
 
-def append_metrics(exp_dir: Path, row: dict) -> None:
-    """Add one epoch's row, replacing any row of the same fold and epoch (a resumed epoch)."""
-    path = exp_dir / "metrics.csv"
+def append_metrics(exp_dir: Path, row: dict, lrs: list[float]) -> None:
+    """Add one epoch's metrics row and its per-step learning rates (schedule.csv).
+
+    Rows of the same fold from this epoch on are replaced first: a resumed epoch is written once.
+    """
+    fold, epoch = row["fold"], row["epoch"]
+    first_step = 0
+    schedule = read_table(exp_dir / "schedule.csv")
+    if schedule is not None:
+        schedule = schedule[~((schedule["fold"] == fold) & (schedule["epoch"] >= epoch))]
+        first_step = int((schedule["fold"] == fold).sum())
+    steps = pd.DataFrame({"fold": fold, "epoch": epoch, "step": np.arange(first_step, first_step + len(lrs)), "lr": lrs})
+    _replace_rows(exp_dir / "metrics.csv", pd.DataFrame([row]), fold, epoch)
+    _replace_rows(exp_dir / "schedule.csv", steps, fold, epoch)
+
+
+def _replace_rows(path: Path, new: pd.DataFrame, fold: int, epoch: int) -> None:
     table = read_table(path)
-    new = pd.DataFrame([row])
     if table is not None:
-        keep = ~((table["fold"] == row["fold"]) & (table["epoch"] >= row["epoch"]))
+        keep = ~((table["fold"] == fold) & (table["epoch"] >= epoch))
         new = pd.concat([table[keep], new], ignore_index=True)
     write_csv(new, path)
 

@@ -21,7 +21,7 @@ from pipeline.config import Config, parse_config
 from pipeline.engine import predict, resolve_device
 from pipeline.ensemble import blend, fit_weights, honest_blend_scores
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import prob_columns
+from pipeline.experiment import cv_summary, prob_columns
 from pipeline.metrics import scores
 from pipeline.models import build_model
 
@@ -118,6 +118,29 @@ def writable_dir(preferred: Path, fallback: Path) -> Path:
         return preferred
     fallback.mkdir(parents=True, exist_ok=True)
     return fallback
+
+
+def oof_tta(exp_dir: Path, images: torch.Tensor, cfg: Config, device: torch.device) -> dict:
+    """Each fold's best model with TTA on its own validation rows: oof_tta.csv and its scores in cv.json."""
+    from pipeline.tta import with_tta
+
+    oof = pd.read_csv(exp_dir / "oof.csv")
+    parts = []
+    for k, part in oof.groupby("fold"):
+        model, img_size = load_fold_model(exp_dir / f"fold{k}.pth", device)
+        rows = torch.tensor(part["id"].to_numpy(), device=images.device)
+        probs = predict(with_tta(model, cfg.tta_preset), images[rows], cfg.batch_size or 1024, img_size, device,
+                        desc=f"OOF TTA fold {k}")
+        parts.append(part[["id", "fold", "label"]].reset_index(drop=True).join(
+            pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))))
+    table = pd.concat(parts).sort_values("id").reset_index(drop=True)
+    write_csv(table, exp_dir / "oof_tta.csv")
+    cv = json.loads((exp_dir / "cv.json").read_text())
+    cv["oof_tta"] = cv_summary(table, cv["n_splits"])["oof"] | {"preset": cfg.tta_preset}
+    write_json(cv, exp_dir / "cv.json")
+    print(f"OOF with TTA ({cfg.tta_preset}): accuracy {cv['oof_tta']['accuracy']:.5f}  log loss "
+          f"{cv['oof_tta']['log_loss']:.4f}  (without: {cv['oof']['accuracy']:.5f}  {cv['oof']['log_loss']:.4f})")
+    return cv
 
 
 def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,15 +24,17 @@ from pipeline.config import Config, parse_config, to_dict
 from pipeline.engine import auto_batch_size, predict, resolve_device, steps_per_epoch, train_one_epoch
 from pipeline.errors import PipelineError, main_guard
 from pipeline.folds import read_folds
+from pipeline.infer import oof_tta
 from pipeline.metrics import scores
 from pipeline.models import build_model, unwrap
 
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
          "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
-         "exp", "weights_dir", "device", "seed", "overwrite", "resume"]
+         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report"]
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, on_epoch=None) -> dict:
+    """Train the folds named by cfg.fold; `on_epoch(epoch, valid_scores)` is called after every epoch."""
     if len(cfg.exp) > 1:
         raise PipelineError(f"--exp: train writes one experiment, got {len(cfg.exp)}: {' '.join(cfg.exp)}")
     train = data.read_train(data.resolve(cfg.data))
@@ -54,17 +56,24 @@ def run(cfg: Config) -> dict:
     labels = torch.from_numpy(train.labels).to(device)
     started = time.perf_counter()
     for k in todo:
-        probs = train_fold(cfg, resolved, k, images, labels, folds, exp_dir, device)
+        probs = train_fold(cfg, resolved, k, images, labels, folds, exp_dir, device, on_epoch)
         valid = np.flatnonzero(folds == k)
         experiment.write_oof(exp_dir, train.ids[valid], k, train.labels[valid], probs)
         (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
     cv = experiment.write_cv(exp_dir, n_splits, {"train_seconds": round(time.perf_counter() - started, 1)})
     print(experiment.format_cv(cv, cfg.exp_name))
+    if cfg.oof_tta:
+        cv = oof_tta(exp_dir, images, cfg, device)
+    if cfg.report:
+        from pipeline.report import write_report
+        print(f"report: {write_report(exp_dir, train.images)}")
+    else:
+        print(f"figures: python -m pipeline.report --exp {cfg.exp_name}")
     return cv
 
 
 def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels: torch.Tensor,
-               folds: np.ndarray, exp_dir: Path, device: torch.device) -> np.ndarray:
+               folds: np.ndarray, exp_dir: Path, device: torch.device, on_epoch=None) -> np.ndarray:
     """Train fold k; save its best epoch; return that epoch's validation probabilities (OOF)."""
     train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(device)
     valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(device)
@@ -88,8 +97,9 @@ def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels
     total_steps = cfg.epochs * steps_per_epoch(len(train_idx), cfg.batch_size)
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.perf_counter()
-        loss, state["step"] = train_one_epoch(net, optimizer, x_train, y_train, cfg, state["step"], total_steps,
-                                              generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}")
+        epoch_result = train_one_epoch(net, optimizer, x_train, y_train, cfg, state["step"], total_steps,
+                                       generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}")
+        state["step"], loss = epoch_result.step, epoch_result.loss
         probs = predict(net, x_valid, 2 * cfg.batch_size, cfg.img_size, device)
         valid = scores(probs, valid_labels)
         improved = (valid["accuracy"], -valid["log_loss"]) > (state["best_accuracy"], -state["best_log_loss"])
@@ -100,13 +110,16 @@ def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels
         seconds = time.perf_counter() - t0
         lr = optimizer.param_groups[0]["lr"]
         experiment.append_metrics(exp_dir, {"fold": k, "epoch": epoch + 1, "train_loss": loss,
-                                            "valid_loss": valid["log_loss"], "valid_accuracy": valid["accuracy"],
-                                            "lr": lr, "seconds": round(seconds, 3)})
+                                            "train_accuracy": epoch_result.accuracy, "valid_loss": valid["log_loss"],
+                                            "valid_accuracy": valid["accuracy"], "lr": lr, "seconds": round(seconds, 3)},
+                                  epoch_result.lrs)
         state["epoch"] = epoch + 1
         save_checkpoint(snapshot(state, model, optimizer, generator), last)
         tqdm.write(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train loss {loss:.4f}  valid loss "
                    f"{valid['log_loss']:.4f}  valid acc {valid['accuracy']:.5f}  lr {lr:.2e}  "
                    f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} img/s{'  *best' if improved else ''}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, valid)
     return state["best_probs"]
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.augment import to_model_input
 from pipeline.config import Config
 from pipeline.engine import auto_batch_size, predict, train_one_epoch
 from pipeline.metrics import log_loss, scores
@@ -43,14 +44,13 @@ def test_label_smoothing_on_training_loss_only():
     model = Recorder()
     images = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
     labels = torch.randint(0, 3, (8,))
-    cfg = Config(batch_size=8, lr=1e-9, label_smoothing=0.2, rotate=0, scale=0, shift=0, img_size=16)
+    cfg = Config(batch_size=8, lr=0.5, warmup_epochs=0, label_smoothing=0.2, rotate=0, scale=0, shift=0, img_size=16)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    cfg = Config(**{**cfg.__dict__, "img_size": 16})
-    from pipeline.augment import to_model_input
     x = to_model_input(images, 16, False)
     expected = F.cross_entropy(model(x), labels, label_smoothing=0.2).item()
-    loss, step = train_one_epoch(model, opt, images, labels, cfg, 0, 1, torch.Generator().manual_seed(0))
-    assert loss == pytest.approx(expected, rel=1e-5) and step == 1
+    result = train_one_epoch(model, opt, images, labels, cfg, 0, 4, torch.Generator().manual_seed(0))
+    assert result.loss == pytest.approx(expected, rel=1e-5) and result.step == 1
+    assert result.lrs == [pytest.approx(0.5)]  # the schedule's value at step 0 of 4 without warmup
     probs = predict(model, images, 4, 16, torch.device("cpu"))
     hard = F.cross_entropy(model(x), labels).item()  # validation: hard labels, no smoothing
     assert log_loss(probs, labels.numpy()) == pytest.approx(hard, rel=1e-4)

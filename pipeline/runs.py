@@ -1,0 +1,97 @@
+"""Every experiment in weights/ as one table, sorted by local CV; a paired test between two.
+
+    python -m pipeline.runs
+    python -m pipeline.runs --compare digit_cnn r18
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from pipeline.config import Config, parse_config
+from pipeline.errors import PipelineError, main_guard
+from pipeline.infer import read_oofs
+
+FLAGS = ["weights_dir", "compare"]
+
+
+def collect(weights_dir: Path) -> pd.DataFrame:
+    rows = []
+    for config_path in sorted(weights_dir.glob("*/config.json")):
+        exp_dir = config_path.parent
+        config = json.loads(config_path.read_text())
+        cv_path = exp_dir / "cv.json"
+        cv = json.loads(cv_path.read_text()) if cv_path.is_file() else {}
+        rows.append({
+            "exp": exp_dir.name, "model": config.get("model"), "epochs": config.get("epochs"),
+            "batch": config.get("batch_size"), "lr": config.get("lr"), "smooth": config.get("label_smoothing"),
+            "folds": f"{len(cv.get('folds_present', []))}/{config.get('n_splits')}",
+            "cv": cv.get("oof", {}).get("accuracy", np.nan),
+            "fold_std": cv.get("fold_accuracy_std", np.nan),
+            "cv_tta": cv.get("oof_tta", {}).get("accuracy", np.nan),
+            "log_loss": cv.get("oof", {}).get("log_loss", np.nan),
+            "train_s": cv.get("train_seconds", np.nan),
+            "date": dt.datetime.fromtimestamp((cv_path if cv_path.is_file() else config_path).stat().st_mtime)
+                      .strftime("%Y-%m-%d %H:%M"),
+        })
+    return pd.DataFrame(rows).sort_values("cv", ascending=False, na_position="last") if rows else pd.DataFrame()
+
+
+def format_table(table: pd.DataFrame) -> str:
+    shown = table.assign(
+        cv=[f"{c:.5f} +- {s:.5f}" if c == c else "-" for c, s in zip(table["cv"], table["fold_std"])],
+        cv_tta=[f"{v:.5f}" if v == v else "-" for v in table["cv_tta"]],
+        log_loss=[f"{v:.4f}" if v == v else "-" for v in table["log_loss"]],
+        train_s=[f"{v:.0f}" if v == v else "-" for v in table["train_s"]],
+    ).drop(columns="fold_std")
+    return shown.to_string(index=False)
+
+
+def paired_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's exact test on per-row correctness of two models over the same rows (pure).
+
+    Only rows where exactly one model is right carry evidence; under 'no difference' each such
+    row favours A or B with probability 1/2.
+    """
+    a_only, b_only = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    p = binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
+
+
+def compare(weights_dir: Path, a: str, b: str) -> dict:
+    probs, labels, folds = read_oofs(weights_dir, (a, b))
+    correct = probs.argmax(2) == labels  # (2, N)
+    test = paired_test(correct[0], correct[1])
+    per_fold = np.array([correct[1][folds == k].mean() - correct[0][folds == k].mean() for k in np.unique(folds)])
+    diff = correct[1].mean() - correct[0].mean()
+    verdict = ("larger than the noise" if test["p_value"] < 0.05 else "within the noise")
+    print(f"{b} - {a}: OOF accuracy {diff:+.5f} over {len(labels):,} rows; per fold {per_fold.mean():+.5f} "
+          f"+- {per_fold.std():.5f} ({', '.join(f'{d:+.4f}' for d in per_fold)})")
+    print(f"rows only {a} gets right: {test['a_only']}, only {b}: {test['b_only']}; McNemar exact p = "
+          f"{test['p_value']:.4f} -> the difference is {verdict} (threshold p < 0.05)")
+    return test | {"difference": float(diff)}
+
+
+def run(cfg: Config):
+    weights_dir = Path(cfg.weights_dir)
+    if cfg.compare:
+        return compare(weights_dir, *cfg.compare)
+    table = collect(weights_dir)
+    if table.empty:
+        raise PipelineError(f"{weights_dir}/: no experiments yet; train one with: python -m pipeline.train --fold all")
+    print(format_table(table))
+    return table
+
+
+def main(argv=None) -> int:
+    return main_guard(lambda a: run(parse_config(a, "runs", FLAGS, __doc__)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
