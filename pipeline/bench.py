@@ -107,10 +107,13 @@ def pipeline_fold(cfg: Config, train: data.TrainSet, folds: np.ndarray, device: 
 
 
 def memory(device: torch.device) -> str:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Host RSS now and at peak (this process; DataLoader workers apart), and peak GPU memory since the last reset."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    rss_now = int(status.get("VmRSS", "0 kB").split()[0]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB" if device.type == "cuda" else ""
-    return f"peak host RSS {rss:,.0f} MiB (largest worker {workers:,.0f} MiB){gpu}"
+    return f"host RSS {rss_now:,.0f} MiB (process peak {peak:,.0f}, largest worker {workers:,.0f}){gpu}"
 
 
 def report(name: str, r: dict, cfg: Config, device: torch.device) -> float:

@@ -60,6 +60,8 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
         raise PipelineError(f"--resume: {exp_dir} was trained with {f}={saved.get(f)!r}, this run has "
                             f"{config.get(f)!r}; resume with the same settings or use --overwrite / another --exp")
     finished = done_folds(exp_dir)
+    for k in finished:  # a kill between writing the OOF and removing the epoch state leaves a stale one
+        (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
     if finished:
         print(f"resume: folds {', '.join(map(str, finished))} already finished, kept as they are")
     return [k for k in folds if k not in finished]

@@ -153,3 +153,15 @@ def test_kill_and_resume_matches_uninterrupted(sample_dir, tmp_path):
     cv_a, cv_b = (json.loads((d / "cv.json").read_text()) for d in (straight_dir, killed_dir))
     assert cv_a["oof"] == cv_b["oof"]
     assert sorted(p.name for p in killed_dir.iterdir()) == sorted(p.name for p in straight_dir.iterdir())
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
+    from pipeline.checkpoint import atomic_path
+
+    path = tmp_path / "oof.csv"
+    path.write_text("complete old file")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half of the new")
+            raise KeyboardInterrupt
+    assert path.read_text() == "complete old file" and list(tmp_path.iterdir()) == [path]
