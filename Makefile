@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m pipeline.make_folds --data $(DATA)
+	$(PY) -m pipeline.make_folds --data $(DATA) --overwrite
 	$(PY) -m pipeline.train --fold all --data $(DATA) --overwrite
 	$(PY) -m pipeline.infer --tta --data $(DATA)
 

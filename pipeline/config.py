@@ -47,7 +47,7 @@ class Config:
     exp: tuple[str, ...] = ()  # experiment name(s) under weights_dir: train takes one, infer several; () = model name
     weights_dir: str = "weights"  # where experiments live: weights/<exp>/
     device: str = "auto"  # auto | cpu | cuda
-    overwrite: bool = False  # train: replace an existing experiment's folds
+    overwrite: bool = False  # replace existing results: train, the named folds of the experiment; make_folds, the folds file
     resume: bool = False  # train: continue an interrupted experiment
     oof_tta: bool = False  # train: also score TTA on the OOF rows (oof_tta.csv, cv.json), to know its gain locally
     report: bool = False  # train: write weights/<exp>/report/ (figures and report.md) at the end

@@ -7,25 +7,43 @@ from __future__ import annotations
 
 import sys
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 
 from pipeline import data
 from pipeline.checkpoint import write_csv
 from pipeline.config import Config, parse_config
-from pipeline.errors import main_guard
+from pipeline.errors import PipelineError, main_guard
 from pipeline.folds import assign_folds, folds_frame
 
-FLAGS = ["data", "folds_path", "n_splits", "seed", "group_col"]
+FLAGS = ["data", "folds_path", "n_splits", "seed", "group_col", "overwrite"]
 
 
 def run(cfg: Config) -> np.ndarray:
     train = data.read_train(data.resolve(cfg.data), cfg.group_col)
     folds = assign_folds(train.labels, cfg.n_splits, cfg.seed, train.groups)
-    write_csv(folds_frame(train.ids, train.labels, folds, train.train_hash), cfg.folds_path)
+    frame = folds_frame(train.ids, train.labels, folds, train.train_hash)
+    if Path(cfg.folds_path).is_file() and not cfg.overwrite:
+        if _same(Path(cfg.folds_path), frame):
+            print(f"{cfg.folds_path} is up to date ({len(folds):,} rows, {cfg.n_splits} folds): kept as it is")
+            return folds
+        raise PipelineError(f"{cfg.folds_path}: exists with other folds (other data, seed or --n-splits); experiments "
+                            "trained on it would no longer match. Add --overwrite to replace it, or use --folds-path")
+    write_csv(frame, cfg.folds_path)
     sizes = np.bincount(folds, minlength=cfg.n_splits)
     print(f"wrote {cfg.folds_path}: {len(folds):,} rows in {cfg.n_splits} folds of {sizes.min():,}-{sizes.max():,} "
           f"(stratified by label{', grouped by ' + cfg.group_col if cfg.group_col else ''}, seed {cfg.seed})")
     return folds
+
+
+def _same(path: Path, frame: pd.DataFrame) -> bool:
+    try:
+        old = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return False
+    return list(old.columns) == list(frame.columns) and old.astype(str).equals(frame.astype(str))
 
 
 def main(argv=None) -> int:

@@ -78,14 +78,7 @@ def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels
     train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(device)
     valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(device)
     valid_labels = labels[valid_idx].cpu().numpy()
-    torch.manual_seed(cfg.seed + k)  # weight init and dropout
-    model = build_model(cfg.model, data.NUM_CLASSES, 1, cfg.img_size, pretrained_path=cfg.pretrained_path).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed * 1000 + k)  # batch order and augmentation
+    model, net, optimizer, generator = fold_setup(cfg, k, device)
     state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_log_loss": float("inf"), "best_probs": None}
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
@@ -121,6 +114,19 @@ def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels
         if on_epoch is not None:
             on_epoch(epoch + 1, valid)
     return state["best_probs"]
+
+
+def fold_setup(cfg: Config, k: int, device: torch.device):
+    """Fold k's model (and its DataParallel wrapper), AdamW, and the generator for batch order and augmentation."""
+    torch.manual_seed(cfg.seed + k)  # weight init and dropout
+    model = build_model(cfg.model, data.NUM_CLASSES, 1, cfg.img_size, pretrained_path=cfg.pretrained_path).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed * 1000 + k)
+    return model, net, optimizer, generator
 
 
 def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator) -> dict:

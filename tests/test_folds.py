@@ -47,3 +47,17 @@ def test_read_folds_refuses_fold_out_of_range(tmp_path):
     df.to_csv(path, index=False)
     with pytest.raises(PipelineError, match=r"row 8: fold must be 0\.\.5 .*found 9"):
         read_folds(str(path), "abc", 230)
+
+
+def test_make_folds_keeps_or_refuses_an_existing_file(tiny_comp, workdir, capsys):
+    from pipeline import make_folds
+
+    comp = str(tiny_comp)
+    assert make_folds.main(["--data", comp]) == 0
+    first = (workdir / "folds/folds.csv").read_bytes()
+    assert make_folds.main(["--data", comp]) == 0 and "kept as it is" in capsys.readouterr().out
+    assert make_folds.main(["--data", comp, "--seed", "7"]) == 2
+    assert "exists with other folds" in capsys.readouterr().err
+    assert (workdir / "folds/folds.csv").read_bytes() == first
+    assert make_folds.main(["--data", comp, "--seed", "7", "--overwrite"]) == 0
+    assert (workdir / "folds/folds.csv").read_bytes() != first
