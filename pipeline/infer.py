@@ -62,7 +62,9 @@ def default_experiment(weights_dir: Path, model: str) -> str:
 def fold_checkpoints(exp_dir: Path) -> list[Path]:
     """The k fold checkpoints of an experiment, refusing a partial set."""
     if not (exp_dir / "config.json").is_file():
-        raise PipelineError(f"{exp_dir}: not a trained experiment (no config.json)")
+        found = sorted(p.parent.name for p in exp_dir.parent.glob("*/config.json"))
+        raise PipelineError(f"{exp_dir}: not a trained experiment (no config.json); "
+                            + (f"experiments in {exp_dir.parent}/: {', '.join(found)}" if found else "none trained yet"))
     n_splits = json.loads((exp_dir / "config.json").read_text())["n_splits"]
     paths = [exp_dir / f"fold{k}.pth" for k in range(n_splits)]
     missing = [p.name for p in paths if not p.is_file()]

@@ -54,3 +54,12 @@ def test_backbone_families_train_and_infer(model, img_size, tmp_path, sample_dir
                        "--batch-size", "16", "--exp", "m"]) == 0
     assert infer.main(["--data", comp, "--exp", "m", "--tta"]) == 0
     assert len(pd.read_csv("submissions/m.csv")) == 8
+
+
+def test_checkpoints_hold_the_unwrapped_module():
+    from pipeline.models import unwrap
+
+    model = build_model("digit_cnn", 10, 1, 28)
+    wrapped = torch.nn.DataParallel(model)
+    assert unwrap(wrapped) is model and unwrap(model) is model
+    assert not any(k.startswith("module.") for k in unwrap(wrapped).state_dict())
