@@ -78,8 +78,10 @@ def resolve(data: str) -> Source:
 
 
 def read_csv(src: Source, name: str) -> pd.DataFrame:
-    raw = src.read_bytes(name)
-    where = src.label(name)
+    return parse_csv(src.read_bytes(name), src.label(name))
+
+
+def parse_csv(raw: bytes, where: str) -> pd.DataFrame:
     if not raw.strip():
         raise PipelineError(f"{where}: empty file")
     try:
@@ -124,8 +126,8 @@ def _check_cells(array: np.ndarray, original: pd.DataFrame, where: str, lo: int,
 
 
 def read_train(src: Source, group_col: str = "") -> TrainSet:
-    where = src.label("train.csv")
-    df = read_csv(src, "train.csv")
+    where, raw = src.label("train.csv"), src.read_bytes("train.csv")
+    df = parse_csv(raw, where)
     if LABEL not in df.columns:
         raise PipelineError(f"{where}: no {LABEL!r} column (expected label,pixel0..pixel783; found {', '.join(map(str, df.columns[:3]))}, ...)")
     if group_col and group_col not in df.columns:
@@ -134,7 +136,7 @@ def read_train(src: Source, group_col: str = "") -> TrainSet:
     images = pixels(df, where, extra)
     labels = pd.to_numeric(df[LABEL], errors="coerce").to_numpy(dtype=np.float64)
     _check_cells(labels[:, None], df[[LABEL]], where, lo=0, hi=NUM_CLASSES - 1, what="label")
-    digest = hashlib.sha256(src.read_bytes("train.csv")).hexdigest()[:16]
+    digest = hashlib.sha256(raw).hexdigest()[:16]
     groups = df[group_col].to_numpy() if group_col else None
     return TrainSet(images, labels.astype(np.int64), np.arange(len(df), dtype=np.int64), groups, digest)
 

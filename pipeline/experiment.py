@@ -43,10 +43,16 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
     artifacts = sorted(p.name for p in exp_dir.glob("*") if p.name != "config.json") if exp_dir.is_dir() else []
     if not artifacts and not resume:
         return folds
+    changed = [f for f in RECIPE + ["train_hash"] if saved is not None and saved.get(f) != config.get(f)]
     if overwrite:
         if len(folds) == config["n_splits"]:
             shutil.rmtree(exp_dir)
-        for k in folds if exp_dir.is_dir() else []:
+            return folds
+        if changed:
+            raise PipelineError(f"--overwrite: {exp_dir}'s other folds were trained with {changed[0]}="
+                                f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; one experiment "
+                                "holds one recipe: use --fold all, or another --exp")
+        for k in folds:
             forget_fold(exp_dir, k)
         return folds
     if not resume:
@@ -54,7 +60,6 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
                             "add --resume to continue it, --overwrite to replace it, or choose another --exp")
     if saved is None:
         raise PipelineError(f"--resume: {exp_dir} has no config.json to resume from")
-    changed = [f for f in RECIPE + ["train_hash"] if saved.get(f) != config.get(f)]
     if changed:
         f = changed[0]
         raise PipelineError(f"--resume: {exp_dir} was trained with {f}={saved.get(f)!r}, this run has "

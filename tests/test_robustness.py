@@ -165,3 +165,9 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
             tmp.write_text("half of the new")
             raise KeyboardInterrupt
     assert path.read_text() == "complete old file" and list(tmp_path.iterdir()) == [path]
+
+
+def test_overwriting_one_fold_keeps_one_recipe(trained, capsys):
+    assert train.main(["--data", trained, "--epochs", "1", "--batch-size", "32", "--fold", "1", "--lr", "0.01",
+                       "--overwrite"]) == 2
+    assert "one experiment holds one recipe" in capsys.readouterr().err
