@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,26 +56,83 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load with weights_only=True: tensors and plain containers only, never code."""
+def read_json(path: str | Path, what: str = "file") -> dict:
+    """A JSON object from a file the pipeline wrote; a truncated or hand-broken one is a one-line error."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"{path}: checkpoint not found")
+        raise PipelineError(f"{path}: {what} not found" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: unreadable {what}, not valid JSON ({str(e)[:80]}); "
+                            "remove it or retrain with --overwrite") from None
+    if not isinstance(obj, dict):
+        raise PipelineError(f"{path}: unreadable {what}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def remove_litter(folder: Path) -> None:
+    """Delete temporary files an interrupted write left (`.name.XXXX.tmp`); call only while holding the folder."""
+    if folder.is_dir() and not folder.is_symlink():
+        for tmp in folder.glob(".*.tmp"):
+            if tmp.is_file() or tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load with weights_only=True (tensors and plain containers only, never code), then check the structure."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: checkpoint not found" + (" (it is a directory)" if path.is_dir() else ""))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
-            return {"state_dict": load_file(str(path))}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = {"state_dict": load_file(str(path))}
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).splitlines()[0] if "weights_only" not in str(e) else _refusal(str(e))
         raise PipelineError(f"{path}: refused to load: {reason}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise PipelineError(f"{path}: truncated or corrupted checkpoint ({str(e).splitlines()[0][:120]})") from None
-    if isinstance(obj, dict) and "state_dict" not in obj and all(torch.is_tensor(v) for v in obj.values()):
+    except Exception as e:  # noqa: BLE001 - safetensors, zip and pickle readers raise many types for a bad file
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise PipelineError(f"{path}: truncated or corrupted checkpoint ({first})") from None
+    if isinstance(obj, dict) and "state_dict" not in obj and obj and all(torch.is_tensor(v) for v in obj.values()):
         obj = {"state_dict": obj}  # a bare state dict, as timm and torchvision publish them
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise PipelineError(f"{path}: expected a checkpoint dict with a 'state_dict', got {type(obj).__name__}")
+    check_state_dict(obj["state_dict"], path)
     return obj
+
+
+def check_state_dict(state, path: Path) -> None:
+    """A non-empty mapping of names to finite tensors, as load_state_dict expects."""
+    if not isinstance(state, dict) or not state:
+        raise PipelineError(f"{path}: 'state_dict' must be a non-empty mapping of names to tensors, "
+                            f"got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            raise PipelineError(f"{path}: 'state_dict' entry {str(key)[:60]!r} is {type(value).__name__}, "
+                                "expected a tensor under a name")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise PipelineError(f"{path}: weights {key} hold NaN or infinite values; this checkpoint is unusable")
+
+
+FOLD_CONFIG = {"model": str, "num_classes": int, "in_chans": int, "img_size": int, "n_splits": int}
+
+
+def check_fold_config(ckpt: dict, path: Path) -> dict:
+    """The resolved config saved in a fold checkpoint, with the keys and types inference rebuilds from."""
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        raise PipelineError(f"{path}: no 'config' mapping in the checkpoint; it was not written by pipeline.train")
+    for key, kind in FOLD_CONFIG.items():
+        value = config.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise PipelineError(f"{path}: config {key} must be {kind.__name__}, found {value!r}")
+    if not (1 <= config["num_classes"] <= 100_000 and 1 <= config["in_chans"] <= 16 and 16 <= config["img_size"] <= 512):
+        raise PipelineError(f"{path}: config num_classes/in_chans/img_size out of range: "
+                            f"{config['num_classes']}/{config['in_chans']}/{config['img_size']}")
+    return config
 
 
 def _refusal(message: str) -> str:

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import re
 import sys
 import typing
@@ -84,29 +85,49 @@ class Config:
         return [k]
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; anything over 1 MiB is not one
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")  # one folder name: no '.', '..', '/', leading dot or dash
+
+
+def check_name(value: str, what: str) -> str:
+    """An experiment, sweep or tune name: one plain folder name that cannot leave its parent folder."""
+    if not NAME.fullmatch(value):
+        raise PipelineError(f"{what}: must be a folder name of 1-100 letters, digits, _ . + - not starting with "
+                            f"'.' or '-', got {value!r}")
+    return value
+
+
 RULES = {  # field -> (test, rule text)
     "n_splits": (lambda v: 2 <= v <= 20, "must be 2..20"),
+    "seed": (lambda v: 0 <= v < 2**31, "must be 0..2147483647"),
     "img_size": (lambda v: 16 <= v <= 512, "must be 16..512"),
     "fold": (lambda v: v == "all" or (v.isdigit() and int(v) < 20), "must be 'all' or a fold index 0..n_splits-1"),
-    "epochs": (lambda v: v >= 1, "must be >= 1"),
-    "batch_size": (lambda v: v == 0 or v >= 2, "must be 0 (auto) or >= 2"),
+    "epochs": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
+    "batch_size": (lambda v: v == 0 or 2 <= v <= 65_536, "must be 0 (auto) or 2..65536"),
     "lr": (lambda v: 0 < v < 10, "must be > 0 (and < 10)"),
-    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "weight_decay": (lambda v: 0 <= v <= 10, "must be 0..10"),
     "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "warmup_epochs": (lambda v: v >= 0, "must be >= 0"),
+    "warmup_epochs": (lambda v: 0 <= v <= 10_000, "must be 0..10000"),
     "rotate": (lambda v: 0 <= v <= 45, "must be 0..45 degrees"),
     "scale": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
     "tta_preset": (lambda v: v in ("digits", "flips"), "must be 'digits' or 'flips'"),
     "ensemble": (lambda v: v in ("mean", "learned"), "must be 'mean' or 'learned'"),
-    "trials": (lambda v: v >= 1, "must be >= 1"),
-    "compare": (lambda v: len(v) in (0, 2), "takes exactly two experiment names"),
-    "exp": (lambda v: all(re.fullmatch(r"[\w.+-]+", e) for e in v), "must be names of letters, digits, _ . + -"),
+    "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
+    "compare": (lambda v: len(v) in (0, 2) and all(NAME.fullmatch(e) for e in v),
+                "takes exactly two experiment names"),
+    "exp": (lambda v: all(NAME.fullmatch(e) for e in v),
+            "must be folder names of 1-100 letters, digits, _ . + - not starting with '.' or '-'"),
 }
 
 
 def _problems(cfg: Config):
+    for f in dataclasses.fields(cfg):  # inf and nan pass every range test written as a comparison
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            yield f"{flag(f.name)}: must be a finite number, got {value!r}"
+            return
     for name, (ok, rule) in RULES.items():
         value = getattr(cfg, name)
         if not ok(value):
@@ -154,8 +175,13 @@ def build_parser(prog: str, names: list[str], doc: str = "", positional: tuple[s
 def load_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise PipelineError(f"--config: {path} not found")
-    text = p.read_text()
+        raise PipelineError(f"--config: {path} {'is a directory' if p.is_dir() else 'not found'}; expected a JSON or YAML file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise PipelineError(f"--config: {path} is {p.stat().st_size:,} bytes; a config file is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PipelineError(f"--config: {path} is not UTF-8 text") from None
     try:
         if p.suffix in (".yaml", ".yml"):
             import yaml
@@ -170,24 +196,54 @@ def load_config_file(path: str) -> dict:
 
 
 def make_config(values: dict, source: str = "config") -> Config:
-    """Config from a mapping, refusing unknown keys and coercing to the annotated types."""
+    """Config from a mapping, refusing unknown keys and any value that is not already of the annotated type."""
     hints = typing.get_type_hints(Config)
-    unknown = sorted(set(values) - set(hints))
+    unknown = sorted(str(k) for k in set(values) - set(hints))
     if unknown:
         raise PipelineError(f"{source}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(hints)}")
     typed = {}
     for name, value in values.items():
-        kind = hints[name]
-        try:
-            if typing.get_origin(kind) is tuple:
-                typed[name] = tuple(str(v) for v in ([value] if isinstance(value, str) else value))
-            elif kind is bool and not isinstance(value, bool):
-                raise ValueError(value)
-            else:
-                typed[name] = kind(value)
-        except (TypeError, ValueError):
-            raise PipelineError(f"{source}: {name} must be {getattr(kind, '__name__', kind)}, got {value!r}") from None
+        typed[name] = strict_value(hints[name], value)
+        if typed[name] is None:
+            kind = hints[name]
+            raise PipelineError(f"{source}: {name} must be {_type_name(kind)}, got {value!r} "
+                                f"({type(value).__name__})")
     return Config(**typed)
+
+
+def strict_value(kind, value):
+    """`value` as `kind` when that loses nothing, else None: no rounding 2.7 to 2, no True as 1, no 'yes' as True.
+
+    >>> strict_value(int, 3.0), strict_value(int, 2.7), strict_value(float, "1e-3"), strict_value(bool, 1)
+    (3, None, 0.001, None)
+    """
+    if typing.get_origin(kind) is tuple:
+        items = [value] if isinstance(value, str) else value
+        ok = isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items)
+        return tuple(items) if ok else None
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value) if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", value.strip()) else None
+            except ValueError:
+                return None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if kind is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # fold: 0
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _type_name(kind) -> str:
+    return "a list of names" if typing.get_origin(kind) is tuple else {bool: "true or false", int: "an integer",
+                                                                        float: "a number", str: "a string"}[kind]
 
 
 def parse_config(argv: list[str] | None, prog: str, names: list[str], doc: str = "",

@@ -9,6 +9,7 @@ import hashlib
 import io
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,18 +37,47 @@ class Source:
 
     def read_bytes(self, name: str) -> bytes:
         if self.path.suffix == ".zip":
-            try:
-                with zipfile.ZipFile(self.path) as zf:
-                    members = [m for m in zf.namelist() if Path(m).name == name]
-                    if not members:
-                        raise PipelineError(f"{self.path}: no {name} inside the zip (found {', '.join(zf.namelist()[:5]) or 'nothing'})")
-                    return zf.read(members[0])
-            except zipfile.BadZipFile:
-                raise PipelineError(f"{self.path}: not a readable zip file") from None
+            return read_zip_member(self.path, name)
         file = self.path / name
         if not file.is_file():
-            raise PipelineError(f"{file}: not found (the competition folder should hold train.csv, test.csv, sample_submission.csv)")
+            raise PipelineError(f"{file}: {'is a directory' if file.is_dir() else 'not found'} (the competition "
+                                "folder should hold train.csv, test.csv, sample_submission.csv)")
+        if file.stat().st_size > MAX_MEMBER_BYTES:
+            raise PipelineError(f"{file}: {file.stat().st_size:,} bytes, over the {MAX_MEMBER_BYTES:,} a CSV may have here")
         return file.read_bytes()
+
+
+MAX_MEMBER_BYTES = 4 << 30  # a CSV read into memory: Digit Recognizer's train.csv is 77 MB
+MAX_RATIO = 100  # Kaggle's CSV zips expand about 9x; deflate bombs reach 1000x
+RATIO_FROM_BYTES = 64 << 20  # small members may compress far better than that without harm
+
+
+def read_zip_member(path: Path, name: str) -> bytes:
+    """The member called `name` (any folder), after checking its size, ratio, encryption and method."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.infolist() if Path(m.filename).name == name and not m.is_dir()]
+            if not members:
+                found = ", ".join(zf.namelist()[:5]) or "nothing"
+                raise PipelineError(f"{path}: no {name} inside the zip (found {found})")
+            info = members[0]
+            where = f"{path}:{info.filename}"
+            if info.flag_bits & 0x1:
+                raise PipelineError(f"{where}: encrypted; unzip it with its password and pass the folder to --data")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+                raise PipelineError(f"{where}: compression method {info.compress_type} is not supported; "
+                                    "unzip it with another tool and pass the folder to --data")
+            ratio = info.file_size / max(1, info.compress_size)
+            if info.file_size > MAX_MEMBER_BYTES or (info.file_size > RATIO_FROM_BYTES and ratio > MAX_RATIO):
+                raise PipelineError(f"{where}: expands to {info.file_size:,} bytes ({ratio:,.0f}x its compressed size); "
+                                    f"refused (limits: {MAX_MEMBER_BYTES:,} bytes, {MAX_RATIO}x)")
+            with zf.open(info) as member:  # the header may lie: never read more than it declares
+                raw = member.read(info.file_size + 1)
+            if len(raw) > info.file_size:
+                raise PipelineError(f"{where}: holds more bytes than its header declares; refused")
+            return raw
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+        raise PipelineError(f"{path}: not a readable zip file ({str(e).splitlines()[0][:100] if str(e) else type(e).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -97,7 +127,10 @@ def pixels(df: pd.DataFrame, where: str, extra: list[str]) -> np.ndarray:
     """(N, 1, 28, 28) uint8 from the pixel columns, after checking names, types and range."""
     if len(df.columns) != len(PIXELS) + len(extra):
         what = " + ".join([*extra, f"{len(PIXELS)} pixels"])
-        raise PipelineError(f"{where}: expected {len(PIXELS) + len(extra)} columns ({what}), found {len(df.columns)}")
+        unknown = [str(c) for c in df.columns if c not in extra and not str(c).startswith("pixel")][:3]
+        hint = (f"; unexpected column(s) {', '.join(unknown)} (a column that groups rows is named with "
+                "make_folds --group-col)" if unknown and LABEL in extra else "")
+        raise PipelineError(f"{where}: expected {len(PIXELS) + len(extra)} columns ({what}), found {len(df.columns)}{hint}")
     names = [c for c in df.columns if c not in extra]
     if names != PIXELS:
         i = next(i for i, (a, b) in enumerate(zip(names, PIXELS)) if a != b)
@@ -137,7 +170,10 @@ def read_train(src: Source, group_col: str = "") -> TrainSet:
     labels = pd.to_numeric(df[LABEL], errors="coerce").to_numpy(dtype=np.float64)
     _check_cells(labels[:, None], df[[LABEL]], where, lo=0, hi=NUM_CLASSES - 1, what="label")
     digest = hashlib.sha256(raw).hexdigest()[:16]
-    groups = df[group_col].to_numpy() if group_col else None
+    if group_col and df[group_col].isna().any():
+        row = int(np.flatnonzero(df[group_col].isna().to_numpy())[0])
+        raise PipelineError(f"{where}: row {row + 1}, column {group_col}: missing group value")
+    groups = df[group_col].astype(str).to_numpy() if group_col else None
     return TrainSet(images, labels.astype(np.int64), np.arange(len(df), dtype=np.int64), groups, digest)
 
 

@@ -4,23 +4,35 @@ config.json  resolved config            fold<k>.pth       best epoch: state dict
 oof.csv      id, fold, label, p0..p9     fold<k>.last.pth  end of the last finished epoch (for --resume)
 metrics.csv  one row per fold and epoch  cv.json           per-fold and overall local CV
 schedule.csv learning rate of every optimizer step, as applied
+.lock        held by the one training that writes here; says who holds it
 """
 from __future__ import annotations
 
-import json
-import shutil
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.checkpoint import write_csv, write_json
+from pipeline.checkpoint import read_json, remove_litter, write_csv, write_json
 from pipeline.errors import PipelineError
 from pipeline.metrics import scores
 
 # Fields that define what an experiment trains; --resume refuses a run that changes one of them.
 RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", "weight_decay",
           "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "seed"]
+# What the rows were split by: every fold of one experiment must come from the same folds file.
+DATA_IDENTITY = ["train_hash", "folds_hash"]
+# Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
+ARTIFACTS = ["config.json", "cv.json", "oof.csv", "oof_tta.csv", "metrics.csv", "schedule.csv", "test_probs.npy",
+             "test_probs.json", "fold*.pth", "fold*.last.pth", ".*.tmp"]
+REPORT_FILES = ["report.md", "curves.png", "lr.png", "confusion.png", "confusion.csv", "per_class.csv", "wrong.png",
+                ".*.tmp"]
 
 
 def prob_columns(num_classes: int) -> list[str]:
@@ -28,7 +40,70 @@ def prob_columns(num_classes: int) -> list[str]:
 
 
 def read_table(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.is_file() else None
+    """A CSV the pipeline wrote, or None when absent; a damaged one is a one-line error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: unreadable ({str(e).strip().splitlines()[0][:80]}); "
+                            "retrain the experiment with --overwrite") from None
+    if "fold" not in table.columns or not pd.api.types.is_integer_dtype(table["fold"]):
+        raise PipelineError(f"{path}: damaged (no integer 'fold' column); retrain the experiment with --overwrite")
+    return table
+
+
+def experiment_dir(weights_dir: str | Path, name: str) -> Path:
+    """weights/<name>: a name that passed config.check_name cannot point outside weights/."""
+    from pipeline.config import check_name
+
+    return Path(weights_dir) / check_name(name, "--exp")
+
+
+@contextlib.contextmanager
+def locked(exp_dir: Path):
+    """Hold exp_dir/.lock for the block; a second writer is refused with the holder's pid, host and command.
+
+    The kernel drops the lock when its process dies (kill -9 included): a lock is never stale.
+    """
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(exp_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "another process"
+            raise PipelineError(f"{exp_dir}: another training is writing to this experiment ({holder}); "
+                                "wait for it to finish, or use another --exp") from None
+        me = f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}: " \
+             f"{' '.join(['python -m pipeline.' + Path(sys.argv[0]).stem, *sys.argv[1:]])[:300]}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        remove_litter(exp_dir)  # temp files of a killed write: nobody else writes here now
+        yield exp_dir
+    finally:
+        os.close(fd)
+
+
+def remove_artifacts(exp_dir: Path) -> None:
+    """Delete what the pipeline wrote in exp_dir (never other files, never through a symbolic link)."""
+    if exp_dir.is_symlink():
+        raise PipelineError(f"--overwrite: {exp_dir} is a symbolic link; refusing to delete through it "
+                            "(remove the link yourself, or use another --exp)")
+    for pattern in ARTIFACTS:
+        for path in exp_dir.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()  # a link itself, never its target
+    report = exp_dir / "report"
+    if report.is_symlink():
+        report.unlink()
+    elif report.is_dir():
+        for pattern in REPORT_FILES:
+            for path in report.glob(pattern):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+        with contextlib.suppress(OSError):
+            report.rmdir()  # only when nothing of the user's is left in it
 
 
 def done_folds(exp_dir: Path) -> list[int]:
@@ -38,20 +113,20 @@ def done_folds(exp_dir: Path) -> list[int]:
 
 
 def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwrite: bool) -> list[int]:
-    """Apply the no-silent-overwrite policy; return the folds still to train."""
-    saved = json.loads((exp_dir / "config.json").read_text()) if (exp_dir / "config.json").is_file() else None
-    artifacts = sorted(p.name for p in exp_dir.glob("*") if p.name != "config.json") if exp_dir.is_dir() else []
+    """Apply the no-silent-overwrite policy (call while holding the lock); return the folds still to train."""
+    saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
+    artifacts = sorted(p.name for p in exp_dir.glob("*") if p.name != "config.json" and not p.name.startswith(".")) if exp_dir.is_dir() else []
     if not artifacts and not resume:
         return folds
-    changed = [f for f in RECIPE + ["train_hash"] if saved is not None and saved.get(f) != config.get(f)]
+    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and saved.get(f) != config.get(f)]
     if overwrite:
         if len(folds) == config["n_splits"]:
-            shutil.rmtree(exp_dir)
+            remove_artifacts(exp_dir)
             return folds
         if changed:
-            raise PipelineError(f"--overwrite: {exp_dir}'s other folds were trained with {changed[0]}="
+            raise PipelineError(f"--overwrite: {exp_dir}'s other folds were trained with {_what(changed[0])}="
                                 f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; one experiment "
-                                "holds one recipe: use --fold all, or another --exp")
+                                "holds one recipe and one folds file: use --fold all, or another --exp")
         for k in folds:
             forget_fold(exp_dir, k)
         return folds
@@ -62,14 +137,21 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
         raise PipelineError(f"--resume: {exp_dir} has no config.json to resume from")
     if changed:
         f = changed[0]
-        raise PipelineError(f"--resume: {exp_dir} was trained with {f}={saved.get(f)!r}, this run has "
-                            f"{config.get(f)!r}; resume with the same settings or use --overwrite / another --exp")
+        advice = ("the folds file was remade since; resuming would mix two fold assignments (leakage). Retrain "
+                  "with --overwrite --fold all, or restore the old folds file" if f == "folds_hash" else
+                  "resume with the same settings or use --overwrite / another --exp")
+        raise PipelineError(f"--resume: {exp_dir} was trained with {_what(f)}={saved.get(f)!r}, this run has "
+                            f"{config.get(f)!r}; {advice}")
     finished = done_folds(exp_dir)
     for k in finished:  # a kill between writing the OOF and removing the epoch state leaves a stale one
         (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
     if finished:
         print(f"resume: folds {', '.join(map(str, finished))} already finished, kept as they are")
     return [k for k in folds if k not in finished]
+
+
+def _what(field: str) -> str:
+    return {"folds_hash": "folds file hash", "train_hash": "train.csv hash"}.get(field, field)
 
 
 def forget_fold(exp_dir: Path, k: int) -> None:
@@ -120,6 +202,10 @@ def write_oof(exp_dir: Path, ids: np.ndarray, k: int, labels: np.ndarray, probs:
 
 def cv_summary(oof: pd.DataFrame, n_splits: int) -> dict:
     """Per-fold and overall accuracy / log loss from OOF rows (pure)."""
+    if oof["id"].duplicated().any():  # two fold assignments mixed: every CV figure would be wrong
+        dup = oof["id"][oof["id"].duplicated()].iloc[0]
+        raise PipelineError(f"oof.csv: id {dup} appears in more than one fold's rows; the experiment mixes two "
+                            "folds files: retrain it with --overwrite --fold all")
     probs = oof[[c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
     labels, fold = oof["label"].to_numpy(), oof["fold"].to_numpy()
     per_fold = {int(k): scores(probs[fold == k], labels[fold == k]) for k in sorted(np.unique(fold))}
@@ -132,7 +218,7 @@ def cv_summary(oof: pd.DataFrame, n_splits: int) -> dict:
 
 
 def write_cv(exp_dir: Path, n_splits: int, extra: dict) -> dict:
-    cv = cv_summary(pd.read_csv(exp_dir / "oof.csv"), n_splits) | extra
+    cv = cv_summary(read_table(exp_dir / "oof.csv"), n_splits) | extra
     write_json(cv, exp_dir / "cv.json")
     return cv
 

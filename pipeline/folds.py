@@ -1,13 +1,41 @@
 """Fold assignment (pure) and the folds file that every experiment shares."""
 from __future__ import annotations
 
+import hashlib
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from pipeline.checkpoint import read_json
 from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Folds:
+    fold: np.ndarray  # (N,) int64 fold of every train row, 0..n_splits-1
+    n_splits: int
+    folds_hash: str  # first 16 hex digits of sha256(folds file bytes): the identity every experiment records
+
+
+def description_path(folds_path: str | Path) -> Path:
+    """The folds file's description (how it was made), beside it: folds/folds.csv -> folds/folds.json."""
+    return Path(folds_path).with_suffix(".json")
+
+
+def read_description(folds_path: str | Path) -> dict:
+    """What make_folds recorded beside the folds file; {} for a folds file made before descriptions existed."""
+    path = description_path(folds_path)
+    if not path.exists():
+        return {}
+    info = read_json(path, "folds description")
+    if not isinstance(info.get("group_col", ""), str):
+        raise PipelineError(f"{path}: group_col must be a column name, found {info.get('group_col')!r}; "
+                            "remake it with: python -m pipeline.make_folds --overwrite")
+    return info
 
 
 def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -35,12 +63,18 @@ def folds_frame(ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, train_ha
     return pd.DataFrame({"id": ids, "label": labels, "fold": folds, "train_hash": train_hash})
 
 
-def read_folds(path: str, train_hash: str, n_rows: int) -> np.ndarray:
+def file_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def read_folds(path: str, train_hash: str, n_rows: int) -> Folds:
     """Fold of every train row from the folds file, refusing one made from other data."""
     if not Path(path).is_file():
-        raise PipelineError(f"{path}: not found; make it first with: python -m pipeline.make_folds")
+        state = "is a directory" if Path(path).is_dir() else "not found"
+        raise PipelineError(f"{path}: {state}; make the folds file first with: python -m pipeline.make_folds")
+    raw = Path(path).read_bytes()
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(io.BytesIO(raw))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PipelineError(f"{path}: not a readable folds file ({str(e).strip().splitlines()[0][:100]})") from None
     missing = [c for c in ("id", "fold", "train_hash") if c not in df.columns]
@@ -57,4 +91,4 @@ def read_folds(path: str, train_hash: str, n_rows: int) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise PipelineError(f"{path}: row {row + 1}: fold must be 0..{n_splits - 1} (the file has {n_splits} folds), found {df['fold'].iloc[row]}")
-    return folds.astype(np.int64)
+    return Folds(folds.astype(np.int64), n_splits, file_hash(raw))

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,12 +15,12 @@ import pandas as pd
 import torch
 
 from pipeline import data
-from pipeline.checkpoint import load_checkpoint, write_csv, write_json, write_npy
+from pipeline.checkpoint import check_fold_config, load_checkpoint, read_json, write_csv, write_json, write_npy
 from pipeline.config import Config, parse_config
 from pipeline.engine import predict, resolve_device
 from pipeline.ensemble import blend, fit_weights, honest_blend_scores
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import cv_summary, prob_columns
+from pipeline.experiment import cv_summary, experiment_dir, prob_columns, read_table
 from pipeline.metrics import scores
 from pipeline.models import build_model
 
@@ -30,18 +29,22 @@ FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "
 
 def run(cfg: Config) -> pd.DataFrame:
     exps = cfg.exp or (default_experiment(Path(cfg.weights_dir), cfg.model),)
+    out = Path(cfg.out or f"submissions/{'+'.join(exps)}{'_' + cfg.ensemble if len(exps) > 1 else ''}.csv")
+    check_writable(out, "--out")
     src = data.resolve(cfg.data)
     test = data.read_test(src)
     sample = data.read_sample_submission(src, len(test))
     device = resolve_device(cfg.device)
+    exp_dirs = [experiment_dir(cfg.weights_dir, e) for e in exps]
+    if len(exps) > 1:
+        read_oofs(Path(cfg.weights_dir), exps)  # refuse a blend of different folds files before any inference
     images = torch.from_numpy(test).to(device)  # (N, 1, 28, 28) uint8
-    test_probs = np.stack([predict_experiment(Path(cfg.weights_dir) / e, images, cfg, device) for e in exps])
+    test_probs = np.stack([predict_experiment(d, images, cfg, device) for d in exp_dirs])
     if len(exps) == 1:
         final = test_probs[0]
     else:
         weights = ensemble_weights(Path(cfg.weights_dir), exps, cfg.ensemble)
         final = blend(test_probs, weights)
-    out = Path(cfg.out or f"submissions/{'+'.join(exps)}{'_' + cfg.ensemble if len(exps) > 1 else ''}.csv")
     submission = sample.copy()
     submission[sample.columns[1]] = final.argmax(1).astype(np.int64)
     write_csv(submission, out)
@@ -59,13 +62,32 @@ def default_experiment(weights_dir: Path, model: str) -> str:
     raise PipelineError(f"--exp: {weights_dir}/ holds several experiments ({', '.join(found)}); name one or more")
 
 
-def fold_checkpoints(exp_dir: Path) -> list[Path]:
-    """The k fold checkpoints of an experiment, refusing a partial set."""
-    if not (exp_dir / "config.json").is_file():
+def check_writable(path: Path, what: str) -> None:
+    """Fail before any work when `path` cannot be written: a folder in its place, or an unwritable parent."""
+    if path.is_dir():
+        raise PipelineError(f"{what}: {path} is a directory; give a file name such as {path / 'submission.csv'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise PipelineError(f"{what}: cannot write into {path.parent}/ (permission denied); choose another path")
+
+
+def experiment_config(exp_dir: Path) -> dict:
+    """config.json of a trained experiment, checked for what inference and blending rely on."""
+    if not (exp_dir / "config.json").exists():
         found = sorted(p.parent.name for p in exp_dir.parent.glob("*/config.json"))
         raise PipelineError(f"{exp_dir}: not a trained experiment (no config.json); "
                             + (f"experiments in {exp_dir.parent}/: {', '.join(found)}" if found else "none trained yet"))
-    n_splits = json.loads((exp_dir / "config.json").read_text())["n_splits"]
+    config = read_json(exp_dir / "config.json", "experiment config")
+    n_splits = config.get("n_splits")
+    if not isinstance(n_splits, int) or isinstance(n_splits, bool) or not 2 <= n_splits <= 20:
+        raise PipelineError(f"{exp_dir / 'config.json'}: n_splits must be 2..20, found {n_splits!r}; "
+                            "retrain the experiment with --overwrite")
+    return config
+
+
+def fold_checkpoints(exp_dir: Path) -> list[Path]:
+    """The k fold checkpoints of an experiment, refusing a partial set."""
+    n_splits = experiment_config(exp_dir)["n_splits"]
     paths = [exp_dir / f"fold{k}.pth" for k in range(n_splits)]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
@@ -74,10 +96,16 @@ def fold_checkpoints(exp_dir: Path) -> list[Path]:
     return paths
 
 
-def load_fold_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, int]:
-    """Rebuild the fold's model from the config stored in its checkpoint (pretrained=False)."""
+def load_fold_model(path: Path, device: torch.device, folds_hash: str | None = None) -> tuple[torch.nn.Module, int]:
+    """Rebuild the fold's model from the config stored in its checkpoint (pretrained=False).
+
+    `folds_hash`: the experiment's folds file; a checkpoint trained on another one is refused.
+    """
     ckpt = load_checkpoint(path)
-    saved = ckpt.get("config") or {}
+    saved = check_fold_config(ckpt, path)
+    if folds_hash is not None and saved.get("folds_hash") != folds_hash:
+        raise PipelineError(f"{path}: trained on folds file {saved.get('folds_hash')!r}, the experiment's config.json "
+                            f"says {folds_hash!r}; its folds mix two fold assignments: retrain with --overwrite --fold all")
     for key, want in (("num_classes", data.NUM_CLASSES), ("in_chans", 1)):
         if saved.get(key) != want:
             raise PipelineError(f"{path}: checkpoint has {key}={saved.get(key)!r}, the data needs {want}")
@@ -85,7 +113,8 @@ def load_fold_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise PipelineError(f"{path}: weights do not fit {saved['model']} ({str(e).splitlines()[1].strip()[:120]})") from None
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise PipelineError(f"{path}: weights do not fit {saved['model']} ({detail[min(1, len(detail) - 1)][:120]})") from None
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model.to(device).eval(), saved["img_size"]
@@ -94,14 +123,18 @@ def load_fold_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
 def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, device: torch.device) -> np.ndarray:
     """Mean of the k fold models' test probabilities (N, C); saved as weights/<exp>/test_probs.npy."""
     paths = fold_checkpoints(exp_dir)
+    folds_hash = experiment_config(exp_dir).get("folds_hash")
     total = None
     for k, path in enumerate(paths):
-        model, img_size = load_fold_model(path, device)
+        model, img_size = load_fold_model(path, device, folds_hash)
         if cfg.tta:
             from pipeline.tta import with_tta  # ttach is needed only with --tta
             model = with_tta(model, cfg.tta_preset)
         probs = predict(model, images, cfg.batch_size or 1024, img_size, device,
                         desc=f"{exp_dir.name} fold {k}{' tta' if cfg.tta else ''}")
+        if not np.isfinite(probs).all():
+            raise PipelineError(f"{path}: the model predicts NaN or infinite probabilities; "
+                                "this fold is unusable: retrain it with --overwrite")
         total = probs if total is None else total + probs
     mean = total / len(paths)
     where = writable_dir(exp_dir, Path(cfg.out).parent if cfg.out else Path("submissions"))
@@ -126,7 +159,7 @@ def oof_tta(exp_dir: Path, images: torch.Tensor, cfg: Config, device: torch.devi
     """Each fold's best model with TTA on its own validation rows: oof_tta.csv and its scores in cv.json."""
     from pipeline.tta import with_tta
 
-    oof = pd.read_csv(exp_dir / "oof.csv")
+    oof = read_table(exp_dir / "oof.csv")
     parts = []
     for k, part in oof.groupby("fold"):
         model, img_size = load_fold_model(exp_dir / f"fold{k}.pth", device)
@@ -137,7 +170,7 @@ def oof_tta(exp_dir: Path, images: torch.Tensor, cfg: Config, device: torch.devi
             pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))))
     table = pd.concat(parts).sort_values("id").reset_index(drop=True)
     write_csv(table, exp_dir / "oof_tta.csv")
-    cv = json.loads((exp_dir / "cv.json").read_text())
+    cv = read_json(exp_dir / "cv.json", "CV summary")
     cv["oof_tta"] = cv_summary(table, cv["n_splits"])["oof"] | {"preset": cfg.tta_preset}
     write_json(cv, exp_dir / "cv.json")
     print(f"OOF with TTA ({cfg.tta_preset}): accuracy {cv['oof_tta']['accuracy']:.5f}  log loss "
@@ -147,12 +180,19 @@ def oof_tta(exp_dir: Path, images: torch.Tensor, cfg: Config, device: torch.devi
 
 def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(M, N, C) OOF probabilities of the experiments, their labels and folds; all must share the folds."""
-    frames = []
+    frames, hashes = [], []
     for e in exps:
+        hashes.append(experiment_config(experiment_dir(weights_dir, e)).get("folds_hash"))
         path = weights_dir / e / "oof.csv"
-        if not path.is_file():
+        table = read_table(path)
+        if table is None:
             raise PipelineError(f"{path}: not found; the ensemble needs every experiment's OOF (train --fold all)")
-        frames.append(pd.read_csv(path).sort_values("id").reset_index(drop=True))
+        frames.append(table.sort_values("id").reset_index(drop=True))
+    if len(set(hashes)) > 1:
+        i = next(i for i, h in enumerate(hashes) if h != hashes[0])
+        raise PipelineError(f"--exp: {exps[i]} was trained on folds file {hashes[i]!r}, {exps[0]} on {hashes[0]!r}; "
+                            "a blend fitted on OOF rows from two fold assignments leaks: retrain one of them on the "
+                            "same folds file (train --overwrite --fold all)")
     first = frames[0]
     for e, f in zip(exps[1:], frames[1:]):
         if not (f["id"].equals(first["id"]) and f["fold"].equals(first["fold"])):

@@ -90,19 +90,27 @@ def load_pretrained(model: nn.Module, path: str, in_chans: int) -> None:
 
     state = load_checkpoint(path)["state_dict"]
     own = model.state_dict()
-    kept = {}
+    kept, refused = {}, []
     for key, value in state.items():
         key = key.removeprefix("module.")
         if key not in own:
             continue
         if value.shape != own[key].shape and value.ndim == 4 and value.shape[0] == own[key].shape[0]:
-            value = adapt_input_conv(in_chans, value)
-        if value.shape == own[key].shape:
+            try:
+                value = adapt_input_conv(in_chans, value)
+            except (AssertionError, NotImplementedError, ValueError):
+                refused.append(f"{key} ({value.shape[1]} input channels)")
+                continue
+        if value.shape == own[key].shape and value.dtype.is_floating_point == own[key].dtype.is_floating_point:
             kept[key] = value
     if not kept:
         raise PipelineError(f"--pretrained-path: {path} has no weights that fit {type(model).__name__}")
-    model.load_state_dict(kept, strict=False)
-    print(f"loaded {len(kept)}/{len(own)} tensors from {path} (the rest, e.g. the classifier, start fresh)")
+    try:
+        model.load_state_dict(kept, strict=False)
+    except RuntimeError as e:
+        raise PipelineError(f"--pretrained-path: {path}: weights do not load ({str(e).splitlines()[0][:100]})") from None
+    note = f"; could not adapt {', '.join(refused)} to {in_chans} channel(s): started fresh" if refused else ""
+    print(f"loaded {len(kept)}/{len(own)} tensors from {path} (the rest, e.g. the classifier, start fresh){note}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,10 +17,10 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
 from pipeline import data  # noqa: E402
-from pipeline.checkpoint import atomic_path, write_csv  # noqa: E402
+from pipeline.checkpoint import atomic_path, read_json, write_csv  # noqa: E402
 from pipeline.config import Config, parse_config  # noqa: E402
 from pipeline.errors import PipelineError, main_guard  # noqa: E402
-from pipeline.experiment import prob_columns  # noqa: E402
+from pipeline.experiment import experiment_dir, prob_columns, read_table  # noqa: E402
 
 FLAGS = ["exp", "data", "weights_dir", "model"]
 
@@ -97,13 +96,13 @@ def write_report(exp_dir: Path, images: np.ndarray, n_wrong: int = 24) -> Path:
     """Write exp_dir/report/ (PNGs, per_class.csv, report.md); `images` are the train images by id."""
     out = exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    metrics, oof = pd.read_csv(exp_dir / "metrics.csv"), pd.read_csv(exp_dir / "oof.csv")
-    cv, config = (json.loads((exp_dir / f).read_text()) for f in ("cv.json", "config.json"))
+    metrics, oof = read_table(exp_dir / "metrics.csv"), read_table(exp_dir / "oof.csv")
+    cv, config = read_json(exp_dir / "cv.json", "CV summary"), read_json(exp_dir / "config.json", "experiment config")
     probs = oof[prob_columns(config["num_classes"])].to_numpy()
     labels, preds = oof["label"].to_numpy(), probs.argmax(1)
     plot_curves(metrics, out / "curves.png")
     if (exp_dir / "schedule.csv").is_file():
-        plot_schedule(pd.read_csv(exp_dir / "schedule.csv"), out / "lr.png")
+        plot_schedule(read_table(exp_dir / "schedule.csv"), out / "lr.png")
     matrix = confusion_matrix(labels, preds, labels=np.arange(config["num_classes"]))
     plot_confusion(matrix, out / "confusion.png")
     write_csv(pd.DataFrame(matrix), out / "confusion.csv")
@@ -156,12 +155,12 @@ fold accuracy {accs.mean():.5f} +- {accs.std(ddof=0):.5f} (mean +- std over fold
 
 
 def run(cfg: Config) -> Path:
-    exp = cfg.exp[0] if cfg.exp else None
-    exp_dir = Path(cfg.weights_dir) / (exp or cfg.model)
+    exp_dir = experiment_dir(cfg.weights_dir, cfg.exp[0] if cfg.exp else cfg.model)
     if not (exp_dir / "oof.csv").is_file():
         raise PipelineError(f"{exp_dir}: no oof.csv to report on; train it with: python -m pipeline.train --exp {exp_dir.name}")
-    train = data.read_train(data.resolve(cfg.data))
-    trained_on = json.loads((exp_dir / "config.json").read_text()).get("train_hash")
+    config = read_json(exp_dir / "config.json", "experiment config")
+    train = data.read_train(data.resolve(cfg.data), str(config.get("group_col") or ""))
+    trained_on = config.get("train_hash")
     if trained_on != train.train_hash:
         raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "
                             f"({trained_on}); pass the same --data")

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from pipeline.checkpoint import read_json
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.infer import read_oofs
@@ -22,25 +22,40 @@ FLAGS = ["weights_dir", "compare"]
 
 
 def collect(weights_dir: Path) -> pd.DataFrame:
+    """One row per experiment; one whose files are damaged is listed as such, never stopping the table."""
     rows = []
     for config_path in sorted(weights_dir.glob("*/config.json")):
-        exp_dir = config_path.parent
-        config = json.loads(config_path.read_text())
-        cv_path = exp_dir / "cv.json"
-        cv = json.loads(cv_path.read_text()) if cv_path.is_file() else {}
-        rows.append({
-            "exp": exp_dir.name, "model": config.get("model"), "epochs": config.get("epochs"),
-            "batch": config.get("batch_size"), "lr": config.get("lr"), "smooth": config.get("label_smoothing"),
-            "folds": f"{len(cv.get('folds_present', []))}/{config.get('n_splits')}",
-            "cv": cv.get("oof", {}).get("accuracy", np.nan),
-            "fold_std": cv.get("fold_accuracy_std", np.nan),
-            "cv_tta": cv.get("oof_tta", {}).get("accuracy", np.nan),
-            "log_loss": cv.get("oof", {}).get("log_loss", np.nan),
-            "train_s": cv.get("train_seconds", np.nan),
-            "date": dt.datetime.fromtimestamp((cv_path if cv_path.is_file() else config_path).stat().st_mtime)
-                      .strftime("%Y-%m-%d %H:%M"),
-        })
+        try:
+            rows.append(summarise(config_path.parent))
+        except PipelineError as e:
+            print(f"warning: {e}", file=sys.stderr)
+            rows.append({"exp": config_path.parent.name, "model": "(unreadable)"}
+                        | dict.fromkeys(["cv", "fold_std", "cv_tta", "log_loss", "train_s"], np.nan))
     return pd.DataFrame(rows).sort_values("cv", ascending=False, na_position="last") if rows else pd.DataFrame()
+
+
+def summarise(exp_dir: Path) -> dict:
+    config = read_json(exp_dir / "config.json", "experiment config")
+    cv_path = exp_dir / "cv.json"
+    cv = read_json(cv_path, "CV summary") if cv_path.exists() else {}
+    oof, oof_tta = cv.get("oof", {}), cv.get("oof_tta", {})
+    if not isinstance(oof, dict) or not isinstance(oof_tta, dict):
+        raise PipelineError(f"{cv_path}: damaged CV summary; rewrite it with: python -m pipeline.train "
+                            f"--exp {exp_dir.name} --resume")
+    return {
+        "exp": exp_dir.name, "model": config.get("model"), "epochs": config.get("epochs"),
+        "batch": config.get("batch_size"), "lr": config.get("lr"), "smooth": config.get("label_smoothing"),
+        "folds": f"{len(cv.get('folds_present', []))}/{config.get('n_splits')}",
+        "cv": _number(oof.get("accuracy")), "fold_std": _number(cv.get("fold_accuracy_std")),
+        "cv_tta": _number(oof_tta.get("accuracy")), "log_loss": _number(oof.get("log_loss")),
+        "train_s": _number(cv.get("train_seconds")),
+        "date": dt.datetime.fromtimestamp((cv_path if cv_path.is_file() else exp_dir / "config.json").stat().st_mtime)
+                  .strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline import train
 from pipeline.checkpoint import write_csv
-from pipeline.config import Config, parse_stage
+from pipeline.config import Config, check_name, parse_stage
 from pipeline.errors import main_guard
 
 FLAGS = [f for f in train.FLAGS if f not in ("lr", "batch_size", "exp", "resume", "report", "oof_tta", "overwrite")]
@@ -46,17 +46,17 @@ def plot_heatmap(grid: pd.DataFrame, path: Path) -> None:
 
 
 def run(cfg: Config, extra: dict) -> pd.DataFrame:
-    out_dir = Path(cfg.weights_dir) / "sweeps" / extra["name"]
+    out_dir = Path(cfg.weights_dir) / "sweeps" / check_name(extra["name"], "--name")
+    cells = {f"lr{lr:g}_bs{bs}": replace(cfg, lr=lr, batch_size=bs, exp=(f"lr{lr:g}_bs{bs}",), weights_dir=str(out_dir),
+                                         overwrite=True)
+             for lr in extra["lr"] for bs in extra["batch_size"]}  # every cell validated before the first trains
     rows = []
-    for lr in extra["lr"]:
-        for batch_size in extra["batch_size"]:
-            name = f"lr{lr:g}_bs{batch_size}"
-            print(f"== sweep {name}")
-            cell = replace(cfg, lr=lr, batch_size=batch_size, exp=(name,), weights_dir=str(out_dir), overwrite=True)
-            cv = train.run(cell)
-            rows.append({"lr": lr, "batch_size": batch_size, "valid_accuracy": cv["oof"]["accuracy"],
-                         "valid_log_loss": cv["oof"]["log_loss"], "train_seconds": cv["train_seconds"]})
-            write_csv(pd.DataFrame(rows), out_dir / "sweep.csv")  # kept up to date: an interrupted sweep keeps its cells
+    for name, cell in cells.items():
+        print(f"== sweep {name}")
+        cv = train.run(cell)
+        rows.append({"lr": cell.lr, "batch_size": cell.batch_size, "valid_accuracy": cv["oof"]["accuracy"],
+                     "valid_log_loss": cv["oof"]["log_loss"], "train_seconds": cv["train_seconds"]})
+        write_csv(pd.DataFrame(rows), out_dir / "sweep.csv")  # kept up to date: an interrupted sweep keeps its cells
     table = pd.DataFrame(rows)
     grid = grid_table(rows)
     plot_heatmap(grid, out_dir / "sweep.png")

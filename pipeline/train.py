@@ -22,8 +22,8 @@ from pipeline import data, experiment
 from pipeline.checkpoint import load_checkpoint, save_checkpoint, write_json
 from pipeline.config import Config, parse_config, to_dict
 from pipeline.engine import auto_batch_size, predict, resolve_device, steps_per_epoch, train_one_epoch
-from pipeline.errors import PipelineError, main_guard
-from pipeline.folds import read_folds
+from pipeline.errors import PipelineError, TrainingDiverged, main_guard
+from pipeline.folds import read_description, read_folds
 from pipeline.infer import oof_tta
 from pipeline.metrics import scores
 from pipeline.models import build_model, unwrap
@@ -37,38 +37,40 @@ def run(cfg: Config, on_epoch=None) -> dict:
     """Train the folds named by cfg.fold; `on_epoch(epoch, valid_scores)` is called after every epoch."""
     if len(cfg.exp) > 1:
         raise PipelineError(f"--exp: train writes one experiment, got {len(cfg.exp)}: {' '.join(cfg.exp)}")
-    train = data.read_train(data.resolve(cfg.data))
+    exp_dir = experiment.experiment_dir(cfg.weights_dir, cfg.exp_name)
+    group_col = read_description(cfg.folds_path).get("group_col", "")
+    train = data.read_train(data.resolve(cfg.data), group_col)
     folds = read_folds(cfg.folds_path, train.train_hash, len(train.labels))
-    n_splits = int(folds.max()) + 1
-    fold_ids = cfg.fold_ids(n_splits)
+    fold_ids = cfg.fold_ids(folds.n_splits)
     if cfg.batch_size == 0:
-        cfg = replace(cfg, batch_size=auto_batch_size(int((folds != 0).sum())))
+        cfg = replace(cfg, batch_size=auto_batch_size(int((folds.fold != 0).sum())))
     device = resolve_device(cfg.device)
     build_model(cfg.model, data.NUM_CLASSES, 1, cfg.img_size, cfg.pretrained, cfg.pretrained_path)  # fail fast
-    exp_dir = Path(cfg.weights_dir) / cfg.exp_name
-    resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": n_splits, "num_classes": data.NUM_CLASSES,
-                               "in_chans": 1, "train_hash": train.train_hash}
-    todo = experiment.prepare(exp_dir, resolved, fold_ids, cfg.resume, cfg.overwrite)
-    write_json(resolved, exp_dir / "config.json")
-    print(f"training {cfg.model} on {len(train.labels):,} rows, folds {fold_ids} -> {exp_dir}/ "
-          f"(device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''})")
-    images = torch.from_numpy(train.images).to(device)  # (N, 1, 28, 28) uint8, resident for the whole run
-    labels = torch.from_numpy(train.labels).to(device)
-    started = time.perf_counter()
-    for k in todo:
-        probs = train_fold(cfg, resolved, k, images, labels, folds, exp_dir, device, on_epoch)
-        valid = np.flatnonzero(folds == k)
-        experiment.write_oof(exp_dir, train.ids[valid], k, train.labels[valid], probs)
-        (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
-    cv = experiment.write_cv(exp_dir, n_splits, {"train_seconds": round(time.perf_counter() - started, 1)})
-    print(experiment.format_cv(cv, cfg.exp_name))
-    if cfg.oof_tta:
-        cv = oof_tta(exp_dir, images, cfg, device)
-    if cfg.report:
-        from pipeline.report import write_report
-        print(f"report: {write_report(exp_dir, train.images)}")
-    else:
-        print(f"figures: python -m pipeline.report --exp {cfg.exp_name}")
+    resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": folds.n_splits, "num_classes": data.NUM_CLASSES,
+                               "in_chans": 1, "train_hash": train.train_hash, "folds_hash": folds.folds_hash,
+                               "group_col": group_col}
+    with experiment.locked(exp_dir):
+        todo = experiment.prepare(exp_dir, resolved, fold_ids, cfg.resume, cfg.overwrite)
+        write_json(resolved, exp_dir / "config.json")
+        print(f"training {cfg.model} on {len(train.labels):,} rows, folds {fold_ids} -> {exp_dir}/ "
+              f"(device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''})")
+        images = torch.from_numpy(train.images).to(device)  # (N, 1, 28, 28) uint8, resident for the whole run
+        labels = torch.from_numpy(train.labels).to(device)
+        started = time.perf_counter()
+        for k in todo:
+            probs = train_fold(cfg, resolved, k, images, labels, folds.fold, exp_dir, device, on_epoch)
+            valid = np.flatnonzero(folds.fold == k)
+            experiment.write_oof(exp_dir, train.ids[valid], k, train.labels[valid], probs)
+            (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
+        cv = experiment.write_cv(exp_dir, folds.n_splits, {"train_seconds": round(time.perf_counter() - started, 1)})
+        print(experiment.format_cv(cv, cfg.exp_name))
+        if cfg.oof_tta:
+            cv = oof_tta(exp_dir, images, cfg, device)
+        if cfg.report:
+            from pipeline.report import write_report
+            print(f"report: {write_report(exp_dir, train.images)}")
+        else:
+            print(f"figures: python -m pipeline.report --exp {cfg.exp_name}")
     return cv
 
 
@@ -82,7 +84,7 @@ def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels
     state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_log_loss": float("inf"), "best_probs": None}
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
-        state = restore(load_checkpoint(last), model, optimizer, generator)
+        state = restore(load_checkpoint(last), model, optimizer, generator, last)
         print(f"resume: fold {k} continues after epoch {state['epoch']} of {cfg.epochs} "
               f"(best accuracy so far {state['best_accuracy']:.5f})")
     x_train, y_train = images[train_idx], labels[train_idx]
@@ -94,6 +96,7 @@ def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels
                                        generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}")
         state["step"], loss = epoch_result.step, epoch_result.loss
         probs = predict(net, x_valid, 2 * cfg.batch_size, cfg.img_size, device)
+        check_finite(loss, probs, model, k, epoch, state["epoch"])
         valid = scores(probs, valid_labels)
         improved = (valid["accuracy"], -valid["log_loss"]) > (state["best_accuracy"], -state["best_log_loss"])
         if improved:  # best by accuracy, ties broken by the lower log loss
@@ -114,6 +117,18 @@ def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels
         if on_epoch is not None:
             on_epoch(epoch + 1, valid)
     return state["best_probs"]
+
+
+def check_finite(loss: float, probs: np.ndarray, model: nn.Module, k: int, epoch: int, last_good: int) -> None:
+    """Stop the fold when training diverged: a NaN model must never be saved as best or resumed from."""
+    bad = ("the training loss" if not np.isfinite(loss) else "the validation probabilities"
+           if not np.isfinite(probs).all() else next((f"weights {n}" for n, p in unwrap(model).state_dict().items()
+                                                      if p.is_floating_point() and not torch.isfinite(p).all()), None))
+    if bad is not None:
+        kept = (f"fold{k}.last.pth (epoch {last_good}, the last good one) is kept for --resume" if last_good
+                else "nothing of this fold was saved")
+        raise TrainingDiverged(f"fold {k} epoch {epoch + 1}: {bad} became NaN or infinite (training diverged); "
+                            f"{kept}. Lower --lr, or raise --warmup-epochs, and retrain with --overwrite")
 
 
 def fold_setup(cfg: Config, k: int, device: torch.device):
@@ -139,15 +154,21 @@ def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generato
             "best_log_loss": state["best_log_loss"], "best_probs": torch.from_numpy(state["best_probs"])}
 
 
-def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator) -> dict:
-    model.load_state_dict(saved["state_dict"])
-    optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    generator.set_state(saved["rng"]["generator"])
-    if "cuda" in saved["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    return {"epoch": saved["epoch"], "step": saved["step"], "best_accuracy": saved["best_accuracy"],
-            "best_log_loss": saved["best_log_loss"], "best_probs": saved["best_probs"].numpy()}
+def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator, path: Path) -> dict:
+    """Put the model, optimizer and random state back as `snapshot` saved them; a damaged snapshot is refused."""
+    try:
+        model.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        generator.set_state(saved["rng"]["generator"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        state = {"epoch": int(saved["epoch"]), "step": int(saved["step"]), "best_accuracy": float(saved["best_accuracy"]),
+                 "best_log_loss": float(saved["best_log_loss"]), "best_probs": saved["best_probs"].numpy()}
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise PipelineError(f"{path}: not a usable resume snapshot ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
+                            "delete it to restart that fold, or retrain with --overwrite") from None
+    return state
 
 
 def main(argv=None) -> int:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pipeline import train
 from pipeline.checkpoint import write_json
-from pipeline.config import Config, parse_stage
-from pipeline.errors import PipelineError, main_guard
+from pipeline.config import Config, check_name, parse_stage
+from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.experiment import RECIPE
 
 FLAGS = [f for f in train.FLAGS if f not in ("exp", "resume", "overwrite", "report", "oof_tta")] + ["trials"]
@@ -37,7 +37,7 @@ def run(cfg: Config, extra: dict):
     except ImportError:
         raise PipelineError("tune needs Optuna, an optional extra: pip install -e '.[tune]' (or pip install optuna)") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out_dir = Path(cfg.weights_dir) / "tunes" / extra["name"]
+    out_dir = Path(cfg.weights_dir) / "tunes" / check_name(extra["name"], "--name")
 
     def objective(trial):
         params = suggest(trial, cfg.epochs)
@@ -55,7 +55,10 @@ def run(cfg: Config, extra: dict):
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
-    study.optimize(objective, n_trials=cfg.trials)
+    study.optimize(objective, n_trials=cfg.trials, catch=(TrainingDiverged,))  # a diverged trial is a failed one
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise PipelineError(f"tune: none of the {cfg.trials} trials completed (all pruned or diverged); "
+                            "widen the search or train longer")
     best = replace(cfg, **study.best_params)
     keep = [f for f in RECIPE if f != "seed"] + ["model", "data", "folds_path", "device"]
     write_json({k: getattr(best, k) for k in keep}, out_dir / "best.json")

@@ -35,7 +35,7 @@ def test_too_few_rows_per_class():
 def test_read_folds_refuses_other_data(tmp_path):
     path = tmp_path / "folds.csv"
     folds_frame(np.arange(230), LABELS, assign_folds(LABELS, 5, 0), "abc").to_csv(path, index=False)
-    assert read_folds(str(path), "abc", 230).tolist() == assign_folds(LABELS, 5, 0).tolist()
+    assert read_folds(str(path), "abc", 230).fold.tolist() == assign_folds(LABELS, 5, 0).tolist()
     with pytest.raises(PipelineError, match="different train.csv"):
         read_folds(str(path), "other", 230)
 
