@@ -198,11 +198,13 @@ def load_config_file(path: str) -> dict:
 def make_config(values: dict, source: str = "config") -> Config:
     """Config from a mapping, refusing unknown keys and any value that is not already of the annotated type."""
     hints = typing.get_type_hints(Config)
-    unknown = sorted(str(k) for k in set(values) - set(hints))
+    unknown = sorted(repr(k) for k in set(values) - set(hints))
     if unknown:
-        raise PipelineError(f"{source}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(hints)}")
+        raise PipelineError(f"{source}: unknown field(s) {', '.join(unknown[:5])}; valid: {', '.join(hints)}")
     typed = {}
     for name, value in values.items():
+        if name == "fold" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # fold: 0 in a file means fold "0"; no other string field takes a number
         typed[name] = strict_value(hints[name], value)
         if typed[name] is None:
             kind = hints[name]
@@ -235,8 +237,6 @@ def strict_value(kind, value):
                 return None
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     if kind is str:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)  # fold: 0
         return value if isinstance(value, str) else None
     return None
 

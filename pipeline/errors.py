@@ -7,7 +7,14 @@ import sys
 
 
 class PipelineError(Exception):
-    """Bad input or a refused request: shown as one line on stderr, exit status 2."""
+    """Bad input or a refused request: shown as one line on stderr, exit status 2.
+
+    Messages quote file names, columns and values from the user's files: line breaks in them are escaped,
+    so the message stays one line whatever those hold.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class TrainingDiverged(PipelineError):
@@ -34,7 +41,7 @@ def main_guard(run, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # permissions, a folder where a file belongs, a full disk, a name too long
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"error: {PipelineError(describe_os_error(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished files are kept; nothing half-written was left behind", file=sys.stderr)

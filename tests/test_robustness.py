@@ -36,7 +36,8 @@ def trained(tiny_comp, workdir):
 def test_existing_experiment_is_not_overwritten(trained, workdir, capsys):
     before = (workdir / "weights/digit_cnn/fold0.pth").read_bytes()
     assert train.main(["--data", trained, "--epochs", "1", "--batch-size", "32"]) == 2
-    assert "experiment exists" in capsys.readouterr().err and "--resume" in capsys.readouterr().err + "--resume"
+    err = capsys.readouterr().err
+    assert "experiment exists" in err and "add --resume to continue it, --overwrite to replace it" in err
     assert (workdir / "weights/digit_cnn/fold0.pth").read_bytes() == before
     assert train.main(["--data", trained, "--epochs", "1", "--batch-size", "32", "--fold", "2", "--overwrite"]) == 0
     assert (workdir / "weights/digit_cnn/fold0.pth").read_bytes() == before  # other folds untouched
