@@ -5,6 +5,7 @@ Digits keep their label under small shifts, rotations and zooms, never under fli
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,9 +46,58 @@ def random_affine(images: torch.Tensor, rotate: float, scale: float, shift: floa
     return warp(x, theta)
 
 
-def to_model_input(x: torch.Tensor, img_size: int, channels_last: bool) -> torch.Tensor:
+def random_natural(images: torch.Tensor, generator: torch.Generator | None = None, min_area: float = 0.35,
+                   rotate: float = 10.0, jitter: float = 0.2) -> torch.Tensor:
+    """Photos: random resized crop (area min_area..1, aspect 3/4..4/3), horizontal flip, a small rotation,
+    brightness and contrast, each drawn per image. (B, C, H, W) uint8 on any device -> float32 on 0..255."""
+    x = images.float()
+    b, dev = x.shape[0], x.device
+    u = torch.rand(b, 7, device=dev, generator=generator)
+    area = min_area + (1 - min_area) * u[:, 0]
+    aspect = torch.exp((u[:, 1] * 2 - 1) * math.log(4 / 3))
+    w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # crop size, fraction of the side
+    cx, cy = (u[:, 2] * 2 - 1) * (1 - w), (u[:, 3] * 2 - 1) * (1 - h)  # crop centre in grid units, inside the image
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    angle = (u[:, 5] * 2 - 1) * math.radians(rotate)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([w * flip * cos, -w * sin, cx], 1),
+                         torch.stack([h * flip * sin, h * cos, cy], 1)], 1)  # input = crop(rotate(flip(output)))
+    x = warp(x, theta, padding_mode="reflection")
+    contrast = 1 + (u[:, 6:7, None, None] * 2 - 1) * jitter
+    brightness = (torch.rand(b, 1, 1, 1, device=dev, generator=generator) * 2 - 1) * jitter * 255
+    mean = x.mean((1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean + brightness).clamp(0, 255)
+
+
+AUGMENTS = ("digits", "natural", "none")
+
+
+def augment(images: torch.Tensor, law: str, rotate: float, scale: float, shift: float,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """The training augmentation `law` (digits: label-safe affine; natural: crop, flip, colour; none)."""
+    if law == "digits":
+        return random_affine(images, rotate, scale, shift, generator)
+    if law == "natural":
+        return random_natural(images, generator)
+    return images.float()
+
+
+@functools.lru_cache(maxsize=16)
+def _stats(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, 1, 1) scale and shift on the device, made once (a tensor per batch would sync the GPU)."""
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return 1 / (255 * s), -m / s
+
+
+def to_model_input(x: torch.Tensor, img_size: int, channels_last: bool,
+                   mean: tuple[float, ...] = (MEAN,), std: tuple[float, ...] = (STD,)) -> torch.Tensor:
     """0..255 images (uint8 or float, (B, C, H, W)) -> normalised float32 at img_size, as the model sees them."""
-    x = (x.float() * (1 / 255) - MEAN) / STD
+    if len(mean) == 1:
+        x = (x.float() * (1 / 255) - mean[0]) / std[0]
+    else:
+        scale, shift = _stats(x.device, tuple(mean), tuple(std))
+        x = torch.addcmul(shift, x.float(), scale)
     if x.shape[-1] != img_size or x.shape[-2] != img_size:
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -30,13 +30,16 @@ from timm.optim import create_optimizer_v2
 from pipeline import data
 from pipeline.augment import MEAN, STD, albumentations_affine
 from pipeline.config import Config, parse_stage, to_dict
-from pipeline.engine import auto_batch_size, resolve_device, steps_per_epoch
+from pipeline.engine import DataSpec, auto_batch_size, resolve_device, steps_per_epoch
 from pipeline.errors import main_guard
 from pipeline.folds import assign_folds
 from pipeline.metrics import accuracy
 from pipeline.models import build_model
 from pipeline.schedule import lr_at
+from pipeline.tasks import Task
 from pipeline.train import train_fold
+
+DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
 FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed"]
 
@@ -97,10 +100,11 @@ def pipeline_fold(cfg: Config, train: data.TrainSet, folds: np.ndarray, device: 
     """Fold 0 through `train_fold`, the function `python -m pipeline.train` calls."""
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
-    resolved = to_dict(cfg) | {"n_splits": 5, "num_classes": data.NUM_CLASSES, "in_chans": 1}
+    spec = DataSpec(DIGITS, cfg.img_size, (MEAN,), (STD,), "digits")
+    resolved = to_dict(cfg) | {"n_splits": 5, "num_classes": data.NUM_CLASSES, "in_chans": 1, "data_spec": spec.to_dict()}
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        probs = train_fold(cfg, resolved, 0, images, labels, folds, Path(tmp), device)
+        probs = train_fold(cfg, resolved, spec, 0, images, labels, folds, Path(tmp), device)
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "images": int((folds != 0).sum()) * cfg.epochs,
             "accuracy": accuracy(probs, train.labels[folds == 0])}
@@ -131,7 +135,7 @@ def run(cfg: Config, extra: dict) -> float:
     src = data.resolve(cfg.data)
     train = data.read_train(src)
     if limit:
-        train = data.TrainSet(train.images[:limit], train.labels[:limit], train.ids[:limit], None, train.train_hash)
+        train = data.TrainSet(train.targets[:limit], train.ids[:limit], None, train.train_hash, images=train.images[:limit])
     frame = pd.DataFrame(train.images.reshape(len(train.labels), -1), columns=data.PIXELS)
     frame.insert(0, "label", train.labels)
     folds = assign_folds(train.labels, 5, cfg.seed)

@@ -29,6 +29,14 @@ class Config:
     n_splits: int = 5  # number of folds, 2..20
     seed: int = 42  # seed for folds, weight init, batch order and augmentation
     group_col: str = ""  # train.csv column whose rows must share a fold (StratifiedGroupKFold); '' = none
+    layout: str = ""  # make_folds: pixels | csv-images | class-folders; '' = detect from --data
+    id_col: str = ""  # make_folds: train CSV column naming each image; '' = detect
+    target_col: tuple[str, ...] = ()  # make_folds: target column(s) of the train CSV; () = detect
+    image_dir: str = ""  # make_folds: folder of the train images (class-folders: of the class folders); '' = detect
+    task: str = ""  # make_folds: multiclass | multilabel | regression; '' = detect from the targets
+    metric: str = ""  # make_folds: accuracy | macro_f1 | micro_f1 | roc_auc | log_loss | rmse | qwk; '' = the task's default
+    threshold: float = 0.5  # multilabel: a label is predicted at probability >= threshold, 0 < x < 1
+    cache_dir: str = ".cache"  # decoded image files, reused by every fold, experiment and inference run
     # model
     model: str = "digit_cnn"  # any timm model name; digit_cnn is the pipeline's own CNN for 28x28 digits
     pretrained: bool = False  # hub weights need internet: refused, use --pretrained-path
@@ -54,7 +62,7 @@ class Config:
     report: bool = False  # train: write weights/<exp>/report/ (figures and report.md) at the end
     # inference
     tta: bool = False  # infer: test-time augmentation with ttach
-    tta_preset: str = "digits"  # infer: 'digits' (shifts, zoom: label-preserving) or 'flips' (natural images)
+    tta_preset: str = ""  # 'digits' (shifts, zoom), 'hflip' (natural images), 'd4' (8 flips/turns, top-down images); '' = the layout's
     ensemble: str = "mean"  # infer with several experiments: 'mean' or 'learned' (softmax weights fitted on OOF)
     out: str = ""  # infer: submission path; '' = submissions/<exp>.csv
     # runs, sweep, tune
@@ -112,7 +120,12 @@ RULES = {  # field -> (test, rule text)
     "scale": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
-    "tta_preset": (lambda v: v in ("digits", "flips"), "must be 'digits' or 'flips'"),
+    "tta_preset": (lambda v: v in ("", "digits", "hflip", "flips", "d4"), "must be digits, hflip or d4"),
+    "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders"), "must be pixels, csv-images or class-folders"),
+    "task": (lambda v: v in ("", "multiclass", "multilabel", "regression"), "must be multiclass, multilabel or regression"),
+    "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "qwk"),
+               "must be accuracy, macro_f1, micro_f1, roc_auc, log_loss, rmse or qwk"),
+    "threshold": (lambda v: 0 < v < 1, "must be between 0 and 1"),
     "ensemble": (lambda v: v in ("mean", "learned"), "must be 'mean' or 'learned'"),
     "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
     "compare": (lambda v: len(v) in (0, 2) and all(NAME.fullmatch(e) for e in v),

@@ -7,17 +7,58 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipeline.augment import random_affine, to_model_input
+from pipeline.augment import augment, to_model_input
 from pipeline.errors import PipelineError
 from pipeline.schedule import lr_at
+from pipeline.tasks import Task
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How a model sees the data: the task, the input side and normalisation, the training augmentation law."""
+    task: Task
+    img_size: int  # side the model sees
+    mean: tuple[float, ...]  # per-channel normalisation on the 0..1 scale
+    std: tuple[float, ...]
+    augment: str = "digits"  # digits | natural | none
+
+    def inputs(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        return to_model_input(x, self.img_size, channels_last, self.mean, self.std)
+
+    def to_dict(self) -> dict:
+        return {"task": self.task.to_dict(), "img_size": self.img_size, "mean": list(self.mean),
+                "std": list(self.std), "augment": self.augment}
+
+    @classmethod
+    def from_config(cls, config: dict, where: str) -> DataSpec:
+        """From a resolved config (config.json or a checkpoint's); Digit Recognizer's before specs were saved."""
+        spec = config.get("data_spec")
+        if spec is None:  # trained before task kinds existed: 10 digits, MNIST statistics
+            from pipeline.augment import MEAN, STD
+            return cls(Task("multiclass", tuple(str(i) for i in range(int(config.get("num_classes", 10))))),
+                       int(config.get("img_size", 28)), (MEAN,), (STD,))
+        try:
+            if not isinstance(spec, dict) or not isinstance(spec.get("task"), dict):
+                raise TypeError(f"expected a mapping with a task, found {type(spec).__name__}")
+            return cls(Task.from_dict(spec["task"], where), int(spec["img_size"]), tuple(map(float, spec["mean"])),
+                       tuple(map(float, spec["std"])), str(spec.get("augment", "digits")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PipelineError(f"{where}: damaged data_spec ({type(e).__name__}: {e}); retrain with --overwrite") from None
+
+
+def take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows `idx` of images that live on the device, or stream them from host memory (pinned, asynchronous)."""
+    if images.device == device:
+        return images[idx]
+    rows = images[idx.cpu()]
+    return rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PipelineError(f"--device: {name} requested but no CUDA GPU is visible; use --device cpu or auto")
     device = torch.device(name)
@@ -55,19 +96,20 @@ class EpochResult:
     lrs: list[float]  # learning rate of each optimizer step, as applied
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                    labels: torch.Tensor, cfg, step: int, total_steps: int,
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, rows: torch.Tensor,
+                    targets: torch.Tensor, cfg, spec: DataSpec, step: int, total_steps: int,
                     generator: torch.Generator, desc: str = "") -> EpochResult:
-    """One pass over (N, C, H, W) uint8 `images` resident on the device.
+    """One pass over the training `rows` of (N, C, H, W) uint8 `images` (on the device, or in host memory to
+    stream batches from); `targets` (N, ...) are on the device.
 
     lr follows lr_at(step) per optimizer step; label smoothing applies to this loss only.
     """
-    device, n = images.device, len(images)
+    device, n = targets.device, len(rows)
     batch = min(cfg.batch_size, n)
     n_steps = steps_per_epoch(n, cfg.batch_size)
     warmup = round(cfg.warmup_epochs * n_steps)
     channels_last = device.type == "cuda"
-    order = torch.randperm(n, device=device, generator=generator)
+    order = rows[torch.randperm(n, device=device, generator=generator).to(rows.device)]
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     lrs = []
@@ -79,26 +121,29 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
             group["lr"] = lr
         lrs.append(lr)
         idx = order[i * batch:(i + 1) * batch]
-        x = random_affine(images[idx], cfg.rotate, cfg.scale, cfg.shift, generator)
-        x = to_model_input(x, cfg.img_size, channels_last)
+        x = augment(take(images, idx, device), spec.augment, cfg.rotate, cfg.scale, cfg.shift, generator)
+        x = spec.inputs(x, channels_last)
         with autocast(device):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels[idx], label_smoothing=cfg.label_smoothing)
+        y = targets[idx.to(device)]
+        loss = spec.task.loss(logits.float(), y, cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += loss.detach()
-        correct += (logits.detach().argmax(1) == labels[idx]).sum()
+        correct += spec.task.correct(logits.detach(), y)
         step += 1
         if i % 25 == 0 or i == n_steps - 1:  # reading the loss syncs the GPU: not every step
             bar.set_postfix(loss=f"{total_loss.item() / (i + 1):.4f}", lr=f"{lr:.2e}")
-    return EpochResult(total_loss.item() / n_steps, correct.item() / (n_steps * batch), step, lrs)
+    accuracy = correct.item() / (n_steps * batch) if spec.task.kind == "multiclass" else float("nan")
+    return EpochResult(total_loss.item() / n_steps, accuracy, step, lrs)
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int, img_size: int,
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int, spec: DataSpec,
             device: torch.device, desc: str = "") -> np.ndarray:
-    """Class probabilities (N, num_classes) float32 for (N, C, H, W) uint8 images on any device.
+    """The task's predictions (N, outputs) float32 (probabilities, or values) for (N, C, H, W) uint8 images
+    on any device.
 
     The one forward path for validation, OOF and test (a ttach wrapper is just another model).
     """
@@ -107,8 +152,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, img_size: i
     out = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=desc, leave=False, unit="batch", disable=None if desc and len(starts) > 1 else True):
-        x = to_model_input(images[start:start + batch_size].to(device, non_blocking=True), img_size, channels_last)
+        x = spec.inputs(images[start:start + batch_size].to(device, non_blocking=True), channels_last)
         with autocast(device):
             logits = model(x)
-        out.append(logits.float().softmax(1))
+        out.append(spec.task.activate(logits.float()))
     return torch.cat(out).cpu().numpy()

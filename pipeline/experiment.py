@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline.checkpoint import read_json, remove_litter, write_csv, write_json
 from pipeline.errors import PipelineError
-from pipeline.metrics import scores
+from pipeline.tasks import Task
 
 # Fields that define what an experiment trains; --resume refuses a run that changes one of them.
 RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", "weight_decay",
@@ -188,45 +188,53 @@ def _replace_rows(path: Path, new: pd.DataFrame, fold: int, epoch: int) -> None:
     write_csv(new, path)
 
 
-def write_oof(exp_dir: Path, ids: np.ndarray, k: int, labels: np.ndarray, probs: np.ndarray) -> None:
-    """Replace fold k's rows of oof.csv with the best epoch's validation probabilities."""
-    rows = pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))
-    rows.insert(0, "label", labels)
-    rows.insert(0, "fold", k)
-    rows.insert(0, "id", ids)
+def write_oof(exp_dir: Path, ids: np.ndarray, k: int, targets: np.ndarray, preds: np.ndarray, task: Task) -> None:
+    """Replace fold k's rows of oof.csv with the best epoch's validation predictions."""
+    rows = pd.concat([pd.DataFrame({"id": ids, "fold": k}), task.targets_frame(targets),
+                      pd.DataFrame(preds, columns=prob_columns(preds.shape[1]))], axis=1)
     old = read_table(exp_dir / "oof.csv")
     if old is not None:
         rows = pd.concat([old[old["fold"] != k], rows], ignore_index=True)
     write_csv(rows.sort_values("id", kind="stable").reset_index(drop=True), exp_dir / "oof.csv")
 
 
-def cv_summary(oof: pd.DataFrame, n_splits: int) -> dict:
-    """Per-fold and overall accuracy / log loss from OOF rows (pure)."""
+def oof_arrays(oof: pd.DataFrame, task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions (N, outputs), targets) from oof.csv rows."""
+    cols = prob_columns(task.num_outputs)
+    missing = [c for c in cols + task.target_columns() if c not in oof.columns]
+    if missing:
+        raise PipelineError(f"oof.csv: no column {missing[0]!r} for this {task.kind} task; retrain with --overwrite")
+    return oof[cols].to_numpy(dtype=np.float64), task.targets_from(oof)
+
+
+def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> dict:
+    """Per-fold and overall scores in the competition's metric, from OOF rows (pure)."""
     if oof["id"].duplicated().any():  # two fold assignments mixed: every CV figure would be wrong
         dup = oof["id"][oof["id"].duplicated()].iloc[0]
         raise PipelineError(f"oof.csv: id {dup} appears in more than one fold's rows; the experiment mixes two "
                             "folds files: retrain it with --overwrite --fold all")
-    probs = oof[[c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
-    labels, fold = oof["label"].to_numpy(), oof["fold"].to_numpy()
-    per_fold = {int(k): scores(probs[fold == k], labels[fold == k]) for k in sorted(np.unique(fold))}
-    accs = np.array([s["accuracy"] for s in per_fold.values()])
+    preds, targets = oof_arrays(oof, task)
+    fold = oof["fold"].to_numpy()
+    per_fold = {int(k): task.scores(preds[fold == k], targets[fold == k]) for k in sorted(np.unique(fold))}
+    values = np.array([s[task.metric] for s in per_fold.values()])
     return {
+        "metric": task.metric, "higher_is_better": task.higher_is_better,
         "folds_present": list(per_fold), "n_splits": n_splits, "complete": len(per_fold) == n_splits,
-        "per_fold": per_fold, "oof": scores(probs, labels), "rows": int(len(oof)),
-        "fold_accuracy_mean": float(accs.mean()), "fold_accuracy_std": float(accs.std()),
+        "per_fold": per_fold, "oof": task.scores(preds, targets), "rows": int(len(oof)),
+        "fold_mean": float(np.nanmean(values)), "fold_std": float(np.nanstd(values)),
     }
 
 
-def write_cv(exp_dir: Path, n_splits: int, extra: dict) -> dict:
-    cv = cv_summary(read_table(exp_dir / "oof.csv"), n_splits) | extra
+def write_cv(exp_dir: Path, n_splits: int, extra: dict, task: Task) -> dict:
+    cv = cv_summary(read_table(exp_dir / "oof.csv"), n_splits, task) | extra
     write_json(cv, exp_dir / "cv.json")
     return cv
 
 
 def format_cv(cv: dict, name: str) -> str:
-    lines = [f"fold {k}: accuracy {s['accuracy']:.5f}  log loss {s['log_loss']:.4f}" for k, s in cv["per_fold"].items()]
+    metric = cv.get("metric", "accuracy")
+    lines = [f"fold {k}: {metric} {s[metric]:.5f}  loss {s['loss']:.4f}" for k, s in cv["per_fold"].items()]
     present = "all folds" if cv["complete"] else f"folds {', '.join(map(str, cv['folds_present']))} of {cv['n_splits']} only"
-    lines.append(f"local CV ({name}, {present}, {cv['rows']:,} OOF rows): accuracy {cv['oof']['accuracy']:.5f} "
-                 f"(fold mean {cv['fold_accuracy_mean']:.5f} +- {cv['fold_accuracy_std']:.5f})  "
-                 f"log loss {cv['oof']['log_loss']:.4f}")
+    lines.append(f"local CV ({name}, {present}, {cv['rows']:,} OOF rows): {metric} {cv['oof'][metric]:.5f} "
+                 f"(fold mean {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f})  loss {cv['oof']['loss']:.4f}")
     return "\n".join(lines)

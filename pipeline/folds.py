@@ -27,14 +27,13 @@ def description_path(folds_path: str | Path) -> Path:
 
 
 def read_description(folds_path: str | Path) -> dict:
-    """What make_folds recorded beside the folds file; {} for a folds file made before descriptions existed."""
+    """What make_folds recorded beside the folds file (layout, task, group column); {} for an older folds file."""
     path = description_path(folds_path)
     if not path.exists():
         return {}
     info = read_json(path, "folds description")
-    if not isinstance(info.get("group_col", ""), str):
-        raise PipelineError(f"{path}: group_col must be a column name, found {info.get('group_col')!r}; "
-                            "remake it with: python -m pipeline.make_folds --overwrite")
+    if not isinstance(info.get("group_col", ""), str) or not isinstance(info.get("data", {}), dict):
+        raise PipelineError(f"{path}: damaged folds description; remake it with: python -m pipeline.make_folds --overwrite")
     return info
 
 
@@ -60,7 +59,11 @@ def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarra
 
 
 def folds_frame(ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, train_hash: str) -> pd.DataFrame:
-    return pd.DataFrame({"id": ids, "label": labels, "fold": folds, "train_hash": train_hash})
+    """One row per train row: its id, its label (class index or value; left out for multilabel), its fold."""
+    frame = pd.DataFrame({"id": ids})
+    if labels.ndim == 1:
+        frame["label"] = labels
+    return frame.assign(fold=folds, train_hash=train_hash)
 
 
 def file_hash(raw: bytes) -> str:

@@ -17,40 +17,63 @@ import torch
 from pipeline import data
 from pipeline.checkpoint import check_fold_config, load_checkpoint, read_json, write_csv, write_json, write_npy
 from pipeline.config import Config, parse_config
-from pipeline.engine import predict, resolve_device
+from pipeline.engine import DataSpec, predict, resolve_device
 from pipeline.ensemble import blend, fit_weights, honest_blend_scores
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import cv_summary, experiment_dir, prob_columns, read_table
-from pipeline.metrics import scores
+from pipeline.experiment import cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
+from pipeline.tasks import Task
 from pipeline.models import build_model
 
-FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size"]
+FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size", "cache_dir"]
 
 
 def run(cfg: Config) -> pd.DataFrame:
     exps = cfg.exp or (default_experiment(Path(cfg.weights_dir), cfg.model),)
     out = Path(cfg.out or f"submissions/{'+'.join(exps)}{'_' + cfg.ensemble if len(exps) > 1 else ''}.csv")
     check_writable(out, "--out")
-    src = data.resolve(cfg.data)
-    test = data.read_test(src)
-    sample = data.read_sample_submission(src, len(test))
-    device = resolve_device(cfg.device)
     exp_dirs = [experiment_dir(cfg.weights_dir, e) for e in exps]
+    desc, spec = experiment_data(exp_dirs[0])
+    for d in exp_dirs[1:]:
+        if experiment_data(d)[1].task != spec.task:
+            raise PipelineError(f"--exp: {d.name} was trained for another task than {exp_dirs[0].name} "
+                                f"({experiment_data(d)[1].task.describe()} vs {spec.task.describe()})")
     if len(exps) > 1:
         read_oofs(Path(cfg.weights_dir), exps)  # refuse a blend of different folds files before any inference
-    images = torch.from_numpy(test).to(device)  # (N, 1, 28, 28) uint8
-    test_probs = np.stack([predict_experiment(d, images, cfg, device) for d in exp_dirs])
+    src = data.resolve(cfg.data)
+    test, sample = data.read_test(src, desc, spec.img_size, cfg.cache_dir)
+    submission_shape = spec.task.submission_mode(sample)  # refuse a sample this task cannot fill, before inference
+    device = resolve_device(cfg.device)
+    images = torch.from_numpy(np.ascontiguousarray(test)).to(device)  # (N, C, H, W) uint8
+    preset = cfg.tta_preset or desc.tta_preset
+    test_probs = np.stack([predict_experiment(d, images, cfg, preset, device) for d in exp_dirs])
     if len(exps) == 1:
         final = test_probs[0]
     else:
         weights = ensemble_weights(Path(cfg.weights_dir), exps, cfg.ensemble)
         final = blend(test_probs, weights)
-    submission = sample.copy()
-    submission[sample.columns[1]] = final.argmax(1).astype(np.int64)
+    submission = spec.task.submission(final, sample)
     write_csv(submission, out)
-    counts = np.bincount(final.argmax(1), minlength=final.shape[1])
-    print(f"wrote {out}: {len(submission):,} rows, predicted class counts {counts.tolist()}")
+    print(f"wrote {out}: {len(submission):,} rows, {submission_shape[0]} in {', '.join(submission_shape[1][:3])}"
+          f"{', ...' if len(submission_shape[1]) > 3 else ''}; {prediction_summary(final, spec.task)}")
     return submission
+
+
+def prediction_summary(preds: np.ndarray, task: Task) -> str:
+    if task.kind == "multiclass":
+        return f"predicted class counts {np.bincount(preds.argmax(1), minlength=preds.shape[1]).tolist()}"
+    if task.kind == "multilabel":
+        return f"labels per row {(preds >= task.threshold).sum(1).mean():.2f} on average"
+    return f"predictions {preds.min():.4g}..{preds.max():.4g} (mean {preds.mean():.4g})"
+
+
+def experiment_data(exp_dir: Path) -> tuple[data.Description, DataSpec]:
+    """What an experiment was trained on (its saved data description) and how its models see images."""
+    config = experiment_config(exp_dir)
+    where = str(exp_dir / "config.json")
+    spec = DataSpec.from_config(config, where)
+    if "data" in config:
+        return data.Description.from_dict(config["data"], where), spec
+    return data.Description("pixels", spec.task, side=28, channels=1), spec  # trained before layouts existed
 
 
 def default_experiment(weights_dir: Path, model: str) -> str:
@@ -96,19 +119,23 @@ def fold_checkpoints(exp_dir: Path) -> list[Path]:
     return paths
 
 
-def load_fold_model(path: Path, device: torch.device, folds_hash: str | None = None) -> tuple[torch.nn.Module, int]:
+def load_fold_model(path: Path, device: torch.device, experiment: dict | None = None) -> tuple[torch.nn.Module, DataSpec]:
     """Rebuild the fold's model from the config stored in its checkpoint (pretrained=False).
 
-    `folds_hash`: the experiment's folds file; a checkpoint trained on another one is refused.
+    `experiment`: the experiment's config.json; a checkpoint trained on other folds or for other outputs is refused.
     """
     ckpt = load_checkpoint(path)
     saved = check_fold_config(ckpt, path)
-    if folds_hash is not None and saved.get("folds_hash") != folds_hash:
+    experiment = experiment or saved
+    if saved.get("folds_hash") != experiment.get("folds_hash"):
         raise PipelineError(f"{path}: trained on folds file {saved.get('folds_hash')!r}, the experiment's config.json "
-                            f"says {folds_hash!r}; its folds mix two fold assignments: retrain with --overwrite --fold all")
-    for key, want in (("num_classes", data.NUM_CLASSES), ("in_chans", 1)):
+                            f"says {experiment.get('folds_hash')!r}; its folds mix two fold assignments: retrain with "
+                            "--overwrite --fold all")
+    for key, default in (("num_classes", 10), ("in_chans", 1)):
+        want = experiment.get(key, default)
         if saved.get(key) != want:
             raise PipelineError(f"{path}: checkpoint has {key}={saved.get(key)!r}, the data needs {want}")
+    spec = DataSpec.from_config(saved, str(path))
     model = build_model(saved["model"], saved["num_classes"], saved["in_chans"], saved["img_size"], pretrained=False)
     try:
         model.load_state_dict(ckpt["state_dict"])
@@ -117,20 +144,20 @@ def load_fold_model(path: Path, device: torch.device, folds_hash: str | None = N
         raise PipelineError(f"{path}: weights do not fit {saved['model']} ({detail[min(1, len(detail) - 1)][:120]})") from None
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return model.to(device).eval(), saved["img_size"]
+    return model.to(device).eval(), spec
 
 
-def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, device: torch.device) -> np.ndarray:
-    """Mean of the k fold models' test probabilities (N, C); saved as weights/<exp>/test_probs.npy."""
+def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, preset: str, device: torch.device) -> np.ndarray:
+    """Mean of the k fold models' test predictions (N, C); saved as weights/<exp>/test_probs.npy."""
     paths = fold_checkpoints(exp_dir)
-    folds_hash = experiment_config(exp_dir).get("folds_hash")
+    config = experiment_config(exp_dir)
     total = None
     for k, path in enumerate(paths):
-        model, img_size = load_fold_model(path, device, folds_hash)
+        model, spec = load_fold_model(path, device, config)
         if cfg.tta:
             from pipeline.tta import with_tta  # ttach is needed only with --tta
-            model = with_tta(model, cfg.tta_preset)
-        probs = predict(model, images, cfg.batch_size or 1024, img_size, device,
+            model = with_tta(model, preset)
+        probs = predict(model, images, cfg.batch_size or 1024, spec, device,
                         desc=f"{exp_dir.name} fold {k}{' tta' if cfg.tta else ''}")
         if not np.isfinite(probs).all():
             raise PipelineError(f"{path}: the model predicts NaN or infinite probabilities; "
@@ -140,9 +167,9 @@ def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, device:
     where = writable_dir(exp_dir, Path(cfg.out).parent if cfg.out else Path("submissions"))
     prefix = "" if where == exp_dir else f"{exp_dir.name}_"
     write_npy(mean, where / f"{prefix}test_probs.npy")
-    write_json({"tta": cfg.tta, "tta_preset": cfg.tta_preset if cfg.tta else None, "folds": len(paths),
+    write_json({"tta": cfg.tta, "tta_preset": preset if cfg.tta else None, "folds": len(paths),
                 "rows": len(mean)}, where / f"{prefix}test_probs.json")
-    print(f"{exp_dir.name}: {len(paths)} folds{' with TTA (' + cfg.tta_preset + ')' if cfg.tta else ''} -> "
+    print(f"{exp_dir.name}: {len(paths)} folds{' with TTA (' + preset + ')' if cfg.tta else ''} -> "
           f"{where / (prefix + 'test_probs.npy')}")
     return mean
 
@@ -155,32 +182,35 @@ def writable_dir(preferred: Path, fallback: Path) -> Path:
     return fallback
 
 
-def oof_tta(exp_dir: Path, images: torch.Tensor, cfg: Config, device: torch.device) -> dict:
+def oof_tta(exp_dir: Path, images: torch.Tensor, preset: str, batch_size: int, device: torch.device) -> dict:
     """Each fold's best model with TTA on its own validation rows: oof_tta.csv and its scores in cv.json."""
     from pipeline.tta import with_tta
 
+    spec = experiment_data(exp_dir)[1]
     oof = read_table(exp_dir / "oof.csv")
     parts = []
     for k, part in oof.groupby("fold"):
-        model, img_size = load_fold_model(exp_dir / f"fold{k}.pth", device)
+        model, fold_spec = load_fold_model(exp_dir / f"fold{k}.pth", device)
         rows = torch.tensor(part["id"].to_numpy(), device=images.device)
-        probs = predict(with_tta(model, cfg.tta_preset), images[rows], cfg.batch_size or 1024, img_size, device,
+        probs = predict(with_tta(model, preset), images[rows], batch_size or 1024, fold_spec, device,
                         desc=f"OOF TTA fold {k}")
-        parts.append(part[["id", "fold", "label"]].reset_index(drop=True).join(
+        parts.append(part[["id", "fold", *spec.task.target_columns()]].reset_index(drop=True).join(
             pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))))
     table = pd.concat(parts).sort_values("id").reset_index(drop=True)
     write_csv(table, exp_dir / "oof_tta.csv")
     cv = read_json(exp_dir / "cv.json", "CV summary")
-    cv["oof_tta"] = cv_summary(table, cv["n_splits"])["oof"] | {"preset": cfg.tta_preset}
+    cv["oof_tta"] = cv_summary(table, cv["n_splits"], spec.task)["oof"] | {"preset": preset}
     write_json(cv, exp_dir / "cv.json")
-    print(f"OOF with TTA ({cfg.tta_preset}): accuracy {cv['oof_tta']['accuracy']:.5f}  log loss "
-          f"{cv['oof_tta']['log_loss']:.4f}  (without: {cv['oof']['accuracy']:.5f}  {cv['oof']['log_loss']:.4f})")
+    m = spec.task.metric
+    print(f"OOF with TTA ({preset}): {m} {cv['oof_tta'][m]:.5f}  loss {cv['oof_tta']['loss']:.4f}  "
+          f"(without: {cv['oof'][m]:.5f}  {cv['oof']['loss']:.4f})")
     return cv
 
 
-def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(M, N, C) OOF probabilities of the experiments, their labels and folds; all must share the folds."""
+def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Task]:
+    """(M, N, C) OOF predictions of the experiments, their targets, folds and task; all must share the folds."""
     frames, hashes = [], []
+    task = experiment_data(experiment_dir(weights_dir, exps[0]))[1].task
     for e in exps:
         hashes.append(experiment_config(experiment_dir(weights_dir, e)).get("folds_hash"))
         path = weights_dir / e / "oof.csv"
@@ -198,26 +228,27 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
         if not (f["id"].equals(first["id"]) and f["fold"].equals(first["fold"])):
             raise PipelineError(f"--exp: {e} and {exps[0]} have different OOF rows or folds; "
                                 "blend experiments trained on the same folds file with --fold all")
-    cols = prob_columns(len([c for c in first.columns if c.startswith("p") and c[1:].isdigit()]))
-    probs = np.stack([f[cols].to_numpy() for f in frames])
-    return probs, first["label"].to_numpy(), first["fold"].to_numpy()
+    arrays = [oof_arrays(f, task) for f in frames]
+    return np.stack([a[0] for a in arrays]), arrays[0][1], first["fold"].to_numpy(), task
 
 
 def ensemble_weights(weights_dir: Path, exps: tuple[str, ...], method: str) -> np.ndarray:
     """Equal weights, or softmax weights fitted on OOF; prints the OOF scores that justify them."""
-    probs, labels, folds = read_oofs(weights_dir, exps)
+    probs, targets, folds, task = read_oofs(weights_dir, exps)
+    m = task.metric
     for e, p in zip(exps, probs):
-        print(f"OOF {e}: accuracy {scores(p, labels)['accuracy']:.5f}  log loss {scores(p, labels)['log_loss']:.4f}")
-    mean = scores(probs.mean(0), labels)
-    print(f"OOF mean blend: accuracy {mean['accuracy']:.5f}  log loss {mean['log_loss']:.4f}")
+        own = task.scores(p, targets)
+        print(f"OOF {e}: {m} {own[m]:.5f}  loss {own['loss']:.4f}")
+    mean = task.scores(probs.mean(0), targets)
+    print(f"OOF mean blend: {m} {mean[m]:.5f}  loss {mean['loss']:.4f}")
     if method == "mean":
         return np.full(len(exps), 1 / len(exps))
-    weights = fit_weights(probs, labels)
-    honest = honest_blend_scores(probs, labels, folds)
-    print(f"OOF learned blend (weights fitted on the other folds): accuracy {honest['accuracy']:.5f}  "
-          f"log loss {honest['log_loss']:.4f}; weights on all OOF: "
-          + ", ".join(f"{e} {w:.3f}" for e, w in zip(exps, weights)))
-    write_json({"experiments": list(exps), "weights": weights.tolist(), "oof_mean": mean, "oof_learned_honest": honest},
+    weights = fit_weights(probs, targets, task)
+    honest = honest_blend_scores(probs, targets, folds, task)
+    print(f"OOF learned blend (weights fitted on the other folds): {m} {honest[m]:.5f}  "
+          f"loss {honest['loss']:.4f}; weights on all OOF: " + ", ".join(f"{e} {w:.3f}" for e, w in zip(exps, weights)))
+    write_json({"experiments": list(exps), "weights": weights.tolist(), "metric": m, "oof_mean": mean,
+                "oof_learned_honest": honest},
                writable_dir(weights_dir, Path("submissions")) / f"blend_{'+'.join(exps)}.json")
     return weights
 

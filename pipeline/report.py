@@ -20,9 +20,10 @@ from pipeline import data  # noqa: E402
 from pipeline.checkpoint import atomic_path, read_json, write_csv  # noqa: E402
 from pipeline.config import Config, parse_config  # noqa: E402
 from pipeline.errors import PipelineError, main_guard  # noqa: E402
-from pipeline.experiment import experiment_dir, prob_columns, read_table  # noqa: E402
+from pipeline.engine import DataSpec  # noqa: E402
+from pipeline.experiment import experiment_dir, oof_arrays, read_table  # noqa: E402
 
-FLAGS = ["exp", "data", "weights_dir", "model"]
+FLAGS = ["exp", "data", "weights_dir", "model", "cache_dir"]
 
 
 def per_class_scores(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> pd.DataFrame:
@@ -46,17 +47,17 @@ def save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
+def plot_curves(metrics: pd.DataFrame, path: Path, metric: str = "accuracy") -> None:
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    column = f"valid_{metric}" if f"valid_{metric}" in metrics else "valid_accuracy"
     for k, m in metrics.groupby("fold"):
         line, = loss_ax.plot(m["epoch"], m["train_loss"], label=f"fold {k} train")
         loss_ax.plot(m["epoch"], m["valid_loss"], "--", color=line.get_color(), label=f"fold {k} valid")
-        if "train_accuracy" in m:
+        if metric == "accuracy" and "train_accuracy" in m and m["train_accuracy"].notna().any():
             acc_ax.plot(m["epoch"], m["train_accuracy"], color=line.get_color(), alpha=0.5)
-        acc_ax.plot(m["epoch"], m["valid_accuracy"], "--", color=line.get_color(), label=f"fold {k} valid")
+        acc_ax.plot(m["epoch"], m[column], "--", color=line.get_color(), label=f"fold {k} valid")
     loss_ax.set(title="loss (train: label-smoothed, augmented; valid: hard labels)", xlabel="epoch", yscale="log")
-    acc_ax.set(title="accuracy (solid: train batches, dashed: valid)", xlabel="epoch",
-               ylim=(max(0.0, metrics["valid_accuracy"].quantile(0.2) - 0.02), 1.0))
+    acc_ax.set(title=f"{metric} (solid: train batches, dashed: valid)", xlabel="epoch")
     loss_ax.legend(fontsize=7, ncol=2)
     acc_ax.legend(fontsize=7)
     save(fig, path)
@@ -81,37 +82,46 @@ def plot_confusion(matrix: np.ndarray, path: Path) -> None:
     save(fig, path)
 
 
-def plot_wrong(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, rows: np.ndarray, path: Path) -> None:
+def plot_wrong(images, labels: np.ndarray, probs: np.ndarray, rows: np.ndarray, names: tuple[str, ...], path: Path) -> None:
     cols = 8
     fig, axes = plt.subplots(max(1, -(-len(rows) // cols)), cols, figsize=(cols * 1.3, 1.5 * max(1, -(-len(rows) // cols))))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, r in zip(np.atleast_1d(axes).ravel(), rows):
-        ax.imshow(images[r, 0], cmap="gray")
-        ax.set_title(f"true {labels[r]} pred {probs[r].argmax()}\np={probs[r].max():.2f}", fontsize=7)
+        image = np.asarray(images[r])  # (C, H, W) uint8
+        ax.imshow(image[0] if len(image) == 1 else image.transpose(1, 2, 0), cmap="gray")
+        ax.set_title(f"true {names[labels[r]]} pred {names[probs[r].argmax()]}\np={probs[r].max():.2f}", fontsize=7)
     save(fig, path)
 
 
-def write_report(exp_dir: Path, images: np.ndarray, n_wrong: int = 24) -> Path:
-    """Write exp_dir/report/ (PNGs, per_class.csv, report.md); `images` are the train images by id."""
+def write_report(exp_dir: Path, images, n_wrong: int = 24) -> Path:
+    """Write exp_dir/report/ (PNGs, per_class.csv, report.md); `images` are the train images by id (array or tensor)."""
     out = exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     metrics, oof = read_table(exp_dir / "metrics.csv"), read_table(exp_dir / "oof.csv")
-    cv, config = read_json(exp_dir / "cv.json", "CV summary"), read_json(exp_dir / "config.json", "experiment config")
-    probs = oof[prob_columns(config["num_classes"])].to_numpy()
-    labels, preds = oof["label"].to_numpy(), probs.argmax(1)
-    plot_curves(metrics, out / "curves.png")
+    cv = read_json(exp_dir / "cv.json", "CV summary")
+    config = read_json(exp_dir / "config.json", "experiment config")
+    task = DataSpec.from_config(config, str(exp_dir / "config.json")).task
+    plot_curves(metrics, out / "curves.png", task.metric)
     if (exp_dir / "schedule.csv").is_file():
         plot_schedule(read_table(exp_dir / "schedule.csv"), out / "lr.png")
-    matrix = confusion_matrix(labels, preds, labels=np.arange(config["num_classes"]))
-    plot_confusion(matrix, out / "confusion.png")
-    write_csv(pd.DataFrame(matrix), out / "confusion.csv")
-    classes = per_class_scores(labels, preds, config["num_classes"])
-    write_csv(classes, out / "per_class.csv")
-    wrong = most_confident_wrong(probs, labels, n_wrong)
-    plot_wrong(images[oof["id"].to_numpy()], labels, probs, wrong, out / "wrong.png")
+    classes, n_shown = None, 0
+    if task.kind == "multiclass":  # confusions and per-class scores mean something for classes only
+        probs, labels = oof_arrays(oof, task)
+        preds = probs.argmax(1)
+        matrix = confusion_matrix(labels, preds, labels=np.arange(task.num_outputs))
+        plot_confusion(matrix, out / "confusion.png")
+        write_csv(pd.DataFrame(matrix, index=task.classes, columns=task.classes), out / "confusion.csv")
+        classes = per_class_scores(labels, preds, task.num_outputs).assign(
+            **{"class": [*task.classes, "macro avg"]})
+        write_csv(classes, out / "per_class.csv")
+        wrong = most_confident_wrong(probs, labels, n_wrong)
+        ids = oof["id"].to_numpy()
+        shown = {r: (images[int(ids[r])].cpu() if hasattr(images, "cpu") else images[int(ids[r])]) for r in wrong}
+        plot_wrong(shown, labels, probs, wrong, task.classes, out / "wrong.png")
+        n_shown = len(wrong)
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(report_markdown(exp_dir.name, config, cv, classes, len(wrong), (out / "lr.png").is_file()))
+        tmp.write_text(report_markdown(exp_dir.name, config, cv, classes, n_shown, (out / "lr.png").is_file()))
     return out / "report.md"
 
 
@@ -122,20 +132,24 @@ def markdown_table(df: pd.DataFrame, floatfmt: str) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(name: str, config: dict, cv: dict, classes: pd.DataFrame, n_wrong: int, lr_plot: bool) -> str:
+def report_markdown(name: str, config: dict, cv: dict, classes: pd.DataFrame | None, n_wrong: int,
+                    lr_plot: bool) -> str:
+    metric = cv.get("metric", "accuracy")
     folds = pd.DataFrame([{"fold": k, **s} for k, s in cv["per_fold"].items()])
-    accs = folds["accuracy"]
-    tta = (f"\nOOF with TTA ({cv['oof_tta']['preset']}): accuracy {cv['oof_tta']['accuracy']:.5f}, "
-           f"log loss {cv['oof_tta']['log_loss']:.4f}\n" if "oof_tta" in cv else "")
+    tta = (f"\nOOF with TTA ({cv['oof_tta']['preset']}): {metric} {cv['oof_tta'][metric]:.5f}, "
+           f"loss {cv['oof_tta']['loss']:.4f}\n" if "oof_tta" in cv else "")
     recipe = ", ".join(f"{k} {config[k]}" for k in ("model", "epochs", "batch_size", "lr", "label_smoothing", "img_size"))
+    per_class = ("## OOF confusion matrix\n![confusion](confusion.png)\n\n## Per-class scores (OOF)\n"
+                 f"{markdown_table(classes, '.4f')}\n\n## Most confidently wrong OOF images ({n_wrong})\n"
+                 "![wrong](wrong.png)\n" if classes is not None else "")
     return f"""# Experiment {name}
 
 {recipe}
 
 ## Local CV
-OOF accuracy {cv['oof']['accuracy']:.5f}, log loss {cv['oof']['log_loss']:.4f} over {cv['rows']:,} rows
+OOF {metric} {cv['oof'][metric]:.5f}, loss {cv['oof']['loss']:.4f} over {cv['rows']:,} rows
 ({'all folds' if cv['complete'] else 'folds ' + ', '.join(map(str, cv['folds_present'])) + ' only'});
-fold accuracy {accs.mean():.5f} +- {accs.std(ddof=0):.5f} (mean +- std over folds).
+fold {metric} {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f} (mean +- std over folds).
 {tta}
 {markdown_table(folds, '.5f')}
 
@@ -143,15 +157,7 @@ fold accuracy {accs.mean():.5f} +- {accs.std(ddof=0):.5f} (mean +- std over fold
 ![curves](curves.png)
 
 {"## Learning-rate schedule" + chr(10) + "![lr](lr.png)" + chr(10) if lr_plot else ""}
-## OOF confusion matrix
-![confusion](confusion.png)
-
-## Per-class scores (OOF)
-{markdown_table(classes, '.4f')}
-
-## Most confidently wrong OOF images ({n_wrong})
-![wrong](wrong.png)
-"""
+{per_class}"""
 
 
 def run(cfg: Config) -> Path:
@@ -159,12 +165,16 @@ def run(cfg: Config) -> Path:
     if not (exp_dir / "oof.csv").is_file():
         raise PipelineError(f"{exp_dir}: no oof.csv to report on; train it with: python -m pipeline.train --exp {exp_dir.name}")
     config = read_json(exp_dir / "config.json", "experiment config")
-    train = data.read_train(data.resolve(cfg.data), str(config.get("group_col") or ""))
+    from pipeline.infer import experiment_data
+
+    desc = experiment_data(exp_dir)[0]
+    src = data.resolve(cfg.data)
+    train = data.read_train(src, desc)
     trained_on = config.get("train_hash")
     if trained_on != train.train_hash:
         raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "
                             f"({trained_on}); pass the same --data")
-    path = write_report(exp_dir, train.images)
+    path = write_report(exp_dir, data.train_images(src, desc, train, int(config.get("img_size", 28)), cfg.cache_dir))
     print(f"wrote {path} and its figures in {path.parent}/")
     return path
 

@@ -29,16 +29,20 @@ def collect(weights_dir: Path) -> pd.DataFrame:
             rows.append(summarise(config_path.parent))
         except PipelineError as e:
             print(f"warning: {e}", file=sys.stderr)
-            rows.append({"exp": config_path.parent.name, "model": "(unreadable)"}
-                        | dict.fromkeys(["cv", "fold_std", "cv_tta", "log_loss", "train_s"], np.nan))
-    return pd.DataFrame(rows).sort_values("cv", ascending=False, na_position="last") if rows else pd.DataFrame()
+            rows.append({"exp": config_path.parent.name, "model": "(unreadable)", "higher": True}
+                        | dict.fromkeys(["cv", "fold_std", "cv_tta", "loss", "train_s"], np.nan))
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    rank = table["cv"].where(table["higher"].fillna(True).astype(bool), -table["cv"])  # best first, whatever the direction
+    return table.assign(rank=rank).sort_values("rank", ascending=False, na_position="last").drop(columns=["rank", "higher"])
 
 
 def summarise(exp_dir: Path) -> dict:
     config = read_json(exp_dir / "config.json", "experiment config")
     cv_path = exp_dir / "cv.json"
     cv = read_json(cv_path, "CV summary") if cv_path.exists() else {}
-    oof, oof_tta = cv.get("oof", {}), cv.get("oof_tta", {})
+    oof, oof_tta, metric = cv.get("oof", {}), cv.get("oof_tta", {}), str(cv.get("metric", "accuracy"))
     if not isinstance(oof, dict) or not isinstance(oof_tta, dict):
         raise PipelineError(f"{cv_path}: damaged CV summary; rewrite it with: python -m pipeline.train "
                             f"--exp {exp_dir.name} --resume")
@@ -46,8 +50,10 @@ def summarise(exp_dir: Path) -> dict:
         "exp": exp_dir.name, "model": config.get("model"), "epochs": config.get("epochs"),
         "batch": config.get("batch_size"), "lr": config.get("lr"), "smooth": config.get("label_smoothing"),
         "folds": f"{len(cv.get('folds_present', []))}/{config.get('n_splits')}",
-        "cv": _number(oof.get("accuracy")), "fold_std": _number(cv.get("fold_accuracy_std")),
-        "cv_tta": _number(oof_tta.get("accuracy")), "log_loss": _number(oof.get("log_loss")),
+        "metric": metric if cv else "-", "cv": _number(oof.get(metric)),
+        "fold_std": _number(cv.get("fold_std", cv.get("fold_accuracy_std"))),
+        "cv_tta": _number(oof_tta.get(metric)), "loss": _number(oof.get("loss", oof.get("log_loss"))),
+        "higher": bool(cv.get("higher_is_better", True)),
         "train_s": _number(cv.get("train_seconds")),
         "date": dt.datetime.fromtimestamp((cv_path if cv_path.is_file() else exp_dir / "config.json").stat().st_mtime)
                   .strftime("%Y-%m-%d %H:%M"),
@@ -62,7 +68,7 @@ def format_table(table: pd.DataFrame) -> str:
     shown = table.assign(
         cv=[f"{c:.5f} +- {s:.5f}" if c == c else "-" for c, s in zip(table["cv"], table["fold_std"])],
         cv_tta=[f"{v:.5f}" if v == v else "-" for v in table["cv_tta"]],
-        log_loss=[f"{v:.4f}" if v == v else "-" for v in table["log_loss"]],
+        loss=[f"{v:.4f}" if v == v else "-" for v in table["loss"]],
         train_s=[f"{v:.0f}" if v == v else "-" for v in table["train_s"]],
     ).drop(columns="fold_std")
     return shown.to_string(index=False)
@@ -80,7 +86,10 @@ def paired_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
 
 def compare(weights_dir: Path, a: str, b: str) -> dict:
-    probs, labels, folds = read_oofs(weights_dir, (a, b))
+    probs, labels, folds, task = read_oofs(weights_dir, (a, b))
+    if task.kind != "multiclass":
+        raise PipelineError(f"--compare: the paired test counts rows each model classifies right; {a} and {b} are "
+                            f"{task.kind}: compare their CV with python -m pipeline.runs")
     correct = probs.argmax(2) == labels  # (2, N)
     test = paired_test(correct[0], correct[1])
     per_fold = np.array([correct[1][folds == k].mean() - correct[0][folds == k].mean() for k in np.unique(folds)])

@@ -18,29 +18,67 @@ import pandas as pd
 from pipeline import data
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
+from pipeline.folds import read_description
+from pipeline.tasks import Task
 
-FLAGS = ["submission", "message", "competition", "data", "dry_run"]
+FLAGS = ["submission", "message", "competition", "data", "dry_run", "exp", "weights_dir", "folds_path"]
 NO_CREDENTIALS = ("kaggle: no credentials; put kaggle.json (kaggle.com -> Settings -> API -> Create New Token) in "
                   "~/.kaggle/ with chmod 600, or set KAGGLE_USERNAME and KAGGLE_KEY")
 
 
-def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, num_classes: int, where: str) -> None:
-    """Same header, ids (in order) and row count as the sample; labels are integers 0..num_classes-1."""
+def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, where: str) -> None:
+    """Same header, ids (in order) and row count as the sample; values of the kind its columns ask for."""
     if list(sub.columns) != list(sample.columns):
-        raise PipelineError(f"{where}: header must be {','.join(sample.columns)}, found {','.join(map(str, sub.columns))}")
+        raise PipelineError(f"{where}: header must be {','.join(map(str, sample.columns))}, "
+                            f"found {','.join(map(str, sub.columns))}")
     if len(sub) != len(sample):
         raise PipelineError(f"{where}: expected {len(sample):,} rows (as sample_submission.csv), found {len(sub):,}")
-    id_col, label_col = sample.columns
-    ids = sub[id_col].to_numpy()
-    if not np.array_equal(ids.astype(str), sample[id_col].to_numpy().astype(str)):
-        row = int(np.flatnonzero(ids.astype(str) != sample[id_col].to_numpy().astype(str))[0])
+    id_col = sample.columns[0]
+    ids, want = sub[id_col].astype(str).to_numpy(), sample[id_col].astype(str).to_numpy()
+    if not np.array_equal(ids, want):
+        row = int(np.flatnonzero(ids != want)[0])
         raise PipelineError(f"{where}: row {row + 1}: {id_col} should be {sample[id_col].iloc[row]}, found {ids[row]}")
-    labels = pd.to_numeric(sub[label_col], errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(labels) | (labels != np.round(labels)) | (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise PipelineError(f"{where}: row {row + 1}: {label_col} must be an integer 0..{num_classes - 1}, "
-                            f"found {sub[label_col].iloc[row]}")
+    mode, columns = task.submission_mode(sample)
+    for col in columns:
+        bad, rule = _bad_values(sub[col], mode, task)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise PipelineError(f"{where}: row {row + 1}: {col} must be {rule}, found {_show(sub[col].iloc[row])}")
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _bad_values(values: pd.Series, mode: str, task: Task) -> tuple[np.ndarray, str]:
+    """Which cells break the column's rule, and the rule in words."""
+    if mode in ("probabilities", "positive") or task.kind == "regression":
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        if task.kind == "regression" and mode == "labels":
+            return ~np.isfinite(numbers), "a finite number"
+        return ~(np.isfinite(numbers) & (numbers >= 0) & (numbers <= 1)), "a probability in [0, 1]"
+    names = set(task.classes)
+    text = values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))  # 3.0 is class 3
+    if task.kind == "multilabel":
+        return text.map(lambda v: not v.split() or any(t not in names for t in v.split())).to_numpy(), \
+            f"space-separated names among {', '.join(task.classes[:5])}"
+    return ~text.isin(names).to_numpy(), f"one of the classes {', '.join(task.classes[:10])}"
+
+
+def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Description | None]:
+    """The task a submission answers: --exp's, or its experiment's (submissions/<exp>.csv), else the folds'."""
+    from pipeline.infer import experiment_data
+
+    for name in cfg.exp[:1] or submission.stem.split("_")[0].split("+")[:1]:
+        exp_dir = Path(cfg.weights_dir) / name
+        if (exp_dir / "config.json").is_file():
+            desc, spec = experiment_data(exp_dir)
+            return spec.task, desc
+    info = read_description(cfg.folds_path).get("data")
+    if info is not None:
+        desc = data.Description.from_dict(info, "folds/folds.json")
+        return desc.task, desc
+    return Task("multiclass", tuple(str(i) for i in range(10))), None  # Digit Recognizer
 
 
 def run(cfg: Config) -> None:
@@ -51,10 +89,10 @@ def run(cfg: Config) -> None:
         sub = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PipelineError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0][:100]})") from None
-    sample = data.read_sample_submission(data.resolve(cfg.data))
-    validate_submission(sub, sample, data.NUM_CLASSES, str(path))
-    print(f"{path}: valid ({len(sub):,} rows, header {','.join(sub.columns)}, labels "
-          f"{int(sub[sample.columns[1]].min())}..{int(sub[sample.columns[1]].max())})")
+    task, desc = experiment_task(path, cfg)
+    sample = data.read_sample_submission(data.resolve(cfg.data), desc.root if desc else "")
+    validate_submission(sub, sample, task, str(path))
+    print(f"{path}: valid ({len(sub):,} rows, header {','.join(map(str, sub.columns))}, {task.describe()})")
     if cfg.dry_run:
         print("dry run: nothing sent")
         return

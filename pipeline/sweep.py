@@ -1,4 +1,4 @@
-"""Learning-rate x batch-size grid on one fold: a CSV, a heatmap of validation accuracy, the best pair.
+"""Learning-rate x batch-size grid on one fold: a CSV, a heatmap of the validation metric, the best pair.
 
     python -m pipeline.sweep --lr 1e-3 5e-4 2e-4 --batch-size 64 128 256 --fold 0 --epochs 10
 
@@ -22,11 +22,11 @@ FLAGS = [f for f in train.FLAGS if f not in ("lr", "batch_size", "exp", "resume"
 
 
 def grid_table(rows: list[dict]) -> pd.DataFrame:
-    """Validation accuracy as a (lr x batch size) table (pure)."""
-    return pd.DataFrame(rows).pivot(index="lr", columns="batch_size", values="valid_accuracy").sort_index(ascending=False)
+    """The validation metric as a (lr x batch size) table (pure)."""
+    return pd.DataFrame(rows).pivot(index="lr", columns="batch_size", values="valid_score").sort_index(ascending=False)
 
 
-def plot_heatmap(grid: pd.DataFrame, path: Path) -> None:
+def plot_heatmap(grid: pd.DataFrame, path: Path, metric: str = "accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +40,7 @@ def plot_heatmap(grid: pd.DataFrame, path: Path) -> None:
         ax.text(j, i, f"{v:.4f}", ha="center", va="center", color="white" if v < np.nanmax(grid.to_numpy()) else "black")
     ax.set(xticks=range(len(grid.columns)), xticklabels=grid.columns, yticks=range(len(grid.index)),
            yticklabels=[f"{v:g}" for v in grid.index], xlabel="batch size", ylabel="peak learning rate",
-           title="validation accuracy")
+           title=f"validation {metric}")
     fig.colorbar(image, ax=ax)
     save(fig, path)
 
@@ -54,17 +54,18 @@ def run(cfg: Config, extra: dict) -> pd.DataFrame:
     for name, cell in cells.items():
         print(f"== sweep {name}")
         cv = train.run(cell)
-        rows.append({"lr": cell.lr, "batch_size": cell.batch_size, "valid_accuracy": cv["oof"]["accuracy"],
-                     "valid_log_loss": cv["oof"]["log_loss"], "train_seconds": cv["train_seconds"]})
+        metric, higher = cv["metric"], cv["higher_is_better"]
+        rows.append({"lr": cell.lr, "batch_size": cell.batch_size, "metric": metric, "valid_score": cv["oof"][metric],
+                     "valid_loss": cv["oof"]["loss"], "train_seconds": cv["train_seconds"]})
         write_csv(pd.DataFrame(rows), out_dir / "sweep.csv")  # kept up to date: an interrupted sweep keeps its cells
     table = pd.DataFrame(rows)
     grid = grid_table(rows)
-    plot_heatmap(grid, out_dir / "sweep.png")
-    best = table.sort_values(["valid_accuracy", "valid_log_loss"], ascending=[False, True]).iloc[0]
+    plot_heatmap(grid, out_dir / "sweep.png", metric)
+    best = table.sort_values(["valid_score", "valid_loss"], ascending=[not higher, True]).iloc[0]
     print(grid.to_string(float_format=lambda v: f"{v:.5f}"))
     print(f"wrote {out_dir / 'sweep.csv'} and {out_dir / 'sweep.png'}")
-    print(f"best: lr {best['lr']:g}, batch size {int(best['batch_size'])} -> valid accuracy "
-          f"{best['valid_accuracy']:.5f} (log loss {best['valid_log_loss']:.4f})")
+    print(f"best: lr {best['lr']:g}, batch size {int(best['batch_size'])} -> valid {metric} "
+          f"{best['valid_score']:.5f} (loss {best['valid_loss']:.4f})")
     return table
 
 

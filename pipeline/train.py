@@ -21,16 +21,35 @@ from tqdm.auto import tqdm
 from pipeline import data, experiment
 from pipeline.checkpoint import load_checkpoint, save_checkpoint, write_json
 from pipeline.config import Config, parse_config, to_dict
-from pipeline.engine import auto_batch_size, predict, resolve_device, steps_per_epoch, train_one_epoch
+from pipeline.engine import DataSpec, auto_batch_size, predict, resolve_device, steps_per_epoch, train_one_epoch
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
-from pipeline.folds import read_description, read_folds
+from pipeline.folds import description_path, read_description, read_folds
 from pipeline.infer import oof_tta
-from pipeline.metrics import scores
 from pipeline.models import build_model, unwrap
 
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
          "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
-         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report"]
+         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir"]
+
+
+def data_description(cfg: Config, src) -> data.Description:
+    """What make_folds saved beside the folds file; detected with defaults for a folds file older than that."""
+    saved = read_description(cfg.folds_path).get("data")
+    if saved is None:
+        return data.describe(src, group_col=read_description(cfg.folds_path).get("group_col", ""))[0]
+    return data.Description.from_dict(saved, str(description_path(cfg.folds_path)))
+
+
+def device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The whole train set on the device when it fits in 80% of free GPU memory; else kept in host memory,
+    where batches stream from (pinned, asynchronous copies)."""
+    host = torch.from_numpy(np.asarray(images) if images.flags.writeable else np.array(images))
+    if device.type != "cuda":
+        return host
+    if images.nbytes < 0.8 * torch.cuda.mem_get_info(device)[0]:
+        return host.to(device)
+    print(f"notice: {images.nbytes / 2**30:.1f} GiB of images exceed free GPU memory; streaming batches from host memory")
+    return host
 
 
 def run(cfg: Config, on_epoch=None) -> dict:
@@ -38,85 +57,94 @@ def run(cfg: Config, on_epoch=None) -> dict:
     if len(cfg.exp) > 1:
         raise PipelineError(f"--exp: train writes one experiment, got {len(cfg.exp)}: {' '.join(cfg.exp)}")
     exp_dir = experiment.experiment_dir(cfg.weights_dir, cfg.exp_name)
-    group_col = read_description(cfg.folds_path).get("group_col", "")
-    train = data.read_train(data.resolve(cfg.data), group_col)
-    folds = read_folds(cfg.folds_path, train.train_hash, len(train.labels))
+    src = data.resolve(cfg.data)
+    desc = data_description(cfg, src)
+    train = data.read_train(src, desc)
+    folds = read_folds(cfg.folds_path, train.train_hash, len(train.targets))
     fold_ids = cfg.fold_ids(folds.n_splits)
     if cfg.batch_size == 0:
         cfg = replace(cfg, batch_size=auto_batch_size(int((folds.fold != 0).sum())))
+    if desc.task.kind == "regression" and cfg.label_smoothing:
+        print(f"notice: --label-smoothing {cfg.label_smoothing} does not apply to regression; ignored")
+        cfg = replace(cfg, label_smoothing=0.0)
+    mean, std = desc.normalize
+    spec = DataSpec(desc.task, cfg.img_size, mean, std, desc.augment)
     device = resolve_device(cfg.device)
-    build_model(cfg.model, data.NUM_CLASSES, 1, cfg.img_size, cfg.pretrained, cfg.pretrained_path)  # fail fast
-    resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": folds.n_splits, "num_classes": data.NUM_CLASSES,
-                               "in_chans": 1, "train_hash": train.train_hash, "folds_hash": folds.folds_hash,
-                               "group_col": group_col}
+    build_model(cfg.model, desc.task.num_outputs, desc.channels, cfg.img_size, cfg.pretrained, cfg.pretrained_path)
+    resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": folds.n_splits, "num_classes": desc.task.num_outputs,
+                               "in_chans": desc.channels, "train_hash": train.train_hash, "folds_hash": folds.folds_hash,
+                               "group_col": desc.group_col, "data_spec": spec.to_dict(), "data": desc.to_dict()}
     with experiment.locked(exp_dir):
         todo = experiment.prepare(exp_dir, resolved, fold_ids, cfg.resume, cfg.overwrite)
         write_json(resolved, exp_dir / "config.json")
-        print(f"training {cfg.model} on {len(train.labels):,} rows, folds {fold_ids} -> {exp_dir}/ "
+        print(f"{desc.summary()}\ntraining {cfg.model} on {len(train.targets):,} rows, folds {fold_ids} -> {exp_dir}/ "
               f"(device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''})")
-        images = torch.from_numpy(train.images).to(device)  # (N, 1, 28, 28) uint8, resident for the whole run
-        labels = torch.from_numpy(train.labels).to(device)
+        images = device_images(data.train_images(src, desc, train, cfg.img_size, cfg.cache_dir), device)
+        targets = torch.from_numpy(train.targets).to(device)
         started = time.perf_counter()
         for k in todo:
-            probs = train_fold(cfg, resolved, k, images, labels, folds.fold, exp_dir, device, on_epoch)
+            preds = train_fold(cfg, resolved, spec, k, images, targets, folds.fold, exp_dir, device, on_epoch)
             valid = np.flatnonzero(folds.fold == k)
-            experiment.write_oof(exp_dir, train.ids[valid], k, train.labels[valid], probs)
+            experiment.write_oof(exp_dir, train.ids[valid], k, train.targets[valid], preds, desc.task)
             (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
-        cv = experiment.write_cv(exp_dir, folds.n_splits, {"train_seconds": round(time.perf_counter() - started, 1)})
+        cv = experiment.write_cv(exp_dir, folds.n_splits, {"train_seconds": round(time.perf_counter() - started, 1)},
+                                 desc.task)
         print(experiment.format_cv(cv, cfg.exp_name))
         if cfg.oof_tta:
-            cv = oof_tta(exp_dir, images, cfg, device)
+            cv = oof_tta(exp_dir, images, cfg.tta_preset or desc.tta_preset, cfg.batch_size, device)
         if cfg.report:
             from pipeline.report import write_report
-            print(f"report: {write_report(exp_dir, train.images)}")
+            print(f"report: {write_report(exp_dir, images)}")
         else:
             print(f"figures: python -m pipeline.report --exp {cfg.exp_name}")
     return cv
 
 
-def train_fold(cfg: Config, resolved: dict, k: int, images: torch.Tensor, labels: torch.Tensor,
+def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,
                folds: np.ndarray, exp_dir: Path, device: torch.device, on_epoch=None) -> np.ndarray:
-    """Train fold k; save its best epoch; return that epoch's validation probabilities (OOF)."""
-    train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(device)
-    valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(device)
-    valid_labels = labels[valid_idx].cpu().numpy()
-    model, net, optimizer, generator = fold_setup(cfg, k, device)
-    state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_log_loss": float("inf"), "best_probs": None}
+    """Train fold k; save its best epoch by the competition metric; return that epoch's validation predictions."""
+    train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(images.device)
+    valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(images.device)
+    valid_targets = targets[valid_idx.to(device)].cpu().numpy()
+    model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device)
+    state = {"epoch": 0, "step": 0, "best": None, "best_preds": None}
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
         state = restore(load_checkpoint(last), model, optimizer, generator, last)
         print(f"resume: fold {k} continues after epoch {state['epoch']} of {cfg.epochs} "
-              f"(best accuracy so far {state['best_accuracy']:.5f})")
-    x_train, y_train = images[train_idx], labels[train_idx]
+              f"(best {spec.task.metric} so far {state['best'][spec.task.metric]:.5f})")
     x_valid = images[valid_idx]
     total_steps = cfg.epochs * steps_per_epoch(len(train_idx), cfg.batch_size)
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.perf_counter()
-        epoch_result = train_one_epoch(net, optimizer, x_train, y_train, cfg, state["step"], total_steps,
+        epoch_result = train_one_epoch(net, optimizer, images, train_idx, targets, cfg, spec, state["step"], total_steps,
                                        generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}")
         state["step"], loss = epoch_result.step, epoch_result.loss
-        probs = predict(net, x_valid, 2 * cfg.batch_size, cfg.img_size, device)
-        check_finite(loss, probs, model, k, epoch, state["epoch"])
-        valid = scores(probs, valid_labels)
-        improved = (valid["accuracy"], -valid["log_loss"]) > (state["best_accuracy"], -state["best_log_loss"])
-        if improved:  # best by accuracy, ties broken by the lower log loss
-            state |= {"best_accuracy": valid["accuracy"], "best_log_loss": valid["log_loss"], "best_probs": probs}
+        preds = predict(net, x_valid, 2 * cfg.batch_size, spec, device)
+        check_finite(loss, preds, model, k, epoch, state["epoch"])
+        valid = spec.task.scores(preds, valid_targets)
+        improved = spec.task.better(valid, state["best"])
+        if improved:  # best by the competition metric, ties broken by the lower loss
+            state |= {"best": valid, "best_preds": preds}
             save_checkpoint({"state_dict": unwrap(net).state_dict(), "config": resolved, "fold": k,
                              "epoch": epoch + 1, "score": valid}, exp_dir / f"fold{k}.pth")
         seconds = time.perf_counter() - t0
         lr = optimizer.param_groups[0]["lr"]
-        experiment.append_metrics(exp_dir, {"fold": k, "epoch": epoch + 1, "train_loss": loss,
-                                            "train_accuracy": epoch_result.accuracy, "valid_loss": valid["log_loss"],
-                                            "valid_accuracy": valid["accuracy"], "lr": lr, "seconds": round(seconds, 3)},
-                                  epoch_result.lrs)
+        row = {"fold": k, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": epoch_result.accuracy,
+               "valid_loss": valid["loss"]} | {f"valid_{m}": v for m, v in valid.items() if m != "loss"} \
+            | {"lr": lr, "seconds": round(seconds, 3)}
+        experiment.append_metrics(exp_dir, row, epoch_result.lrs)
         state["epoch"] = epoch + 1
         save_checkpoint(snapshot(state, model, optimizer, generator), last)
+        metric = spec.task.metric
         tqdm.write(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train loss {loss:.4f}  valid loss "
-                   f"{valid['log_loss']:.4f}  valid acc {valid['accuracy']:.5f}  lr {lr:.2e}  "
+                   f"{valid['loss']:.4f}  valid {metric} {valid[metric]:.5f}  lr {lr:.2e}  "
                    f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} img/s{'  *best' if improved else ''}")
         if on_epoch is not None:
             on_epoch(epoch + 1, valid)
-    return state["best_probs"]
+    if state["best_preds"] is None:
+        raise TrainingDiverged(f"fold {k}: no epoch gave a usable {spec.task.metric} (it was NaN every epoch)")
+    return state["best_preds"]
 
 
 def check_finite(loss: float, probs: np.ndarray, model: nn.Module, k: int, epoch: int, last_good: int) -> None:
@@ -131,10 +159,11 @@ def check_finite(loss: float, probs: np.ndarray, model: nn.Module, k: int, epoch
                             f"{kept}. Lower --lr, or raise --warmup-epochs, and retrain with --overwrite")
 
 
-def fold_setup(cfg: Config, k: int, device: torch.device):
+def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch.device):
     """Fold k's model (and its DataParallel wrapper), AdamW, and the generator for batch order and augmentation."""
     torch.manual_seed(cfg.seed + k)  # weight init and dropout
-    model = build_model(cfg.model, data.NUM_CLASSES, 1, cfg.img_size, pretrained_path=cfg.pretrained_path).to(device)
+    model = build_model(cfg.model, spec.task.num_outputs, in_chans, cfg.img_size, pretrained=cfg.pretrained,
+                        pretrained_path=cfg.pretrained_path).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
@@ -150,8 +179,8 @@ def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generato
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
-            "epoch": state["epoch"], "step": state["step"], "best_accuracy": state["best_accuracy"],
-            "best_log_loss": state["best_log_loss"], "best_probs": torch.from_numpy(state["best_probs"])}
+            "epoch": state["epoch"], "step": state["step"], "best": state["best"],
+            "best_preds": torch.from_numpy(state["best_preds"])}
 
 
 def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator, path: Path) -> dict:
@@ -163,8 +192,8 @@ def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator
         generator.set_state(saved["rng"]["generator"])
         if "cuda" in saved["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        state = {"epoch": int(saved["epoch"]), "step": int(saved["step"]), "best_accuracy": float(saved["best_accuracy"]),
-                 "best_log_loss": float(saved["best_log_loss"]), "best_probs": saved["best_probs"].numpy()}
+        state = {"epoch": int(saved["epoch"]), "step": int(saved["step"]),
+                 "best": {str(m): float(v) for m, v in saved["best"].items()}, "best_preds": saved["best_preds"].numpy()}
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
         raise PipelineError(f"{path}: not a usable resume snapshot ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
                             "delete it to restart that fold, or retrain with --overwrite") from None

@@ -1,7 +1,8 @@
 """Test-time augmentation through ttach, with label-preserving transforms for digits.
 
 Digits: one-pixel shifts and a slight zoom (no flips: a mirrored 2 is no digit; no 90-degree
-turns: 6 and 9 swap). Natural images: ttach's horizontal flip.
+turns: 6 and 9 swap). Photos: ttach's horizontal flip. Top-down images (satellite, microscopy):
+the 8 flips and right-angle turns (d4).
 """
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ def digit_transforms() -> ttach.Compose:
 
 
 PRESETS = {
-    "digits": digit_transforms,
-    "flips": lambda: ttach.Compose([ttach.HorizontalFlip()]),
+    "digits": digit_transforms,  # 7 views
+    "hflip": lambda: ttach.Compose([ttach.HorizontalFlip()]),  # 2 views: photos
+    "flips": lambda: ttach.Compose([ttach.HorizontalFlip()]),  # older name of hflip
+    "d4": lambda: ttach.Compose([ttach.HorizontalFlip(), ttach.Rotate90(angles=[0, 90, 180, 270])]),  # 8: top-down
 }
 
 

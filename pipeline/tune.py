@@ -45,16 +45,18 @@ def run(cfg: Config, extra: dict):
                                                       for k, v in params.items()))
 
         def report(epoch: int, valid: dict) -> None:
-            trial.report(valid["accuracy"], epoch)
+            trial.report(valid[metric], epoch)
             if trial.should_prune():
-                print(f"trial {trial.number} pruned after epoch {epoch} (valid accuracy {valid['accuracy']:.5f})")
+                print(f"trial {trial.number} pruned after epoch {epoch} (valid {metric} {valid[metric]:.5f})")
                 raise optuna.TrialPruned()
 
         cell = replace(cfg, **params, exp=(f"trial{trial.number}",), weights_dir=str(out_dir), overwrite=True)
-        return train.run(cell, on_epoch=report)["oof"]["accuracy"]
+        return train.run(cell, on_epoch=report)["oof"][metric]
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    task = train.data_description(cfg, train.data.resolve(cfg.data)).task
+    metric = task.metric
+    study = optuna.create_study(direction="maximize" if task.higher_is_better else "minimize",
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed), pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     study.optimize(objective, n_trials=cfg.trials, catch=(TrainingDiverged,))  # a diverged trial is a failed one
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise PipelineError(f"tune: none of the {cfg.trials} trials completed (all pruned or diverged); "
@@ -63,7 +65,7 @@ def run(cfg: Config, extra: dict):
     keep = [f for f in RECIPE if f != "seed"] + ["model", "data", "folds_path", "device"]
     write_json({k: getattr(best, k) for k in keep}, out_dir / "best.json")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    print(f"{len(done)} trials completed, {len(study.trials) - len(done)} pruned; best valid accuracy "
+    print(f"{len(done)} trials completed, {len(study.trials) - len(done)} pruned or failed; best valid {metric} "
           f"{study.best_value:.5f} with " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                         for k, v in study.best_params.items()))
     print(f"wrote {out_dir / 'best.json'}; train with it: python -m pipeline.train --fold all --config {out_dir / 'best.json'}")

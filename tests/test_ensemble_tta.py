@@ -3,7 +3,10 @@ import pytest
 import torch
 
 from pipeline.ensemble import blend, fit_weights, honest_blend_scores
-from pipeline.tta import PIXEL, PRESETS, digit_transforms, with_tta
+from pipeline.tasks import Task
+from pipeline.tta import PRESETS, digit_transforms, with_tta
+
+DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
 
 def synthetic(n=400, seed=0):
@@ -22,19 +25,29 @@ def test_mean_of_identical_inputs_is_identity():
 
 def test_learned_weights_favour_the_better_model():
     probs, labels = synthetic()
-    w = fit_weights(probs, labels)
+    w = fit_weights(probs, labels, DIGITS)
     assert w.sum() == pytest.approx(1) and w[0] > 0.9 > w[1]
-    honest = honest_blend_scores(probs, labels, np.arange(len(labels)) % 5)
+    honest = honest_blend_scores(probs, labels, np.arange(len(labels)) % 5, DIGITS)
     assert honest["accuracy"] == 1.0
 
 
 def test_learned_weights_not_fit_on_held_out_fold():
-    """Each fold's blended rows use weights fitted without them: corrupting a fold's labels
-    changes the weights used elsewhere, never the fold's own."""
-    probs, labels = synthetic()
-    folds = np.arange(len(labels)) % 2
-    a = honest_blend_scores(probs, labels, folds)
-    assert 0 <= a["log_loss"] < 1
+    """Model A is right on fold 0 and confidently wrong on fold 1; model B the reverse. Weights fitted on the
+    other fold pick the model that is wrong on the held-out one: the honest blend scores about 0. Weights that
+    saw the held-out fold would be about equal and score about 0.5."""
+    rng = np.random.default_rng(0)
+    n = 400
+    labels, folds = rng.integers(0, 10, n), np.arange(n) % 2
+    wrong = (labels + 1 + rng.integers(0, 9, n)) % 10
+    right_p, wrong_p = np.full((n, 10), 0.01), np.full((n, 10), 0.01)
+    right_p[np.arange(n), labels] = 0.91
+    wrong_p[np.arange(n), wrong] = 0.91
+    a = np.where((folds == 0)[:, None], right_p, wrong_p)
+    b = np.where((folds == 0)[:, None], wrong_p, right_p)
+    probs = np.stack([a, b])
+    assert honest_blend_scores(probs, labels, folds, DIGITS)["accuracy"] < 0.1
+    leaked = blend(probs, fit_weights(probs, labels, DIGITS))  # what fitting on every row would give
+    assert DIGITS.scores(leaked, labels)["accuracy"] > 0.3
 
 
 def shapes(image):
@@ -53,7 +66,6 @@ def test_digit_tta_keeps_labels_and_has_no_flips():
         assert t.deaugment_label(torch.tensor([3])).item() == 3
         assert abs(cy - 13.5) <= 1.01 and abs(cx - 13.0) <= 1.01  # moved by at most one pixel, never mirrored
     assert any(abs(cx - 14.0) < 1e-4 for _, cx in centres)  # a one-pixel shift right
-    assert 1 / 28 == PIXEL
 
 
 def test_tta_wrapper_averages_model_outputs():
@@ -63,4 +75,10 @@ def test_tta_wrapper_averages_model_outputs():
     x = torch.randn(2, 1, 28, 28)
     expected = torch.stack([model(t.augment_image(x)) for t in digit_transforms()]).mean(0)
     torch.testing.assert_close(wrapped(x), expected)
-    assert set(PRESETS) == {"digits", "flips"}
+    assert set(PRESETS) == {"digits", "hflip", "flips", "d4"}
+
+
+def test_d4_preset_has_the_eight_dihedral_views():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    views = {tuple(t.augment_image(x).flatten().tolist()) for t in PRESETS["d4"]()}
+    assert len(views) == 8

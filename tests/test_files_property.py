@@ -99,8 +99,8 @@ def test_damaged_checkpoints_load_or_refuse(good_checkpoint, where, key_index, v
         if cut is not None:
             path.write_bytes(path.read_bytes()[:cut])
         try:
-            model, img_size = load_fold_model(path, torch.device("cpu"), "abc")
+            model, spec = load_fold_model(path, torch.device("cpu"), {"folds_hash": "abc", "num_classes": 10, "in_chans": 1})
         except PipelineError as e:
             one_line(e)
             return
-    assert model(torch.zeros(2, 1, img_size, img_size)).shape == (2, 10)
+    assert model(torch.zeros(2, 1, spec.img_size, spec.img_size)).shape == (2, 10)

@@ -18,7 +18,7 @@ import torch
 
 from pipeline import data, experiment, infer, make_folds, runs, sweep, train, tune
 from pipeline.errors import PipelineError, TrainingDiverged
-from pipeline.folds import assign_folds
+from pipeline.tasks import Task
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH1 = ["--epochs", "1", "--batch-size", "32"]
@@ -163,7 +163,7 @@ def test_infer_refuses_a_fold_checkpoint_from_other_folds(project, capsys):
 def test_cv_refuses_duplicated_oof_ids():
     oof = pd.DataFrame({"id": [0, 1, 1], "fold": [0, 0, 1], "label": [0, 1, 1], "p0": [1.0, 0, 0], "p1": [0, 1.0, 1]})
     with pytest.raises(PipelineError, match="id 1 appears in more than one fold"):
-        experiment.cv_summary(oof, 2)
+        experiment.cv_summary(oof, 2, Task("multiclass", ("0", "1")))
 
 
 # 3. NaN and inf

@@ -69,7 +69,8 @@ def test_sweep_grid(tiny_comp, workdir, capsys):
     assert len(table) == 4 and set(table["batch_size"]) == {16, 32}
     with Image.open("weights/sweeps/lr_bs/sweep.png") as image:
         assert image.format == "PNG"
-    best = table.sort_values(["valid_accuracy", "valid_log_loss"], ascending=[False, True]).iloc[0]
+    assert set(table["metric"]) == {"accuracy"}
+    best = table.sort_values(["valid_score", "valid_loss"], ascending=[False, True]).iloc[0]
     assert f"best: lr {best['lr']:g}, batch size {int(best['batch_size'])}" in capsys.readouterr().out
 
 

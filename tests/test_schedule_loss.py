@@ -5,11 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import to_model_input
+from pipeline.augment import MEAN, STD, to_model_input
 from pipeline.config import Config
-from pipeline.engine import auto_batch_size, predict, train_one_epoch
+from pipeline.engine import DataSpec, auto_batch_size, predict, train_one_epoch
 from pipeline.metrics import log_loss, scores
 from pipeline.schedule import lr_at
+from pipeline.tasks import Task
 
 
 def test_warmup_is_linear_then_cosine_to_zero():
@@ -48,10 +49,11 @@ def test_label_smoothing_on_training_loss_only():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     x = to_model_input(images, 16, False)
     expected = F.cross_entropy(model(x), labels, label_smoothing=0.2).item()
-    result = train_one_epoch(model, opt, images, labels, cfg, 0, 4, torch.Generator().manual_seed(0))
+    spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
+    result = train_one_epoch(model, opt, images, torch.arange(8), labels, cfg, spec, 0, 4, torch.Generator().manual_seed(0))
     assert result.loss == pytest.approx(expected, rel=1e-5) and result.step == 1
     assert result.lrs == [pytest.approx(0.5)]  # the schedule's value at step 0 of 4 without warmup
-    probs = predict(model, images, 4, 16, torch.device("cpu"))
+    probs = predict(model, images, 4, spec, torch.device("cpu"))
     hard = F.cross_entropy(model(x), labels).item()  # validation: hard labels, no smoothing
     assert log_loss(probs, labels.numpy()) == pytest.approx(hard, rel=1e-4)
     assert np.allclose(probs.sum(1), 1, atol=1e-5)

@@ -4,26 +4,29 @@ import pytest
 from pipeline import submit
 from pipeline.errors import PipelineError
 from pipeline.submit import validate_submission
+from pipeline.tasks import Task
 
 from fake_kaggle import PORT, FakeKaggle
+
+DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
 SAMPLE = pd.DataFrame({"ImageId": [1, 2, 3], "Label": [0, 0, 0]})
 
 
 def test_valid_submission_passes():
-    validate_submission(pd.DataFrame({"ImageId": [1, 2, 3], "Label": [3, 9, 0]}), SAMPLE, 10, "s.csv")
+    validate_submission(pd.DataFrame({"ImageId": [1, 2, 3], "Label": [3, 9, 0]}), SAMPLE, DIGITS, "s.csv")
 
 
 @pytest.mark.parametrize("sub, message", [
     (pd.DataFrame({"id": [1, 2, 3], "Label": [1, 2, 3]}), "header must be ImageId,Label, found id,Label"),
     (pd.DataFrame({"ImageId": [1, 2], "Label": [1, 2]}), "expected 3 rows .* found 2"),
     (pd.DataFrame({"ImageId": [1, 3, 2], "Label": [1, 2, 3]}), "row 2: ImageId should be 2, found 3"),
-    (pd.DataFrame({"ImageId": [1, 2, 3], "Label": [1, 10, 3]}), "row 2: Label must be an integer 0..9, found 10"),
-    (pd.DataFrame({"ImageId": [1, 2, 3], "Label": [1, 2.5, 3]}), "row 2: Label must be an integer"),
+    (pd.DataFrame({"ImageId": [1, 2, 3], "Label": [1, 10, 3]}), "row 2: Label must be one of the classes 0, 1, 2, .* found 10"),
+    (pd.DataFrame({"ImageId": [1, 2, 3], "Label": [1, 2.5, 3]}), "row 2: Label must be one of the classes .* found 2.5"),
 ])
 def test_invalid_submission(sub, message):
     with pytest.raises(PipelineError, match=message):
-        validate_submission(sub, SAMPLE, 10, "s.csv")
+        validate_submission(sub, SAMPLE, DIGITS, "s.csv")
 
 
 @pytest.fixture
