@@ -23,6 +23,9 @@ os.umask(_UMASK)
 def atomic_path(path: str | Path):
     """Yield a temporary path in the same folder; renamed onto `path` only if the block succeeds."""
     path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a symbolic link" if path.is_symlink() else "a directory" if path.is_dir() else "not a regular file"
+        raise PipelineError(f"{path}: is {kind}; refusing to replace it with a file (choose another path)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -69,14 +72,6 @@ def read_json(path: str | Path, what: str = "file") -> dict:
     if not isinstance(obj, dict):
         raise PipelineError(f"{path}: unreadable {what}: expected a JSON object, found {type(obj).__name__}")
     return obj
-
-
-def remove_litter(folder: Path) -> None:
-    """Delete temporary files an interrupted write left (`.name.XXXX.tmp`); call only while holding the folder."""
-    if folder.is_dir() and not folder.is_symlink():
-        for tmp in folder.glob(".*.tmp"):
-            if tmp.is_file() or tmp.is_symlink():
-                tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict:

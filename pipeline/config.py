@@ -109,7 +109,8 @@ RULES = {  # field -> (test, rule text)
     "n_splits": (lambda v: 2 <= v <= 20, "must be 2..20"),
     "seed": (lambda v: 0 <= v < 2**31, "must be 0..2147483647"),
     "img_size": (lambda v: 16 <= v <= 512, "must be 16..512"),
-    "fold": (lambda v: v == "all" or (v.isdigit() and int(v) < 20), "must be 'all' or a fold index 0..n_splits-1"),
+    "fold": (lambda v: v == "all" or (re.fullmatch(r"[0-9]{1,2}", v) is not None and int(v) < 20),
+             "must be 'all' or a fold index 0..n_splits-1"),
     "epochs": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
     "batch_size": (lambda v: v == 0 or 2 <= v <= 65_536, "must be 0 (auto) or 2..65536"),
     "lr": (lambda v: 0 < v < 10, "must be > 0 (and < 10)"),
@@ -140,6 +141,10 @@ def _problems(cfg: Config):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             yield f"{flag(f.name)}: must be a finite number, got {value!r}"
+            return
+        texts = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(t, str) and any(ord(ch) < 32 for ch in t) for t in texts):
+            yield f"{flag(f.name)}: must not contain control characters (NUL, newline, ...), got {value!r}"
             return
     for name, (ok, rule) in RULES.items():
         value = getattr(cfg, name)

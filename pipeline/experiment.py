@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.checkpoint import read_json, remove_litter, write_csv, write_json
+from pipeline.checkpoint import read_json, write_csv, write_json
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
@@ -29,10 +30,12 @@ RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", 
 # What the rows were split by: every fold of one experiment must come from the same folds file.
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
-ARTIFACTS = ["config.json", "cv.json", "oof.csv", "oof_tta.csv", "metrics.csv", "schedule.csv", "test_probs.npy",
-             "test_probs.json", "fold*.pth", "fold*.last.pth", ".*.tmp"]
-REPORT_FILES = ["report.md", "curves.png", "lr.png", "confusion.png", "confusion.csv", "per_class.csv", "wrong.png",
-                ".*.tmp"]
+_NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|metrics\.csv|schedule\.csv|test_probs\.npy|test_probs\.json" \
+         r"|fold\d+\.pth|fold\d+\.last\.pth"
+ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
+LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
+_REPORT = r"report\.md|curves\.png|lr\.png|confusion\.png|confusion\.csv|per_class\.csv|wrong\.png"
+REPORT_FILES = re.compile(rf"({_REPORT})|\.({_REPORT})\.\w+\.tmp")
 
 
 def prob_columns(num_classes: int) -> list[str]:
@@ -79,7 +82,7 @@ def locked(exp_dir: Path):
              f"{' '.join(['python -m pipeline.' + Path(sys.argv[0]).stem, *sys.argv[1:]])[:300]}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, me.encode(), 0)
-        remove_litter(exp_dir)  # temp files of a killed write: nobody else writes here now
+        _remove_matching(exp_dir, LITTER)  # temp files of a killed write: nobody else writes here now
         yield exp_dir
     finally:
         os.close(fd)
@@ -90,18 +93,12 @@ def remove_artifacts(exp_dir: Path) -> None:
     if exp_dir.is_symlink():
         raise PipelineError(f"--overwrite: {exp_dir} is a symbolic link; refusing to delete through it "
                             "(remove the link yourself, or use another --exp)")
-    for pattern in ARTIFACTS:
-        for path in exp_dir.glob(pattern):
-            if path.is_file() or path.is_symlink():
-                path.unlink()  # a link itself, never its target
+    _remove_matching(exp_dir, ARTIFACTS)
     report = exp_dir / "report"
     if report.is_symlink():
         report.unlink()
     elif report.is_dir():
-        for pattern in REPORT_FILES:
-            for path in report.glob(pattern):
-                if path.is_file() or path.is_symlink():
-                    path.unlink()
+        _remove_matching(report, REPORT_FILES)
         with contextlib.suppress(OSError):
             report.rmdir()  # only when nothing of the user's is left in it
 
@@ -112,17 +109,33 @@ def done_folds(exp_dir: Path) -> list[int]:
     return sorted(int(k) for k in oof["fold"].unique()) if oof is not None else []
 
 
+def _remove_matching(folder: Path, names: re.Pattern) -> None:
+    for path in folder.iterdir():
+        if names.fullmatch(path.name) and (path.is_file() or path.is_symlink()):
+            path.unlink()  # a link itself, never its target
+
+
 def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwrite: bool) -> list[int]:
     """Apply the no-silent-overwrite policy (call while holding the lock); return the folds still to train."""
     saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
     artifacts = sorted(p.name for p in exp_dir.glob("*") if p.name != "config.json" and not p.name.startswith(".")) if exp_dir.is_dir() else []
     if not artifacts and not resume:
         return folds
-    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and saved.get(f) != config.get(f)]
+    if overwrite and len(folds) == config["n_splits"]:
+        remove_artifacts(exp_dir)
+        return folds
+    if not resume and not overwrite:
+        raise PipelineError(f"{exp_dir}: experiment exists ({', '.join(artifacts[:4])}...); "
+                            "add --resume to continue it, --overwrite to replace it, or choose another --exp")
+    if saved is None:
+        raise PipelineError(f"{'--resume' if resume else '--overwrite --fold ' + ','.join(map(str, folds))}: {exp_dir} "
+                            "has no config.json, so which folds file and recipe its folds used is unknown; retrain "
+                            "every fold with --overwrite --fold all, or use another --exp")
+    changed = [f for f in RECIPE + DATA_IDENTITY if saved.get(f) != config.get(f)]
+    stale = other_folds_hash(exp_dir, config["folds_hash"], folds if overwrite else [])
+    if stale and "folds_hash" not in changed:  # config.json says one folds file, a kept checkpoint another
+        changed, saved = ["folds_hash", *changed], saved | {"folds_hash": stale}
     if overwrite:
-        if len(folds) == config["n_splits"]:
-            remove_artifacts(exp_dir)
-            return folds
         if changed:
             raise PipelineError(f"--overwrite: {exp_dir}'s other folds were trained with {_what(changed[0])}="
                                 f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; one experiment "
@@ -130,11 +143,6 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
         for k in folds:
             forget_fold(exp_dir, k)
         return folds
-    if not resume:
-        raise PipelineError(f"{exp_dir}: experiment exists ({', '.join(artifacts[:4])}...); "
-                            "add --resume to continue it, --overwrite to replace it, or choose another --exp")
-    if saved is None:
-        raise PipelineError(f"--resume: {exp_dir} has no config.json to resume from")
     if changed:
         f = changed[0]
         advice = ("the folds file was remade since; resuming would mix two fold assignments (leakage). Retrain "
@@ -148,6 +156,20 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
     if finished:
         print(f"resume: folds {', '.join(map(str, finished))} already finished, kept as they are")
     return [k for k in folds if k not in finished]
+
+
+def other_folds_hash(exp_dir: Path, folds_hash: str, retrained: list[int]) -> str | None:
+    """The folds hash of a kept fold checkpoint that differs from `folds_hash` (config.json may have been replaced)."""
+    from pipeline.checkpoint import load_checkpoint
+
+    for path in sorted(exp_dir.iterdir()):
+        match = re.fullmatch(r"fold(\d+)\.pth", path.name)
+        if match and int(match.group(1)) not in retrained and path.is_file():
+            config = load_checkpoint(path).get("config")
+            found = config.get("folds_hash") if isinstance(config, dict) else None
+            if found != folds_hash:
+                return str(found)
+    return None
 
 
 def _what(field: str) -> str:
@@ -198,22 +220,37 @@ def write_oof(exp_dir: Path, ids: np.ndarray, k: int, targets: np.ndarray, preds
     write_csv(rows.sort_values("id", kind="stable").reset_index(drop=True), exp_dir / "oof.csv")
 
 
-def oof_arrays(oof: pd.DataFrame, task: Task) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions (N, outputs), targets) from oof.csv rows."""
+def oof_arrays(oof: pd.DataFrame, task: Task, where: str = "oof.csv") -> tuple[np.ndarray, np.ndarray]:
+    """(predictions (N, outputs), targets) from oof.csv rows, checked: finite, in range, integer ids."""
     cols = prob_columns(task.num_outputs)
     missing = [c for c in cols + task.target_columns() if c not in oof.columns]
     if missing:
-        raise PipelineError(f"oof.csv: no column {missing[0]!r} for this {task.kind} task; retrain with --overwrite")
-    return oof[cols].to_numpy(dtype=np.float64), task.targets_from(oof)
+        raise PipelineError(f"{where}: no column {missing[0]!r} for this {task.kind} task; retrain with --overwrite")
+    try:
+        preds = oof[cols].to_numpy(dtype=np.float64)
+        targets = task.targets_from(oof)
+    except (ValueError, TypeError) as e:
+        raise PipelineError(f"{where}: non-numeric predictions or targets ({str(e)[:80]}); retrain with --overwrite") from None
+    bad = ~np.isfinite(preds).all(1) | ~np.isfinite(np.asarray(targets, dtype=np.float64).reshape(len(oof), -1)).all(1)
+    if task.kind != "regression":
+        bad |= ((preds < 0) | (preds > 1)).any(1)
+    if not pd.api.types.is_integer_dtype(oof["id"]) or (oof["id"] < 0).any():
+        raise PipelineError(f"{where}: ids must be the train rows' numbers (0, 1, ...); retrain with --overwrite")
+    if bad.any():
+        raise PipelineError(f"{where}: row {int(np.flatnonzero(bad)[0]) + 1}: predictions or targets are missing, "
+                            "NaN or out of range; retrain with --overwrite")
+    if task.kind == "multiclass" and ((targets < 0) | (targets >= task.num_outputs)).any():
+        raise PipelineError(f"{where}: labels outside 0..{task.num_outputs - 1}; retrain with --overwrite")
+    return preds, targets
 
 
 def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> dict:
     """Per-fold and overall scores in the competition's metric, from OOF rows (pure)."""
+    preds, targets = oof_arrays(oof, task)
     if oof["id"].duplicated().any():  # two fold assignments mixed: every CV figure would be wrong
         dup = oof["id"][oof["id"].duplicated()].iloc[0]
         raise PipelineError(f"oof.csv: id {dup} appears in more than one fold's rows; the experiment mixes two "
                             "folds files: retrain it with --overwrite --fold all")
-    preds, targets = oof_arrays(oof, task)
     fold = oof["fold"].to_numpy()
     per_fold = {int(k): task.scores(preds[fold == k], targets[fold == k]) for k in sorted(np.unique(fold))}
     values = np.array([s[task.metric] for s in per_fold.values()])

@@ -47,6 +47,9 @@ def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarra
     if counts[counts > 0].min() < n_splits and groups is None:
         raise PipelineError(f"--n-splits: {n_splits} folds need >= {n_splits} rows of every label; "
                             f"label {int(np.flatnonzero(counts == counts[counts > 0].min())[0])} has {counts[counts > 0].min()}")
+    if groups is not None and len(np.unique(groups)) < n_splits:
+        raise PipelineError(f"--group-col: {len(np.unique(groups))} groups cannot fill {n_splits} folds; "
+                            "lower --n-splits or choose a finer group column")
     rows = np.zeros(len(labels))
     if groups is None:
         splits = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(rows, labels)

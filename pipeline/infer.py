@@ -42,6 +42,7 @@ def run(cfg: Config) -> pd.DataFrame:
     src = data.resolve(cfg.data)
     test, sample = data.read_test(src, desc, spec.img_size, cfg.cache_dir)
     submission_shape = spec.task.submission_mode(sample)  # refuse a sample this task cannot fill, before inference
+    check_replaceable(out, sample)
     device = resolve_device(cfg.device)
     images = torch.from_numpy(np.ascontiguousarray(test)).to(device)  # (N, C, H, W) uint8
     preset = cfg.tta_preset or desc.tta_preset
@@ -92,6 +93,19 @@ def check_writable(path: Path, what: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK):
         raise PipelineError(f"{what}: cannot write into {path.parent}/ (permission denied); choose another path")
+
+
+def check_replaceable(out: Path, sample: pd.DataFrame) -> None:
+    """An existing --out is replaced only when it is an earlier submission (the sample's header), never another file."""
+    if not out.is_file():
+        return
+    try:
+        header = [str(c) for c in pd.read_csv(out, nrows=0).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        header = None
+    if header != [str(c) for c in sample.columns]:
+        raise PipelineError(f"--out: {out} exists and is not a submission of this competition (header "
+                            f"{','.join(map(str, sample.columns))}); refusing to replace it: choose another --out")
 
 
 def experiment_config(exp_dir: Path) -> dict:
@@ -228,7 +242,7 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
         if not (f["id"].equals(first["id"]) and f["fold"].equals(first["fold"])):
             raise PipelineError(f"--exp: {e} and {exps[0]} have different OOF rows or folds; "
                                 "blend experiments trained on the same folds file with --fold all")
-    arrays = [oof_arrays(f, task) for f in frames]
+    arrays = [oof_arrays(f, task, str(weights_dir / e / "oof.csv")) for e, f in zip(exps, frames)]
     return np.stack([a[0] for a in arrays]), arrays[0][1], first["fold"].to_numpy(), task
 
 

@@ -10,6 +10,7 @@ train and infer read it, so every stage agrees.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def run(cfg: Config) -> np.ndarray:
     description = {"train_hash": train.train_hash, "rows": len(folds), "n_splits": cfg.n_splits, "seed": cfg.seed,
                    "group_col": cfg.group_col, "data": desc.to_dict()}
     path = Path(cfg.folds_path)
+    check_own_files(path)
     if path.is_file() and not cfg.overwrite:
         if _same(path, frame):
             if read_description(path) != description:
@@ -55,6 +57,27 @@ def run(cfg: Config) -> np.ndarray:
     print(f"wrote {path}: {len(folds):,} rows in {cfg.n_splits} folds of {sizes.min():,}-{sizes.max():,} "
           f"({how}{', grouped by ' + cfg.group_col if cfg.group_col else ''}, seed {cfg.seed})")
     return folds
+
+
+def check_own_files(path: Path) -> None:
+    """The folds file and its description may be replaced only when make_folds wrote them (never a user's file)."""
+    if path.is_file():
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            header = []
+        if not {"id", "fold", "train_hash"} <= set(header):
+            raise PipelineError(f"--folds-path: {path} exists and is not a folds file (no id, fold, train_hash "
+                                "columns); refusing to replace it: choose another --folds-path")
+    info = description_path(path)
+    if info.exists():
+        try:
+            ours = {"train_hash", "n_splits"} <= set(json.loads(info.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, IsADirectoryError):
+            ours = False
+        if not ours:
+            raise PipelineError(f"--folds-path: {info} exists and is not a folds description written by make_folds; "
+                                "refusing to replace it: choose another --folds-path")
 
 
 def _same(path: Path, frame: pd.DataFrame) -> bool:

@@ -21,7 +21,7 @@ from pipeline.checkpoint import atomic_path, read_json, write_csv  # noqa: E402
 from pipeline.config import Config, parse_config  # noqa: E402
 from pipeline.errors import PipelineError, main_guard  # noqa: E402
 from pipeline.engine import DataSpec  # noqa: E402
-from pipeline.experiment import experiment_dir, oof_arrays, read_table  # noqa: E402
+from pipeline.experiment import cv_summary, experiment_dir, oof_arrays, read_table  # noqa: E402
 
 FLAGS = ["exp", "data", "weights_dir", "model", "cache_dir"]
 
@@ -95,19 +95,35 @@ def plot_wrong(images, labels: np.ndarray, probs: np.ndarray, rows: np.ndarray, 
 
 
 def write_report(exp_dir: Path, images, n_wrong: int = 24) -> Path:
-    """Write exp_dir/report/ (PNGs, per_class.csv, report.md); `images` are the train images by id (array or tensor)."""
-    out = exp_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    metrics, oof = read_table(exp_dir / "metrics.csv"), read_table(exp_dir / "oof.csv")
-    cv = read_json(exp_dir / "cv.json", "CV summary")
+    """Write exp_dir/report/ (PNGs, per_class.csv, report.md); `images` are the train images by id (array or tensor).
+
+    Everything is read and checked before the first figure is written; the CV is recomputed from oof.csv.
+    """
     config = read_json(exp_dir / "config.json", "experiment config")
     task = DataSpec.from_config(config, str(exp_dir / "config.json")).task
+    metrics, oof = read_table(exp_dir / "metrics.csv"), read_table(exp_dir / "oof.csv")
+    for name, table, columns in (("metrics.csv", metrics, ["epoch", "train_loss", "valid_loss"]), ("oof.csv", oof, ["id"])):
+        if table is None or any(c not in table.columns for c in columns):
+            raise PipelineError(f"{exp_dir / name}: missing or damaged (needs {', '.join(columns)}); "
+                                f"retrain with: python -m pipeline.train --exp {exp_dir.name} --overwrite")
+    n_splits = config.get("n_splits") if isinstance(config.get("n_splits"), int) else int(oof["fold"].max()) + 1
+    cv = cv_summary(oof, n_splits, task)  # validates oof.csv; cv.json may be stale or hand-edited
+    saved = read_json(exp_dir / "cv.json", "CV summary") if (exp_dir / "cv.json").exists() else {}
+    tta = saved.get("oof_tta")
+    if isinstance(tta, dict) and isinstance(tta.get(task.metric), float) and isinstance(tta.get("loss"), float):
+        cv["oof_tta"] = tta | {"preset": str(tta.get("preset", "?"))}
+    ids = oof["id"].to_numpy()
+    if ids.max() >= len(images):
+        raise PipelineError(f"{exp_dir / 'oof.csv'}: id {ids.max()} is beyond the {len(images):,} train rows; "
+                            "pass the --data it was trained on")
+    out = exp_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
     plot_curves(metrics, out / "curves.png", task.metric)
     if (exp_dir / "schedule.csv").is_file():
         plot_schedule(read_table(exp_dir / "schedule.csv"), out / "lr.png")
     classes, n_shown = None, 0
     if task.kind == "multiclass":  # confusions and per-class scores mean something for classes only
-        probs, labels = oof_arrays(oof, task)
+        probs, labels = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
         preds = probs.argmax(1)
         matrix = confusion_matrix(labels, preds, labels=np.arange(task.num_outputs))
         plot_confusion(matrix, out / "confusion.png")
@@ -116,7 +132,6 @@ def write_report(exp_dir: Path, images, n_wrong: int = 24) -> Path:
             **{"class": [*task.classes, "macro avg"]})
         write_csv(classes, out / "per_class.csv")
         wrong = most_confident_wrong(probs, labels, n_wrong)
-        ids = oof["id"].to_numpy()
         shown = {r: (images[int(ids[r])].cpu() if hasattr(images, "cpu") else images[int(ids[r])]) for r in wrong}
         plot_wrong(shown, labels, probs, wrong, task.classes, out / "wrong.png")
         n_shown = len(wrong)
@@ -138,7 +153,8 @@ def report_markdown(name: str, config: dict, cv: dict, classes: pd.DataFrame | N
     folds = pd.DataFrame([{"fold": k, **s} for k, s in cv["per_fold"].items()])
     tta = (f"\nOOF with TTA ({cv['oof_tta']['preset']}): {metric} {cv['oof_tta'][metric]:.5f}, "
            f"loss {cv['oof_tta']['loss']:.4f}\n" if "oof_tta" in cv else "")
-    recipe = ", ".join(f"{k} {config[k]}" for k in ("model", "epochs", "batch_size", "lr", "label_smoothing", "img_size"))
+    recipe = ", ".join(f"{k} {config.get(k, '?')}" for k in ("model", "epochs", "batch_size", "lr", "label_smoothing",
+                                                                "img_size"))
     per_class = ("## OOF confusion matrix\n![confusion](confusion.png)\n\n## Per-class scores (OOF)\n"
                  f"{markdown_table(classes, '.4f')}\n\n## Most confidently wrong OOF images ({n_wrong})\n"
                  "![wrong](wrong.png)\n" if classes is not None else "")

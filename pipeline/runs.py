@@ -39,6 +39,14 @@ def collect(weights_dir: Path) -> pd.DataFrame:
 
 
 def summarise(exp_dir: Path) -> dict:
+    """One row of the table; a hand-edited file of the wrong shape makes the row unreadable, not the table."""
+    try:
+        return _summary(exp_dir)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        raise PipelineError(f"{exp_dir}: damaged config.json or cv.json ({type(e).__name__}: {str(e)[:60]})") from None
+
+
+def _summary(exp_dir: Path) -> dict:
     config = read_json(exp_dir / "config.json", "experiment config")
     cv_path = exp_dir / "cv.json"
     cv = read_json(cv_path, "CV summary") if cv_path.exists() else {}

@@ -111,6 +111,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
         state = restore(load_checkpoint(last), model, optimizer, generator, last)
+        check_snapshot(state, (len(valid_idx), spec.task.num_outputs), spec.task.metric, cfg.epochs, last)
         print(f"resume: fold {k} continues after epoch {state['epoch']} of {cfg.epochs} "
               f"(best {spec.task.metric} so far {state['best'][spec.task.metric]:.5f})")
     x_valid = images[valid_idx]
@@ -198,6 +199,21 @@ def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator
         raise PipelineError(f"{path}: not a usable resume snapshot ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
                             "delete it to restart that fold, or retrain with --overwrite") from None
     return state
+
+
+def check_snapshot(state: dict, preds_shape: tuple[int, int], metric: str, epochs: int, path: Path) -> None:
+    """A resume snapshot must describe this fold: its predictions' shape, finite values, an epoch within the run."""
+    preds, best = state["best_preds"], state["best"]
+    problem = ("best predictions of shape {} instead of {}".format(tuple(preds.shape), preds_shape)
+               if tuple(preds.shape) != preds_shape else
+               "best predictions hold NaN or infinite values" if not np.isfinite(preds).all() else
+               f"best scores lack {metric}" if metric not in best else
+               "best scores are not finite" if not all(np.isfinite(v) for v in best.values()) else
+               f"epoch {state['epoch']} outside 1..{epochs}" if not 1 <= state["epoch"] <= epochs else
+               f"step {state['step']} is negative" if state["step"] < 0 else None)
+    if problem:
+        raise PipelineError(f"{path}: not a usable resume snapshot ({problem}); delete it to restart that fold, "
+                            "or retrain with --overwrite")
 
 
 def main(argv=None) -> int:

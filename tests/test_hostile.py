@@ -454,3 +454,191 @@ def test_unwritable_place_is_reported_before_work(project, capsys):
     assert not Path("weights/a/test_probs.npy").exists()  # refused before any inference
     assert train.main(["--data", project, "--exp", "a", "--weights-dir", "/proc/1/w", *EPOCH1]) == 2
     assert one_error_line(capsys.readouterr().err).startswith("error: /proc/1/w: ")
+
+
+# Second attack (a hostile review of the fixes above): the same classes, other instances
+
+def test_out_never_replaces_a_special_file_or_link(project, tmp_path, capsys):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    target = tmp_path / "real.csv"
+    target.write_text("ImageId,Label\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop)
+    for out, kind in ((fifo, "not a regular file"), (link, "a symbolic link"), (loop, "a symbolic link")):
+        assert infer.main(["--data", project, "--exp", "a", "--out", str(out)]) == 2
+        assert f"{out}: is {kind}; refusing to replace it" in one_error_line(capsys.readouterr().err)
+    assert fifo.exists() and not fifo.is_file() and link.is_symlink() and target.read_text() == "ImageId,Label\n"
+
+
+def test_out_never_replaces_a_file_that_is_not_a_submission(project, capsys):
+    Path("notes.csv").write_text("a,b\n1,2\n")
+    assert infer.main(["--data", project, "--exp", "a", "--out", "notes.csv"]) == 2
+    assert "notes.csv exists and is not a submission of this competition" in one_error_line(capsys.readouterr().err)
+    assert Path("notes.csv").read_text() == "a,b\n1,2\n"
+    assert infer.main(["--data", project, "--exp", "a", "--out", "sub.csv"]) == 0
+    assert infer.main(["--data", project, "--exp", "a", "--out", "sub.csv"]) == 0  # an earlier submission: replaced
+
+
+def test_make_folds_never_replaces_files_it_did_not_write(project, capsys):
+    Path("notes.json").write_text('{"mine": 1}')
+    assert make_folds.main(["--data", project, "--folds-path", "notes.csv"]) == 2
+    assert "notes.json exists and is not a folds description" in one_error_line(capsys.readouterr().err)
+    assert Path("notes.json").read_text() == '{"mine": 1}' and not Path("notes.csv").exists()
+    shutil.copy(Path(project) / "train.csv", "mine.csv")
+    assert make_folds.main(["--data", project, "--folds-path", "mine.csv", "--overwrite"]) == 2
+    assert "mine.csv exists and is not a folds file" in one_error_line(capsys.readouterr().err)
+    assert Path("mine.csv").read_bytes() == (Path(project) / "train.csv").read_bytes()
+
+
+def test_overwrite_keeps_a_users_backup_named_like_a_checkpoint(project):
+    shutil.copy("weights/a/fold0.pth", "weights/a/fold0_backup.pth")
+    Path("weights/a/.my.tmp").write_text("mine")
+    assert train.main(["--data", project, "--exp", "a", "--overwrite", *EPOCH1]) == 0
+    assert Path("weights/a/fold0_backup.pth").is_file() and Path("weights/a/.my.tmp").is_file()
+
+
+def test_partial_overwrite_without_config_json_is_refused(project, capsys):
+    Path("weights/a/config.json").unlink()
+    oof = Path("weights/a/oof.csv").read_bytes()
+    assert train.main(["--data", project, "--exp", "a", "--overwrite", "--fold", "1", *EPOCH1]) == 2
+    assert "has no config.json, so which folds file and recipe its folds used is unknown" in \
+        one_error_line(capsys.readouterr().err)
+    assert Path("weights/a/oof.csv").read_bytes() == oof
+
+
+def test_partial_overwrite_checks_the_kept_checkpoints_too(project, capsys):
+    """config.json rewritten by hand to the new folds; the kept fold checkpoints still say the old ones."""
+    config = json.loads(Path("weights/a/config.json").read_text())
+    remade_folds(project)
+    new_hash = __import__("pipeline.folds", fromlist=["x"]).file_hash(Path("folds/folds.csv").read_bytes())
+    Path("weights/a/config.json").write_text(json.dumps(config | {"folds_hash": new_hash}))
+    capsys.readouterr()
+    assert train.main(["--data", project, "--exp", "a", "--overwrite", "--fold", "1", *EPOCH1]) == 2
+    assert "trained with folds file hash=" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(best_preds=torch.full_like(s["best_preds"], float("nan"))), "NaN or infinite"),
+    (lambda s: s.update(best_preds=torch.zeros(3, 10)), "best predictions of shape (3, 10)"),
+    (lambda s: s.update(epoch=10**6), "epoch 1000000 outside 1..2"),
+])
+def test_damaged_resume_snapshot_values_are_refused(project, edit, message, capsys):
+    args = ["--data", project, "--exp", "r", "--fold", "0", "--epochs", "2", "--batch-size", "32"]
+    assert train.main(args) == 0
+    from pipeline.train import fold_setup, snapshot  # a real snapshot of fold 0 after its first epoch
+    snap = torch.load("weights/r/fold0.pth", weights_only=True)
+    model_state = snap["state_dict"]
+    oof = pd.read_csv("weights/r/oof.csv")
+    preds = torch.tensor(oof[[f"p{c}" for c in range(10)]].to_numpy(), dtype=torch.float32)
+    cfg = train.Config(epochs=2, batch_size=32)
+    spec = train.DataSpec(Task("multiclass", tuple(str(i) for i in range(10))), 28, (0.1,), (0.3,))
+    model, _, optimizer, generator = fold_setup(cfg, spec, 1, 0, torch.device("cpu"))
+    model.load_state_dict(model_state)
+    state = snapshot({"epoch": 1, "step": 5, "best": {"accuracy": 0.5, "loss": 1.0, "log_loss": 1.0},
+                      "best_preds": preds.numpy()}, model, optimizer, generator)
+    edit(state)
+    Path("weights/r/oof.csv").unlink()  # fold 0 unfinished again
+    torch.save(state, "weights/r/fold0.last.pth")
+    capsys.readouterr()
+    assert train.main([*args, "--resume"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "fold0.last.pth: not a usable resume snapshot" in line and message in line
+
+
+def test_nan_oof_is_never_blended(project, capsys):
+    shutil.copytree("weights/a", "weights/d")
+    oof = pd.read_csv("weights/d/oof.csv")
+    oof[[f"p{c}" for c in range(10)]] = np.nan
+    oof.to_csv("weights/d/oof.csv", index=False)
+    assert infer.main(["--data", project, "--exp", "a", "d", "--ensemble", "learned"]) == 2
+    assert "weights/d/oof.csv: row 1: predictions or targets are missing, NaN or out of range" in \
+        one_error_line(capsys.readouterr().err)
+    assert not Path("submissions/a+d_learned.csv").exists()
+
+
+@pytest.mark.parametrize("damage, report_code", [
+    (lambda: Path("weights/a/cv.json").write_text('{"folds_present": 5, "per_fold": 1}'), 0),
+    (lambda: Path("weights/a/config.json").write_text(
+        json.dumps({k: v for k, v in json.loads(Path("weights/a/config.json").read_text()).items() if k != "n_splits"})),
+     2),
+])
+def test_hand_edited_summaries_break_neither_runs_nor_report(project, damage, report_code, capsys):
+    damage()
+    assert runs.main([]) == 0
+    capsys.readouterr()
+    from pipeline import report
+    assert report.main(["--data", project, "--exp", "a"]) == report_code  # cv.json: the CV is recomputed from oof.csv
+    if report_code:
+        assert "config.json: n_splits must be 2..20, found None" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda: Path("weights/a/metrics.csv").unlink(), "metrics.csv: missing or damaged"),
+    (lambda: pd.read_csv("weights/a/oof.csv").drop(columns="p4").to_csv("weights/a/oof.csv", index=False),
+     "no column 'p4'"),
+    (lambda: pd.read_csv("weights/a/oof.csv").astype({"id": object}).pipe(lambda f: f.assign(id=["abc", *f["id"][1:]]))
+     .to_csv("weights/a/oof.csv", index=False),
+     "ids must be the train rows' numbers"),
+])
+def test_report_on_damaged_files_is_one_line_and_writes_nothing(project, damage, message, capsys):
+    from pipeline import report
+    damage()
+    assert report.main(["--data", project, "--exp", "a"]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not Path("weights/a/report").exists()
+
+
+def test_fewer_groups_than_folds(trained_once, tmp_path, capsys):
+    comp, _ = trained_once
+    grouped = tmp_path / "g"
+    shutil.copytree(comp, grouped)
+    df = pd.read_csv(grouped / "train.csv")
+    pd.concat([df, pd.Series(np.arange(len(df)) % 3, name="patient")], axis=1).to_csv(grouped / "train.csv", index=False)
+    assert make_folds.main(["--data", str(grouped), "--group-col", "patient", "--folds-path", str(tmp_path / "f.csv")]) == 2
+    assert "--group-col: 3 groups cannot fill 5 folds" in one_error_line(capsys.readouterr().err)
+    assert make_folds.main(["--data", str(grouped), "--group-col", "label", "--folds-path", str(tmp_path / "f.csv")]) == 2
+    assert "--group-col: label is the target column" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_LZMA, zipfile.ZIP_BZIP2, zipfile.ZIP_DEFLATED])
+def test_corrupt_member_of_any_method(trained_once, tmp_path, method):
+    comp, _ = trained_once
+    path = zipped(tmp_path, {"train.csv": (comp / "train.csv").read_bytes()}, method)
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 64] = bytes((b ^ 0x5A) for b in raw[middle:middle + 64])
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PipelineError, match="comp.zip: not a readable zip file"):
+        data.Source(path).read_bytes("train.csv")
+
+
+def test_ambiguous_zip_and_csv_headers(trained_once, tmp_path):
+    comp, _ = trained_once
+    raw = (comp / "train.csv").read_bytes()
+    path = tmp_path / "two.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a/train.csv", raw)
+        zf.writestr("b/train.csv", raw)
+    with pytest.raises(PipelineError, match="2 files called train.csv"):
+        data.read_train(data.Source(path))
+    with pytest.raises(PipelineError, match="column 'ImageId' appears twice in the header"):
+        data.parse_csv(b"ImageId,ImageId\n1,2\n", "sample_submission.csv")
+
+
+def test_odd_values_are_one_line(project, tmp_path, capsys):
+    assert train.main(["--data", project, "--fold", "\u00b2"]) == 2  # a superscript two is a digit to str.isdigit
+    assert "--fold: must be 'all' or a fold index" in one_error_line(capsys.readouterr().err)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"weights_dir": "w\u0000"}))
+    assert train.main(["--config", str(path), "--data", project]) == 2
+    assert "--weights-dir: must not contain control characters" in one_error_line(capsys.readouterr().err)
+    df = pd.read_csv(Path(project) / "train.csv").astype(object)
+    df.iloc[0, 5] = "9" * 401
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    df.to_csv(bad / "train.csv", index=False)
+    assert make_folds.main(["--data", str(bad), "--folds-path", str(tmp_path / "f.csv")]) == 2
+    assert "row 1, column pixel4: pixel outside 0-255, found 999" in one_error_line(capsys.readouterr().err)

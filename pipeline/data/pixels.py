@@ -50,11 +50,24 @@ def images(df: pd.DataFrame, where: str, side: int, extra: list[str]) -> np.ndar
         i = next(i for i, (a, b) in enumerate(zip(names, expected)) if a != b)
         raise PipelineError(f"{where}: pixel column {i} should be named {expected[i]!r}, found {names[i]!r}")
     values = df[expected]
-    all_numeric = all(pd.api.types.is_numeric_dtype(t) for t in values.dtypes)
-    numeric = values if all_numeric else values.apply(pd.to_numeric, errors="coerce")
-    array = numeric.to_numpy(dtype=np.float64)
+    array = numeric_cells(values)
     check_cells(array, values, where, lo=0, hi=255, what="pixel")
     return array.astype(np.uint8).reshape(-1, 1, side, side)
+
+
+def numeric_cells(values: pd.DataFrame) -> np.ndarray:
+    """Cells as float64; text and numbers too large for a float (a 400-digit integer) become NaN or inf."""
+    if all(pd.api.types.is_numeric_dtype(t) for t in values.dtypes):
+        return values.to_numpy(dtype=np.float64)
+
+    def number(v) -> float:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return float("nan")
+        except OverflowError:
+            return float("inf")
+    return np.vectorize(number, otypes=[np.float64])(values.to_numpy(dtype=object))
 
 
 def check_cells(array: np.ndarray, original: pd.DataFrame, where: str, lo: float, hi: float, what: str) -> None:
