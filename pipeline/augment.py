@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +104,65 @@ def to_model_input(x: torch.Tensor, img_size: int, channels_last: bool,
     if x.shape[-1] != img_size or x.shape[-2] != img_size:
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def is_albumentations(law: str) -> bool:
+    return law.endswith((".json", ".yaml", ".yml"))
+
+
+def load_albumentations(path: str):
+    """An albumentations pipeline saved with A.save (JSON or YAML); a bad file is one line naming it."""
+    import albumentations as A
+
+    from pipeline.errors import PipelineError
+
+    if not os.path.isfile(path):
+        raise PipelineError(f"--aug: {path} not found; write one with albumentations.save(transform, '{path}')")
+    try:
+        return A.load(path, data_format="yaml" if path.endswith((".yaml", ".yml")) else "json")
+    except Exception as e:  # noqa: BLE001 - albumentations raises many types for a file it cannot rebuild
+        raise PipelineError(f"--aug: {path}: not an albumentations pipeline ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
+
+
+class AlbumentationsRows(torch.utils.data.Dataset):
+    """Cached uint8 images (N, C, H, W) through an albumentations pipeline, one row per item, in worker processes.
+
+    The pipeline should not normalise (the model input does that): its output is read on the 0..255 scale.
+    """
+
+    def __init__(self, images, rows, path: str):
+        self.images, self.rows, self.path, self.transform = images, rows, path, None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.transform is None:  # built in each worker
+            self.transform = load_albumentations(self.path)
+        image = np.ascontiguousarray(np.asarray(self.images[int(self.rows[i])]).transpose(1, 2, 0))  # (H, W, C)
+        out = self.transform(image=image if image.shape[2] > 1 else image[..., 0])["image"]
+        out = out[..., None] if out.ndim == 2 else out
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float()
+
+
+def _seed_worker(worker_id: int) -> None:
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def albumentations_batches(images, order: torch.Tensor, batch: int, path: str, generator: torch.Generator):
+    """Batches (float32 (B, C, H, W) on 0..255) of the rows in `order`, augmented in DataLoader workers."""
+    workers = min(4, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(
+        AlbumentationsRows(images, order.cpu().numpy(), path), batch_size=batch, shuffle=False, drop_last=True,
+        num_workers=workers, worker_init_fn=_seed_worker, pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=generator,
+                                                                  device=generator.device).item())))
+    return iter(loader)
 
 
 def albumentations_affine(rotate: float, scale: float, shift: float):

@@ -39,7 +39,7 @@ class Config:
     cache_dir: str = ".cache"  # decoded image files, reused by every fold, experiment and inference run
     # model
     model: str = "digit_cnn"  # any timm model name; digit_cnn is the pipeline's own CNN for 28x28 digits
-    pretrained: bool = False  # hub weights need internet: refused, use --pretrained-path
+    pretrained: bool = False  # start from timm's pretrained weights (downloaded from the hub: needs internet)
     pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
     img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
     # training
@@ -53,6 +53,7 @@ class Config:
     rotate: float = 10.0  # training augmentation: max rotation in degrees, 0..45
     scale: float = 0.1  # training augmentation: max zoom in or out as a fraction, 0..0.5
     shift: float = 0.08  # training augmentation: max translation as a fraction of the side, 0..0.5
+    aug: str = ""  # training augmentation: '' = the layout's (digits for pixels, natural for image files), digits | natural | none, or an albumentations file (.json/.yaml written by A.save, run in DataLoader workers)
     exp: tuple[str, ...] = ()  # experiment name(s) under weights_dir: train takes one, infer several; () = model name
     weights_dir: str = "weights"  # where experiments live: weights/<exp>/
     device: str = "auto"  # auto | cpu | cuda
@@ -122,6 +123,8 @@ RULES = {  # field -> (test, rule text)
     "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
     "tta_preset": (lambda v: v in ("", "digits", "hflip", "flips", "d4"), "must be digits, hflip or d4"),
+    "aug": (lambda v: v in ("", "digits", "natural", "none") or v.endswith((".json", ".yaml", ".yml")),
+            "must be digits, natural, none or an albumentations .json/.yaml file"),
     "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders"), "must be pixels, csv-images or class-folders"),
     "task": (lambda v: v in ("", "multiclass", "multilabel", "regression"), "must be multiclass, multilabel or regression"),
     "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "qwk"),

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from pipeline.augment import augment, to_model_input
+from pipeline.augment import albumentations_batches, augment, is_albumentations, to_model_input
 from pipeline.errors import PipelineError
 from pipeline.schedule import lr_at
 from pipeline.tasks import Task
@@ -115,13 +115,18 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
     lrs = []
     model.train()
     bar = tqdm(range(n_steps), desc=desc, leave=False, unit="step", dynamic_ncols=True, disable=None)
+    workers = albumentations_batches(images, order, batch, spec.augment, generator) \
+        if is_albumentations(spec.augment) else None
     for i in bar:
         lr = lr_at(step, total_steps, warmup, cfg.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         lrs.append(lr)
         idx = order[i * batch:(i + 1) * batch]
-        x = augment(take(images, idx, device), spec.augment, cfg.rotate, cfg.scale, cfg.shift, generator)
+        if workers is not None:  # augmented on the CPU by albumentations, in DataLoader workers
+            x = next(workers).to(device, non_blocking=True)
+        else:  # augmented on the device, in one batch
+            x = augment(take(images, idx, device), spec.augment, cfg.rotate, cfg.scale, cfg.shift, generator)
         x = spec.inputs(x, channels_last)
         with autocast(device):
             logits = model(x)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import difflib
+import os
+import socket
 
 import timm
 import torch
@@ -11,8 +13,9 @@ from timm.models import register_model
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import PipelineError
 
-OFFLINE = ("hub weights need internet, which this pipeline and Kaggle's offline inference do not have; "
-           "download them once and pass --pretrained-path FILE (.pth or .safetensors)")
+OFFLINE = ("download them once where there is internet (torch.save(timm.create_model(NAME, pretrained=True)"
+           ".state_dict(), FILE)) and pass --pretrained-path FILE (.pth or .safetensors)")
+HUB_HOST = "huggingface.co"  # where timm's pretrained weights are published
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -46,7 +49,7 @@ class DigitCNN(nn.Module):
 def digit_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, **kwargs) -> DigitCNN:
     """timm entry point: `timm.create_model('digit_cnn', num_classes=10, in_chans=1)`."""
     if pretrained:
-        raise PipelineError(f"--pretrained: digit_cnn has no published weights; {OFFLINE}")
+        raise PipelineError("--pretrained: digit_cnn has no published weights; train it from scratch")
     allowed = {k: kwargs[k] for k in ("width", "drop_rate") if k in kwargs}
     return DigitCNN(num_classes=num_classes, in_chans=in_chans, **allowed)
 
@@ -54,8 +57,6 @@ def digit_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1
 def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
                 pretrained: bool = False, pretrained_path: str = "") -> nn.Module:
     """A timm model for (B, in_chans, img_size, img_size) inputs, checked with one forward pass."""
-    if pretrained:
-        raise PipelineError(f"--pretrained: {OFFLINE}")
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise PipelineError(f"--model: unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
@@ -64,11 +65,45 @@ def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
     cfg = timm.get_pretrained_cfg(name, allow_unregistered=True)
     if cfg is not None and getattr(cfg, "fixed_input_size", False):
         kwargs["img_size"] = img_size  # ViT-style models size their position embeddings at build time
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if pretrained:
+        model = hub_model(name, num_classes, in_chans, kwargs)
+    else:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if pretrained_path:
         load_pretrained(model, pretrained_path, in_chans)
     _check_input_size(model, name, in_chans, img_size)
     return model
+
+
+def hub_model(name: str, num_classes: int, in_chans: int, kwargs: dict) -> nn.Module:
+    """timm's own pretrained loading (the Hugging Face hub, its cache); offline, one line naming --pretrained-path."""
+    if name == "digit_cnn":
+        raise PipelineError(f"--pretrained: digit_cnn has no published weights; train it from scratch, or "
+                            f"{OFFLINE.replace('NAME', repr(name))}")
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if not proxied and not os.environ.get("HF_HUB_OFFLINE"):
+        try:
+            socket.getaddrinfo(HUB_HOST, 443)  # fails at once offline, where the hub client retries for a minute
+        except OSError:
+            raise PipelineError(f"--pretrained: no internet to download {name}'s weights from {HUB_HOST}; "
+                                f"{OFFLINE.replace('NAME', repr(name))}") from None
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:  # hub errors are OSErrors; no weights for this name: RuntimeError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise PipelineError(f"--pretrained: could not load {name}'s pretrained weights ({first}); "
+                            f"{OFFLINE.replace('NAME', repr(name))}") from None
+
+
+def pretrained_stats(name: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The normalisation a pretrained backbone was trained with (averaged for gray input), or None."""
+    cfg = timm.get_pretrained_cfg(name, allow_unregistered=True)
+    mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    if not mean or not std:
+        return None
+    if in_chans == len(mean):
+        return tuple(mean), tuple(std)
+    return (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
 
 
 def _check_input_size(model: nn.Module, name: str, in_chans: int, img_size: int) -> None:

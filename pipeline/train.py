@@ -20,16 +20,17 @@ from tqdm.auto import tqdm
 
 from pipeline import data, experiment
 from pipeline.checkpoint import load_checkpoint, save_checkpoint, write_json
+from pipeline.augment import is_albumentations, load_albumentations
 from pipeline.config import Config, parse_config, to_dict
 from pipeline.engine import DataSpec, auto_batch_size, predict, resolve_device, steps_per_epoch, train_one_epoch
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.folds import description_path, read_description, read_folds
 from pipeline.infer import oof_tta
-from pipeline.models import build_model, unwrap
+from pipeline.models import build_model, pretrained_stats, unwrap
 
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
          "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
-         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir"]
+         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug"]
 
 
 def data_description(cfg: Config, src) -> data.Description:
@@ -68,7 +69,11 @@ def run(cfg: Config, on_epoch=None) -> dict:
         print(f"notice: --label-smoothing {cfg.label_smoothing} does not apply to regression; ignored")
         cfg = replace(cfg, label_smoothing=0.0)
     mean, std = desc.normalize
-    spec = DataSpec(desc.task, cfg.img_size, mean, std, desc.augment)
+    if cfg.pretrained or cfg.pretrained_path:  # a pretrained backbone expects the statistics it was trained with
+        mean, std = pretrained_stats(cfg.model, desc.channels) or (mean, std)
+    spec = DataSpec(desc.task, cfg.img_size, mean, std, cfg.aug or desc.augment)
+    if is_albumentations(spec.augment):
+        load_albumentations(spec.augment)  # a bad file fails here, before any work
     device = resolve_device(cfg.device)
     build_model(cfg.model, desc.task.num_outputs, desc.channels, cfg.img_size, cfg.pretrained, cfg.pretrained_path)
     resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": folds.n_splits, "num_classes": desc.task.num_outputs,
@@ -79,7 +84,8 @@ def run(cfg: Config, on_epoch=None) -> dict:
         write_json(resolved, exp_dir / "config.json")
         print(f"{desc.summary()}\ntraining {cfg.model} on {len(train.targets):,} rows, folds {fold_ids} -> {exp_dir}/ "
               f"(device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''})")
-        images = device_images(data.train_images(src, desc, train, cfg.img_size, cfg.cache_dir), device)
+        cached = data.train_images(src, desc, train, cfg.img_size, cfg.cache_dir)
+        images = device_images(cached, device if not is_albumentations(spec.augment) else torch.device("cpu"))
         targets = torch.from_numpy(train.targets).to(device)
         started = time.perf_counter()
         for k in todo:

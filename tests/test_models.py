@@ -14,9 +14,33 @@ def test_digit_cnn_is_a_timm_model():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
 
 
-def test_pretrained_hub_weights_refused():
-    with pytest.raises(PipelineError, match="--pretrained-path"):
+def test_pretrained_offline_is_one_line_naming_pretrained_path(monkeypatch):
+    """No route to the hub (a .invalid host never resolves, RFC 2606): refused at once, before timm's minute of retries."""
+    from pipeline import models
+
+    monkeypatch.setattr(models, "HUB_HOST", "hub.invalid")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(PipelineError, match=r"--pretrained: no internet to download resnet18's weights from hub.invalid; .*--pretrained-path FILE"):
         build_model("resnet18", 10, 1, 28, pretrained=True)
+    with pytest.raises(PipelineError, match="digit_cnn has no published weights"):
+        build_model("digit_cnn", 10, 1, 28, pretrained=True)
+
+
+def test_pretrained_failure_of_the_hub_client_is_one_line(tmp_path, sample_dir):
+    """timm's real loading path, made to fail by the hub client's own offline mode, as a user's process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(Path(__file__).parents[1]))
+    result = subprocess.run([sys.executable, "-c", "from pipeline.models import build_model; "
+                             "build_model('resnet18', 10, 1, 28, pretrained=True)"],
+                            env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "PipelineError: --pretrained: could not load resnet18's pretrained weights" in result.stderr, result.stderr[-500:]
+    assert "--pretrained-path FILE" in result.stderr.strip().splitlines()[-1]
 
 
 def test_unknown_model_suggests_names():
