@@ -2,6 +2,7 @@
 
     python -m pipeline.bench --data data/digit-recognizer.zip --device cuda --model resnet18 --batch-size 256
     python -m pipeline.bench --data data/digit-recognizer.zip --device cpu --limit 4000
+    python -m pipeline.bench --images 2000 --model resnet18 --img-size 64 --device cpu   # image files (bench_images)
 
 Both train fold 0 with the same model, batch size, optimizer (timm AdamW), warmup-cosine schedule,
 label smoothing, augmentation ranges and epochs, in one process, one after the other:
@@ -41,7 +42,7 @@ from pipeline.train import train_fold
 
 DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
-FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed"]
+FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed", "img_size", "cache_dir"]
 
 
 class RowDataset(torch.utils.data.Dataset):
@@ -132,6 +133,9 @@ def report(name: str, r: dict, cfg: Config, device: torch.device) -> float:
 def run(cfg: Config, extra: dict) -> float:
     limit, workers = extra["limit"], extra["workers"]
     device = resolve_device(cfg.device)
+    if extra["images"]:
+        from pipeline import bench_images
+        return bench_images.run(cfg, extra["images"], workers, device)
     src = data.resolve(cfg.data)
     train = data.read_train(src)
     if limit:
@@ -152,7 +156,10 @@ def run(cfg: Config, extra: dict) -> float:
 def main(argv=None) -> int:
     extra = {"limit": {"type": int, "default": 0, "help": "use the first N train rows (0 = all)"},
              "workers": {"type": int, "default": min(4, os.cpu_count() or 1),
-                         "help": "seed-notebook DataLoader worker processes"}}
+                         "help": "seed-notebook DataLoader worker processes"},
+             "images": {"type": int, "default": 0,
+                        "help": "image-file mode: write N 384px JPEGs once and compare the notebook's per-item loader "
+                                "with the decode-once cache (see pipeline/bench_images.py)"}}
     return main_guard(lambda a: run(*parse_stage(a, "bench", FLAGS, __doc__, {"epochs": 3}, extra)), argv)
 
 
