@@ -159,7 +159,7 @@ def run(cfg: Config, n: int, workers: int, device: torch.device) -> float:
           f"{rates['pipeline'] / rates['notebook']:.1f}x")
     notebook_s = epoch_notebook(cfg, files, labels, workers, device)
     pipeline_s = epoch_pipeline(cfg, np.asarray(cache), labels, device)
-    print(f"epoch          notebook {notebook_s:>8.1f} s ({n / notebook_s:,.0f} img/s)   pipeline {pipeline_s:>8.1f} s "
+    print(f"epoch          notebook {notebook_s:>8.3f} s ({n / notebook_s:,.0f} img/s)   pipeline {pipeline_s:>8.3f} s "
           f"({n / pipeline_s:,.0f} img/s)")
     speedup = notebook_s / pipeline_s
     print(f"speedup: delivery {rates['pipeline'] / rates['notebook']:.1f}x, epoch {speedup:.1f}x "

@@ -213,3 +213,61 @@ def test_image_cache_is_reused(tmp_path, workdir, digits, capsys):
     assert "cached" not in capsys.readouterr().out and cached[0].stat().st_mtime_ns == stamp
     assert train.main(["--data", str(comp), *FAST, "--fold", "0", "--exp", "c", "--img-size", "32"]) == 0
     assert len(list(Path(".cache/images").glob("train_*.npy"))) == 2  # another size: another cache
+
+
+def test_overrides_of_each_guess(tmp_path, workdir, digits, capsys):
+    """--target-col among several candidates, --task regression on small integers, --metric, --id-col, --image-dir."""
+    images, target, train_idx, test_idx = digits
+    comp = tmp_path / "comp"
+    for i in train_idx:
+        save(comp / "pics" / f"{i}.png", images[i], rgb=False)
+    for i in test_idx:
+        save(comp / "test_images" / f"{i}.png", images[i], rgb=False)
+    pd.DataFrame({"file": [f"{i}.png" for i in train_idx], "name": [f"n{i}" for i in train_idx],
+                  "digit": target[train_idx], "noise": np.arange(len(train_idx)) % 3}).to_csv(comp / "train.csv", index=False)
+    pd.DataFrame({"file": [f"{i}.png" for i in test_idx], "pred": 0.0}).to_csv(comp / "sample_submission.csv", index=False)
+    assert make_folds.main(["--data", str(comp)]) == 2
+    assert "several candidate target columns" in capsys.readouterr().err
+    assert make_folds.main(["--data", str(comp), "--target-col", "digit", "--metric", "macro_f1"]) == 0
+    desc = json.loads(Path("folds/folds.json").read_text())["data"]
+    assert (desc["id_col"], desc["image_dir"], desc["task"]["kind"], desc["task"]["metric"]) == \
+        ("file", "pics", "multiclass", "macro_f1")
+    assert make_folds.main(["--data", str(comp), "--target-col", "digit", "--task", "regression", "--id-col", "file",
+                            "--image-dir", "pics", "--overwrite"]) == 0
+    desc = json.loads(Path("folds/folds.json").read_text())["data"]
+    assert desc["task"]["kind"] == "regression" and desc["task"]["metric"] == "rmse"
+    assert make_folds.main(["--data", str(comp), "--target-col", "digit", "--metric", "rmse", "--overwrite"]) == 2
+    assert "--metric: rmse does not apply to a multiclass task" in capsys.readouterr().err
+
+
+def test_albumentations_route_and_bad_files(tmp_path, workdir, digits, capsys):
+    import albumentations as A
+
+    comp = csv_images(tmp_path / "comp", digits, "names")
+    A.save(A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-10, 10), p=1.0)]), str(tmp_path / "aug.json"))
+    assert make_folds.main(["--data", str(comp)]) == 0
+    assert train.main(["--data", str(comp), *FAST, "--fold", "0", "--aug", str(tmp_path / "aug.json")]) == 0
+    config = json.loads(Path("weights/digit_cnn/config.json").read_text())
+    assert config["data_spec"]["augment"] == str(tmp_path / "aug.json")
+    (tmp_path / "bad.json").write_text('{"transform": {"__class_fullname__": "NoSuchTransform"}}')
+    capsys.readouterr()
+    assert train.main(["--data", str(comp), *FAST, "--exp", "b", "--aug", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.json: not an albumentations pipeline" in err[0]
+    assert not Path("weights/b").exists()
+
+
+def test_bundled_sample_images(workdir, capsys):
+    assert make_folds.main(["--data", "sample-images"]) == 0
+    assert capsys.readouterr().out.startswith("csv-images: id image_id, target label, multiclass, 10 classes")
+    assert len(list(Path("data/sample-digit-images/train_images").glob("*.png"))) == 1437
+
+
+def test_pretrained_statistics_follow_the_backbone():
+    from pipeline.models import pretrained_stats
+
+    mean, std = pretrained_stats("resnet18", 3)
+    assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx((0.229, 0.224, 0.225))
+    gray_mean, _ = pretrained_stats("resnet18", 1)
+    assert gray_mean == pytest.approx((np.mean([0.485, 0.456, 0.406]),))
+    assert pretrained_stats("digit_cnn", 1) is None
