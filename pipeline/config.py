@@ -64,7 +64,7 @@ class Config:
     # inference
     tta: bool = False  # infer: test-time augmentation with ttach
     tta_preset: str = ""  # 'digits' (shifts, zoom), 'hflip' (natural images), 'd4' (8 flips/turns, top-down images); '' = the layout's
-    ensemble: str = "mean"  # infer with several experiments: 'mean' or 'learned' (softmax weights fitted on OOF)
+    ensemble: str = "mean"  # infer with several experiments: mean | learned (softmax weights fitted on OOF) | greedy (Caruana, 25 rounds) | rank (AUC metrics)
     out: str = ""  # infer: submission path; '' = submissions/<exp>.csv
     # runs, sweep, tune
     compare: tuple[str, ...] = ()  # runs: two experiments whose OOF correctness is tested against each other
@@ -130,7 +130,7 @@ RULES = {  # field -> (test, rule text)
     "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "qwk"),
                "must be accuracy, macro_f1, micro_f1, roc_auc, log_loss, rmse or qwk"),
     "threshold": (lambda v: 0 < v < 1, "must be between 0 and 1"),
-    "ensemble": (lambda v: v in ("mean", "learned"), "must be 'mean' or 'learned'"),
+    "ensemble": (lambda v: v in ("mean", "learned", "greedy", "rank"), "must be mean, learned, greedy or rank"),
     "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
     "compare": (lambda v: len(v) in (0, 2) and all(NAME.fullmatch(e) for e in v),
                 "takes exactly two experiment names"),

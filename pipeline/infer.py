@@ -2,6 +2,7 @@
 
     python -m pipeline.infer --tta                          # submissions/digit_cnn.csv
     python -m pipeline.infer --exp a b --ensemble learned   # blend two experiments, weights fitted on OOF
+    python -m pipeline.infer --exp a b c --ensemble greedy  # Caruana's forward selection on OOF
     python -m pipeline.infer --data /kaggle/input/digit-recognizer --weights-dir /kaggle/input/my-weights
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pipeline import data
 from pipeline.checkpoint import check_fold_config, load_checkpoint, read_json, write_csv, write_json, write_npy
 from pipeline.config import Config, parse_config
 from pipeline.engine import DataSpec, predict, resolve_device
-from pipeline.ensemble import blend, fit_weights, honest_blend_scores
+from pipeline.ensemble import blend, combine, honest_scores, rank_average
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
 from pipeline.tasks import Task
@@ -51,7 +52,7 @@ def run(cfg: Config) -> pd.DataFrame:
         final = test_probs[0]
     else:
         weights = ensemble_weights(Path(cfg.weights_dir), exps, cfg.ensemble)
-        final = blend(test_probs, weights)
+        final = rank_average(test_probs) if cfg.ensemble == "rank" else blend(test_probs, weights)
     submission = spec.task.submission(final, sample)
     write_csv(submission, out)
     print(f"wrote {out}: {len(submission):,} rows, {submission_shape[0]} in {', '.join(submission_shape[1][:3])}"
@@ -247,22 +248,26 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
 
 
 def ensemble_weights(weights_dir: Path, exps: tuple[str, ...], method: str) -> np.ndarray:
-    """Equal weights, or softmax weights fitted on OOF; prints the OOF scores that justify them."""
+    """The blend's weights fitted on OOF (equal for mean and rank); prints every experiment's OOF score and the
+    blend's honest one (fitted on the other folds, scored on the held-out fold) in the competition's metric."""
     probs, targets, folds, task = read_oofs(weights_dir, exps)
+    if method == "rank" and task.metric != "roc_auc":
+        raise PipelineError(f"--ensemble rank: rank averaging keeps only the order of scores, which only AUC judges; "
+                            f"this competition's metric is {task.metric}: use mean, learned or greedy")
     m = task.metric
     for e, p in zip(exps, probs):
         own = task.scores(p, targets)
         print(f"OOF {e}: {m} {own[m]:.5f}  loss {own['loss']:.4f}")
-    mean = task.scores(probs.mean(0), targets)
-    print(f"OOF mean blend: {m} {mean[m]:.5f}  loss {mean['loss']:.4f}")
-    if method == "mean":
-        return np.full(len(exps), 1 / len(exps))
-    weights = fit_weights(probs, targets, task)
-    honest = honest_blend_scores(probs, targets, folds, task)
-    print(f"OOF learned blend (weights fitted on the other folds): {m} {honest[m]:.5f}  "
-          f"loss {honest['loss']:.4f}; weights on all OOF: " + ", ".join(f"{e} {w:.3f}" for e, w in zip(exps, weights)))
-    write_json({"experiments": list(exps), "weights": weights.tolist(), "metric": m, "oof_mean": mean,
-                "oof_learned_honest": honest},
+    if method != "mean":
+        mean = task.scores(probs.mean(0), targets)
+        print(f"OOF mean blend (nothing fitted): {m} {mean[m]:.5f}  loss {mean['loss']:.4f}")
+    weights = combine(probs, targets, task, method)[0]
+    honest = honest_scores(probs, targets, folds, task, method)
+    print(f"OOF {method} blend ({'weights fitted on the other folds' if method in ('learned', 'greedy') else 'nothing fitted'}"
+          f"): {m} {honest[m]:.5f}  loss {honest['loss']:.4f}; weights on all OOF: "
+          + ", ".join(f"{e} {w:.3f}" for e, w in zip(exps, weights)))
+    write_json({"experiments": list(exps), "method": method, "weights": weights.tolist(), "metric": m,
+                "oof_each": {e: task.scores(p, targets) for e, p in zip(exps, probs)}, "oof_blend_honest": honest},
                writable_dir(weights_dir, Path("submissions")) / f"blend_{'+'.join(exps)}.json")
     return weights
 

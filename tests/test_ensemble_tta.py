@@ -82,3 +82,29 @@ def test_d4_preset_has_the_eight_dihedral_views():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     views = {tuple(t.augment_image(x).flatten().tolist()) for t in PRESETS["d4"]()}
     assert len(views) == 8
+
+
+def test_greedy_picks_the_better_model_and_its_honest_score_never_sees_the_held_out_fold():
+    from pipeline.ensemble import greedy_weights, honest_scores
+
+    probs, labels = synthetic()
+    w = greedy_weights(probs, labels, DIGITS)
+    assert w.tolist() == [1.0, 0.0]  # 25 rounds, every one picks the good model
+    # model A right on fold 0 and wrong on fold 1, B the reverse: greedy fitted on the other fold picks the wrong one
+    rng = np.random.default_rng(1)
+    n = 200
+    labels, folds = rng.integers(0, 10, n), np.arange(n) % 2
+    right, wrong = np.full((n, 10), 0.01), np.full((n, 10), 0.01)
+    right[np.arange(n), labels] = 0.91
+    wrong[np.arange(n), (labels + 1) % 10] = 0.91
+    a = np.where((folds == 0)[:, None], right, wrong)
+    probs = np.stack([a, np.where((folds == 0)[:, None], wrong, right)])
+    assert honest_scores(probs, labels, folds, DIGITS, "greedy")["accuracy"] == 0.0
+
+
+def test_rank_average_keeps_order_only():
+    from pipeline.ensemble import rank_average
+
+    a = np.array([[0.1], [0.9], [0.5]])
+    b = np.array([[0.0001], [0.2], [0.0002]])  # same order as a, another scale
+    np.testing.assert_allclose(rank_average(np.stack([a, b])), [[1 / 3], [1.0], [2 / 3]])

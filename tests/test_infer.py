@@ -72,3 +72,19 @@ def test_kaggle_notebook_runs_offline(two_experiments, workdir):
               .replace("/kaggle/working/submission.csv", str(workdir / "submission.csv")))
     exec(compile(source, "kaggle_inference.ipynb", "exec"), {})
     assert len(pd.read_csv(workdir / "submission.csv")) == 40
+
+
+def test_greedy_ensemble_and_rank_refused_for_accuracy(two_experiments, workdir, capsys):
+    comp = two_experiments
+    assert infer.main(["--data", comp, "--exp", "a", "b", "--ensemble", "greedy"]) == 0
+    out = capsys.readouterr().out
+    assert "OOF a: accuracy" in out and "OOF greedy blend (weights fitted on the other folds): accuracy" in out
+    saved = json.loads((workdir / "weights" / "blend_a+b.json").read_text())
+    assert saved["method"] == "greedy" and sum(saved["weights"]) == pytest.approx(1)
+    assert all(w * 25 == pytest.approx(round(w * 25)) for w in saved["weights"])  # picks out of 25 rounds
+    pa, pb = (np.load(workdir / "weights" / e / "test_probs.npy") for e in "ab")
+    sub = pd.read_csv("submissions/a+b_greedy.csv")
+    w = saved["weights"]
+    assert (sub["Label"].to_numpy() == (w[0] * pa + w[1] * pb).argmax(1)).all()
+    assert infer.main(["--data", comp, "--exp", "a", "b", "--ensemble", "rank"]) == 2
+    assert "--ensemble rank: rank averaging keeps only the order" in capsys.readouterr().err
