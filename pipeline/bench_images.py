@@ -120,7 +120,7 @@ def epoch_notebook(cfg: Config, files, labels, workers: int, device) -> float:
     def one_epoch():
         model.train()
         for x, y in loader:
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 logits = model(x.to(device))
             loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -57,6 +57,7 @@ class Config:
     exp: tuple[str, ...] = ()  # experiment name(s) under weights_dir: train takes one, infer several; () = model name
     weights_dir: str = "weights"  # where experiments live: weights/<exp>/
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 where the GPU has it, else fp16 with a gradient scaler; fp32 on CPU) | bf16 | fp16 | fp32
     overwrite: bool = False  # replace existing results: train, the named folds of the experiment; make_folds, the folds file
     resume: bool = False  # train: continue an interrupted experiment
     oof_tta: bool = False  # train: also score TTA on the OOF rows (oof_tta.csv, cv.json), to know its gain locally
@@ -121,6 +122,7 @@ RULES = {  # field -> (test, rule text)
     "rotate": (lambda v: 0 <= v <= 45, "must be 0..45 degrees"),
     "scale": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
+    "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
     "tta_preset": (lambda v: v in ("", "digits", "hflip", "flips", "d4"), "must be digits, hflip or d4"),
     "aug": (lambda v: v in ("", "digits", "natural", "none") or v.endswith((".json", ".yaml", ".yml")),

@@ -67,11 +67,33 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; fp32 on CPU (bf16 autocast is slow on most CPUs)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs with fast bf16 (Ampere and later), fp16 on older ones (Kaggle's T4, P100), fp32 on CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise PipelineError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no fast bf16; use fp16 or auto")
+    return name
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision for the forward pass: bf16 or fp16 autocast, or none (fp32)."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+    if resolve_precision(precision, device) != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:
@@ -98,7 +120,7 @@ class EpochResult:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, rows: torch.Tensor,
                     targets: torch.Tensor, cfg, spec: DataSpec, step: int, total_steps: int,
-                    generator: torch.Generator, desc: str = "") -> EpochResult:
+                    generator: torch.Generator, desc: str = "", scaler: torch.amp.GradScaler | None = None) -> EpochResult:
     """One pass over the training `rows` of (N, C, H, W) uint8 `images` (on the device, or in host memory to
     stream batches from); `targets` (N, ...) are on the device.
 
@@ -128,13 +150,18 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
         else:  # augmented on the device, in one batch
             x = augment(take(images, idx, device), spec.augment, cfg.rotate, cfg.scale, cfg.shift, generator)
         x = spec.inputs(x, channels_last)
-        with autocast(device):
+        with autocast(device, cfg.precision):
             logits = model(x)
         y = targets[idx.to(device)]
         loss = spec.task.loss(logits.float(), y, cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16: scale the loss so small gradients survive, unscale before the step
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         total_loss += loss.detach()
         correct += spec.task.correct(logits.detach(), y)
         step += 1
@@ -146,7 +173,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, spec: DataSpec,
-            device: torch.device, desc: str = "") -> np.ndarray:
+            device: torch.device, desc: str = "", precision: str = "auto") -> np.ndarray:
     """The task's predictions (N, outputs) float32 (probabilities, or values) for (N, C, H, W) uint8 images
     on any device.
 
@@ -158,7 +185,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, spec: DataS
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=desc, leave=False, unit="batch", disable=None if desc and len(starts) > 1 else True):
         x = spec.inputs(images[start:start + batch_size].to(device, non_blocking=True), channels_last)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(x)
         out.append(spec.task.activate(logits.float()))
     return torch.cat(out).cpu().numpy()

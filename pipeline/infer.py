@@ -25,7 +25,8 @@ from pipeline.experiment import cv_summary, experiment_dir, oof_arrays, prob_col
 from pipeline.tasks import Task
 from pipeline.models import build_model
 
-FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size", "cache_dir"]
+FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size", "cache_dir",
+         "precision"]
 
 
 def run(cfg: Config) -> pd.DataFrame:
@@ -173,7 +174,7 @@ def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, preset:
             from pipeline.tta import with_tta  # ttach is needed only with --tta
             model = with_tta(model, preset)
         probs = predict(model, images, cfg.batch_size or 1024, spec, device,
-                        desc=f"{exp_dir.name} fold {k}{' tta' if cfg.tta else ''}")
+                        desc=f"{exp_dir.name} fold {k}{' tta' if cfg.tta else ''}", precision=cfg.precision)
         if not np.isfinite(probs).all():
             raise PipelineError(f"{path}: the model predicts NaN or infinite probabilities; "
                                 "this fold is unusable: retrain it with --overwrite")

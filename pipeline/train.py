@@ -22,7 +22,8 @@ from pipeline import data, experiment
 from pipeline.checkpoint import load_checkpoint, save_checkpoint, write_json
 from pipeline.augment import is_albumentations, load_albumentations
 from pipeline.config import Config, parse_config, to_dict
-from pipeline.engine import DataSpec, auto_batch_size, predict, resolve_device, steps_per_epoch, train_one_epoch
+from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, predict, resolve_device, resolve_precision,
+                             steps_per_epoch, train_one_epoch)
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.folds import description_path, read_description, read_folds
 from pipeline.infer import oof_tta
@@ -30,7 +31,7 @@ from pipeline.models import build_model, pretrained_stats, unwrap
 
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
          "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
-         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug"]
+         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision"]
 
 
 def data_description(cfg: Config, src) -> data.Description:
@@ -39,6 +40,16 @@ def data_description(cfg: Config, src) -> data.Description:
     if saved is None:
         return data.describe(src, group_col=read_description(cfg.folds_path).get("group_col", ""))[0]
     return data.Description.from_dict(saved, str(description_path(cfg.folds_path)))
+
+
+def read_matching(src, desc: data.Description, cfg: Config) -> data.TrainSet:
+    """The train set read as the folds description says; data of another shape is named as such."""
+    try:
+        return data.read_train(src, desc)
+    except PipelineError as e:
+        raise PipelineError(f"--data {cfg.data} does not fit {description_path(cfg.folds_path)}, which describes "
+                            f"{desc.summary()} ({str(e)[:150]}); make folds for this data first: python -m "
+                            f"pipeline.make_folds --data {cfg.data} (with --folds-path to keep both)") from None
 
 
 def device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -60,7 +71,7 @@ def run(cfg: Config, on_epoch=None) -> dict:
     exp_dir = experiment.experiment_dir(cfg.weights_dir, cfg.exp_name)
     src = data.resolve(cfg.data)
     desc = data_description(cfg, src)
-    train = data.read_train(src, desc)
+    train = read_matching(src, desc, cfg)
     folds = read_folds(cfg.folds_path, train.train_hash, len(train.targets))
     fold_ids = cfg.fold_ids(folds.n_splits)
     if cfg.batch_size == 0:
@@ -75,6 +86,8 @@ def run(cfg: Config, on_epoch=None) -> dict:
     if is_albumentations(spec.augment):
         load_albumentations(spec.augment)  # a bad file fails here, before any work
     device = resolve_device(cfg.device)
+    print(f"precision {resolve_precision(cfg.precision, device)}" + (" (with a gradient scaler)"
+                                                                     if grad_scaler(cfg.precision, device) else ""))
     build_model(cfg.model, desc.task.num_outputs, desc.channels, cfg.img_size, cfg.pretrained, cfg.pretrained_path)
     resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": folds.n_splits, "num_classes": desc.task.num_outputs,
                                "in_chans": desc.channels, "train_hash": train.train_hash, "folds_hash": folds.folds_hash,
@@ -113,10 +126,11 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(images.device)
     valid_targets = targets[valid_idx.to(device)].cpu().numpy()
     model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device)
+    scaler = grad_scaler(cfg.precision, device)
     state = {"epoch": 0, "step": 0, "best": None, "best_preds": None}
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
-        state = restore(load_checkpoint(last), model, optimizer, generator, last)
+        state = restore(load_checkpoint(last), model, optimizer, generator, last, scaler)
         check_snapshot(state, (len(valid_idx), spec.task.num_outputs), spec.task.metric, cfg.epochs, last)
         print(f"resume: fold {k} continues after epoch {state['epoch']} of {cfg.epochs} "
               f"(best {spec.task.metric} so far {state['best'][spec.task.metric]:.5f})")
@@ -125,9 +139,9 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.perf_counter()
         epoch_result = train_one_epoch(net, optimizer, images, train_idx, targets, cfg, spec, state["step"], total_steps,
-                                       generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}")
+                                       generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}", scaler=scaler)
         state["step"], loss = epoch_result.step, epoch_result.loss
-        preds = predict(net, x_valid, 2 * cfg.batch_size, spec, device)
+        preds = predict(net, x_valid, 2 * cfg.batch_size, spec, device, precision=cfg.precision)
         check_finite(loss, preds, model, k, epoch, state["epoch"])
         valid = spec.task.scores(preds, valid_targets)
         improved = spec.task.better(valid, state["best"])
@@ -142,7 +156,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
             | {"lr": lr, "seconds": round(seconds, 3)}
         experiment.append_metrics(exp_dir, row, epoch_result.lrs)
         state["epoch"] = epoch + 1
-        save_checkpoint(snapshot(state, model, optimizer, generator), last)
+        save_checkpoint(snapshot(state, model, optimizer, generator, scaler), last)
         metric = spec.task.metric
         tqdm.write(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train loss {loss:.4f}  valid loss "
                    f"{valid['loss']:.4f}  valid {metric} {valid[metric]:.5f}  lr {lr:.2e}  "
@@ -180,21 +194,23 @@ def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch
     return model, net, optimizer, generator
 
 
-def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator) -> dict:
+def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator, scaler=None) -> dict:
     """Everything needed to continue after this epoch exactly as if never stopped."""
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+    return ({"scaler": scaler.state_dict()} if scaler is not None else {}) | {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
             "epoch": state["epoch"], "step": state["step"], "best": state["best"],
             "best_preds": torch.from_numpy(state["best_preds"])}
 
 
-def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator, path: Path) -> dict:
+def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator, path: Path, scaler=None) -> dict:
     """Put the model, optimizer and random state back as `snapshot` saved them; a damaged snapshot is refused."""
     try:
         model.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
+        if scaler is not None and "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng"]["torch"])
         generator.set_state(saved["rng"]["generator"])
         if "cuda" in saved["rng"] and torch.cuda.is_available():

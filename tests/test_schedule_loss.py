@@ -64,3 +64,26 @@ def test_scores():
     s = scores(probs, np.array([0, 1, 1]))
     assert s["accuracy"] == pytest.approx(2 / 3)
     assert s["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.6) + np.log(0.3)) / 3)
+
+
+def test_precision_choice_and_fp16_scaler():
+    from pipeline.engine import grad_scaler, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32" and grad_scaler("auto", cpu) is None
+    assert grad_scaler("bf16", cpu) is None and grad_scaler("fp32", cpu) is None
+    scaler = grad_scaler("fp16", cpu)
+    assert isinstance(scaler, torch.amp.GradScaler)
+    torch.manual_seed(0)
+    model = Recorder()
+    images = torch.randint(0, 255, (16, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (16,))
+    cfg = Config(batch_size=4, lr=0.1, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16, precision="fp16")
+    spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.fc.weight.detach().clone()
+    result = train_one_epoch(model, opt, images, torch.arange(16), labels, cfg, spec, 0, 4,
+                             torch.Generator().manual_seed(0), scaler=scaler)
+    assert result.step == 4 and np.isfinite(result.loss)
+    assert scaler._get_growth_tracker() == 4  # the scaler took all 4 optimizer steps (none skipped as inf)
+    assert not torch.equal(before, model.fc.weight)
