@@ -44,7 +44,7 @@ def run(cfg: Config) -> pd.DataFrame:
     src = data.resolve(cfg.data)
     test, sample = data.read_test(src, desc, spec.img_size, cfg.cache_dir)
     submission_shape = spec.task.submission_mode(sample)  # refuse a sample this task cannot fill, before inference
-    check_replaceable(out, sample)
+    check_replaceable(out, sample, src)
     device = resolve_device(cfg.device)
     images = torch.from_numpy(np.ascontiguousarray(test)).to(device)  # (N, C, H, W) uint8
     preset = cfg.tta_preset or desc.tta_preset
@@ -97,8 +97,13 @@ def check_writable(path: Path, what: str) -> None:
         raise PipelineError(f"{what}: cannot write into {path.parent}/ (permission denied); choose another path")
 
 
-def check_replaceable(out: Path, sample: pd.DataFrame) -> None:
-    """An existing --out is replaced only when it is an earlier submission (the sample's header), never another file."""
+def check_replaceable(out: Path, sample: pd.DataFrame, src: data.Source) -> None:
+    """An existing --out is replaced only when it is an earlier submission (the sample's header), never another file,
+    and nothing is written inside the competition's data (its sample_submission.csv has the same header)."""
+    where = Path(os.path.realpath(out.parent)) / out.name  # realpath, unlike resolve, never raises on a link loop
+    if src.path.is_dir() and where.is_relative_to(os.path.realpath(src.path)):
+        raise PipelineError(f"--out: {out} is inside the competition data {src.path}/, which is read-only input; "
+                            "write the submission elsewhere (default: submissions/)")
     if not out.is_file():
         return
     try:

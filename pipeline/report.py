@@ -185,7 +185,7 @@ def run(cfg: Config) -> Path:
 
     desc = experiment_data(exp_dir)[0]
     src = data.resolve(cfg.data)
-    train = data.read_train(src, desc)
+    train = data.read_train_as(src, desc, cfg.data, str(exp_dir / "config.json"))
     trained_on = config.get("train_hash")
     if trained_on != train.train_hash:
         raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "

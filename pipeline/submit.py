@@ -85,10 +85,7 @@ def run(cfg: Config) -> None:
     path = Path(cfg.submission)
     if not cfg.submission or not path.is_file():
         raise PipelineError(f"submission file {cfg.submission!r} not found (write one with: python -m pipeline.infer)")
-    try:
-        sub = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise PipelineError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0][:100]})") from None
+    sub = data.parse_csv(path.read_bytes(), str(path), text_first=True)  # ids as written: '00042' is not 42
     task, desc = experiment_task(path, cfg)
     sample = data.read_sample_submission(data.resolve(cfg.data), desc.root if desc else "")
     validate_submission(sub, sample, task, str(path))

@@ -107,6 +107,12 @@ class Task:
         from pipeline.folds import assign_folds
 
         if self.kind == "multiclass":
+            counts = np.bincount(targets, minlength=len(self.classes))
+            rare = [c for c, n in zip(self.classes, counts) if 0 < n < n_splits]
+            if rare and groups is None:
+                raise PipelineError(f"--n-splits: {n_splits} stratified folds need >= {n_splits} rows of every class; "
+                                    f"class {rare[0]!r} has {counts[self.classes.index(rare[0])]} (lower --n-splits, "
+                                    "or merge or drop that class)")
             return assign_folds(targets, n_splits, seed, groups)
         if self.kind == "regression":
             return assign_folds(target_bins(targets, n_splits), n_splits, seed, groups)

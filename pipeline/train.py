@@ -42,16 +42,6 @@ def data_description(cfg: Config, src) -> data.Description:
     return data.Description.from_dict(saved, str(description_path(cfg.folds_path)))
 
 
-def read_matching(src, desc: data.Description, cfg: Config) -> data.TrainSet:
-    """The train set read as the folds description says; data of another shape is named as such."""
-    try:
-        return data.read_train(src, desc)
-    except PipelineError as e:
-        raise PipelineError(f"--data {cfg.data} does not fit {description_path(cfg.folds_path)}, which describes "
-                            f"{desc.summary()} ({str(e)[:150]}); make folds for this data first: python -m "
-                            f"pipeline.make_folds --data {cfg.data} (with --folds-path to keep both)") from None
-
-
 def device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """The whole train set on the device when it fits in 80% of free GPU memory; else kept in host memory,
     where batches stream from (pinned, asynchronous copies)."""
@@ -71,7 +61,7 @@ def run(cfg: Config, on_epoch=None) -> dict:
     exp_dir = experiment.experiment_dir(cfg.weights_dir, cfg.exp_name)
     src = data.resolve(cfg.data)
     desc = data_description(cfg, src)
-    train = read_matching(src, desc, cfg)
+    train = data.read_train_as(src, desc, cfg.data, str(description_path(cfg.folds_path)))
     folds = read_folds(cfg.folds_path, train.train_hash, len(train.targets))
     fold_ids = cfg.fold_ids(folds.n_splits)
     if cfg.batch_size == 0:

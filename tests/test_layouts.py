@@ -271,3 +271,152 @@ def test_pretrained_statistics_follow_the_backbone():
     gray_mean, _ = pretrained_stats("resnet18", 1)
     assert gray_mean == pytest.approx((np.mean([0.485, 0.456, 0.406]),))
     assert pretrained_stats("digit_cnn", 1) is None
+
+
+# Cases from a hostile review of the image layouts
+
+def tiny_csv_comp(root: Path, digits, ids, labels, rgb=True, sample_cols=None, test_ids=None, folder="train_images",
+                  test_folder="test_images") -> Path:
+    images, target, train_idx, test_idx = digits
+    for i, ident in zip(train_idx, ids):
+        save(root / folder / f"{ident}.png", images[i], rgb)
+    test_ids = test_ids or [f"t{i:03d}" for i in range(len(test_idx))]
+    for i, ident in zip(test_idx, test_ids):
+        save(root / test_folder / f"{ident}.png", images[i], rgb)
+    pd.DataFrame({"id": ids, "label": labels}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"id": test_ids, **(sample_cols or {"label": 0})}).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+def test_zero_padded_ids_are_kept_as_written(tmp_path, workdir, digits, capsys):
+    _, target, train_idx, test_idx = digits
+    comp = tiny_csv_comp(tmp_path / "c", digits, [f"{i:03d}" for i in range(len(train_idx))],
+                         target[train_idx], test_ids=[f"{i:05d}" for i in range(len(test_idx))])
+    desc, sub = run_all(str(comp), capsys)
+    assert desc["id_col"] == "id"
+    raw = (Path("submissions") / "digit_cnn.csv").read_text().splitlines()
+    assert raw[1].startswith("00000,") and raw[2].startswith("00001,")
+
+
+def test_integer_labels_not_from_zero_and_float_labels(tmp_path, workdir, digits, capsys, monkeypatch):
+    _, target, train_idx, _ = digits
+    binary = tiny_csv_comp(tmp_path / "b", digits, [f"i{i}" for i in range(len(train_idx))],
+                           1 + (target[train_idx] % 2), sample_cols={"target": 0.5})
+    assert make_folds.main(["--data", str(binary), "--metric", "log_loss"]) == 0
+    assert "multiclass, 2 classes (1, 2), metric log_loss" in capsys.readouterr().out
+    assert train.main(["--data", str(binary), *FAST]) == 0 and infer.main(["--data", str(binary)]) == 0
+    sub = pd.read_csv("submissions/digit_cnn.csv")
+    assert sub["target"].between(0, 1).all() and sub["target"].nunique() > 2  # P(class "2"), not hard labels
+    floats = tiny_csv_comp(tmp_path / "f", digits, [f"i{i}" for i in range(len(train_idx))],
+                           (target[train_idx] % 3).astype(float))
+    (tmp_path / "second").mkdir()
+    monkeypatch.chdir(tmp_path / "second")
+    desc, sub = run_all(str(floats), capsys)
+    assert desc["task"]["classes"] == ["0", "1", "2"] and set(sub["label"].astype(str)) <= {"0", "1", "2"}
+
+
+def test_class_names_with_spaces_are_classes(tmp_path, workdir, digits, capsys):
+    _, target, train_idx, _ = digits
+    names = ["big cat", "big dog", "small cat", "small dog", "big bird"]
+    comp = tiny_csv_comp(tmp_path / "c", digits, [f"i{i}" for i in range(len(train_idx))],
+                         [names[t % 5] for t in target[train_idx]], sample_cols={"label": "big cat"})
+    desc, sub = run_all(str(comp), capsys)
+    assert desc["task"]["kind"] == "multiclass" and desc["task"]["classes"] == sorted(names)
+    assert set(sub["label"]) <= set(names)
+
+
+def test_train_and_test_images_in_one_folder(tmp_path, workdir, digits, capsys):
+    """Plant pathology 2020: images/Train_0.jpg and images/Test_0.jpg side by side."""
+    _, target, train_idx, test_idx = digits
+    comp = tiny_csv_comp(tmp_path / "pp", digits, [f"Train_{i}" for i in range(len(train_idx))], target[train_idx],
+                         test_ids=[f"Test_{i}" for i in range(len(test_idx))], folder="images", test_folder="images")
+    desc, sub = run_all(str(comp), capsys)
+    assert desc["image_dir"] == "images" and desc["test_dir"] == "images"
+    same_shape(sub, comp / "sample_submission.csv")
+
+
+def test_test_side_problems_are_found_by_make_folds(tmp_path, workdir, digits, capsys):
+    _, target, train_idx, _ = digits
+    comp = tiny_csv_comp(tmp_path / "c", digits, [f"i{i}" for i in range(len(train_idx))], target[train_idx])
+    pd.DataFrame({"id": ["nope1", "nope2"], "label": 0}).to_csv(comp / "sample_submission.csv", index=False)
+    assert make_folds.main(["--data", str(comp)]) == 2
+    assert "sample_submission.csv: its ids (nope1, nope2, ...) name no image" in capsys.readouterr().err
+    pd.DataFrame({"id": ["t000"], "cat": 0.1, "dog": 0.9}).to_csv(comp / "sample_submission.csv", index=False)
+    assert make_folds.main(["--data", str(comp)]) == 2
+    assert "columns cat, dog fit neither id + one label column nor id + one column per class" in capsys.readouterr().err
+
+
+def test_out_inside_the_competition_data_is_refused(tmp_path, workdir, digits, capsys):
+    comp = csv_images(tmp_path / "comp", digits, "names")
+    run_all(str(comp), capsys)
+    before = (comp / "sample_submission.csv").read_bytes()
+    assert infer.main(["--data", str(comp), "--out", str(comp / "sample_submission.csv")]) == 2
+    assert "is inside the competition data" in capsys.readouterr().err
+    assert (comp / "sample_submission.csv").read_bytes() == before
+
+
+def test_sixteen_bit_and_mixed_colour_images(tmp_path, digits):
+    from pipeline.data import images as img
+
+    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)  # 0..65520
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)  # mode I;16
+    decoded = img.decode(path.read_bytes(), 32, 1, str(path))
+    assert len(np.unique(decoded)) > 100  # a ramp, not black and white
+    images, target, train_idx, test_idx = digits
+    ids = [f"i{i}" for i in range(len(train_idx))]
+    comp = tiny_csv_comp(tmp_path / "mix", digits, ids, target[train_idx], rgb=False)
+    save(comp / "train_images" / f"{ids[-1]}.png", images[train_idx[-1]], rgb=True)  # one colour image, at the end
+    desc, _ = data.describe(data.Source(comp))
+    assert desc.channels == 3
+
+
+def test_odd_files_are_one_line(tmp_path, workdir, digits, capsys):
+    _, target, train_idx, _ = digits
+    ids = [f"i{i}" for i in range(len(train_idx))]
+    comp = tiny_csv_comp(tmp_path / "c", digits, ids, target[train_idx])
+    bomb = comp / "train_images" / f"{ids[0]}.png"
+    with bomb.open("r+b") as f:  # a PNG header claiming 100000 x 100000 pixels
+        f.seek(16)
+        f.write((100_000).to_bytes(4, "big") * 2)
+    assert make_folds.main(["--data", str(comp)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{ids[0]}.png: unreadable image" in err[0]
+    dup = tiny_csv_comp(tmp_path / "d", digits, ids[:-1] + [ids[0]], target[train_idx])
+    assert make_folds.main(["--data", str(dup), "--folds-path", "d.csv"]) == 2
+    assert f"id '{ids[0]}' appears in more than one row" in capsys.readouterr().err
+    rare = tiny_csv_comp(tmp_path / "r", digits, ids, ["solo"] + [NAMES[t] for t in target[train_idx][1:]],
+                         sample_cols={"label": "zero"})
+    assert make_folds.main(["--data", str(rare), "--folds-path", "r.csv"]) == 2
+    assert "class 'solo' has 1" in capsys.readouterr().err
+
+
+def test_empty_cache_file_is_decoded_again(tmp_path, workdir, digits, capsys):
+    comp = csv_images(tmp_path / "comp", digits, "names")
+    run_all(str(comp), capsys)
+    for cached in Path(".cache/images").glob("test_*.npy"):
+        cached.write_bytes(b"")
+    assert infer.main(["--data", str(comp)]) == 0
+    assert "cached 20 test images" in capsys.readouterr().out
+
+
+def test_utf8_member_names_without_the_zip_flag(tmp_path, workdir, digits, capsys):
+    """Info-ZIP writes UTF-8 names without flag bit 11; read as cp437 they would not match the CSV's ids."""
+    _, target, train_idx, test_idx = digits
+    comp = tiny_csv_comp(tmp_path / "c", digits, [f"ü{i}" for i in range(len(train_idx))], target[train_idx],
+                         test_ids=[f"é{i}" for i in range(len(test_idx))])
+    archive = tmp_path / "c.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(comp.rglob("*")):
+            if f.is_file():
+                zf.write(f, str(f.relative_to(comp)))
+    raw = bytearray(archive.read_bytes())
+    for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # clear the UTF-8 flag in every header
+        start = 0
+        while (pos := raw.find(sig, start)) >= 0:
+            raw[pos + at] &= 0xFF
+            raw[pos + at + 1] &= ~0x08 & 0xFF
+            start = pos + 4
+    archive.write_bytes(bytes(raw))
+    desc, sub = run_all(str(archive), capsys)
+    assert sub["id"].tolist() == [f"é{i}" for i in range(len(test_idx))]

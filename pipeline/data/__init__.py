@@ -10,6 +10,7 @@ stage reads through that Description, so no stage branches on a layout.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import asdict, dataclass, replace
 from pathlib import PurePosixPath
 
@@ -123,6 +124,8 @@ def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple
         raise PipelineError(f"--data: {src.path}: no known layout (expected train.csv with pixel columns, a train CSV "
                             f"with an image column and an image folder, or train/<class>/ folders); found "
                             f"{', '.join(src.files()[:4]) or 'no files'}; name it with --layout {'|'.join(LAYOUTS)}")
+    if layout == "csv-images" and _class_root(src) is not None and not image_dir and not id_col:
+        layout = _csv_or_folders(src, root, frame, layout)
     if layout != "class-folders" and frame is None:
         raise PipelineError(f"--layout {layout}: {src.path} has no {' or '.join(TRAIN_CSVS)}")
     if group_col and (group_col in target_cols or (layout == "pixels" and group_col == (target_cols or (LABEL,))[0])):
@@ -134,6 +137,14 @@ def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple
     if layout == "csv-images":
         return _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image_dir, **options)
     return _describe_class_folders(src, image_dir, **options)
+
+
+def _csv_or_folders(src: Source, root: str, frame: pd.DataFrame, layout: str) -> str:
+    """Both a train CSV and train/<class>/ folders: the CSV when it names the images, else the folders."""
+    text = frame.astype(str)
+    folders = img.image_folders(src, root)
+    named = any(img.guess_id_col(text, img.file_index(files)) for files in folders.values())
+    return layout if named else "class-folders"
 
 
 def _groups(frame: pd.DataFrame | None, group_col: str, where: str) -> np.ndarray | None:
@@ -173,16 +184,21 @@ def _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image
         raise PipelineError(f"--image-dir: {where} has no pixel columns and {src.path}{'/' + root if root else ''} has no "
                             f"folder of images{' called ' + repr(image_dir) if image_dir else ''} "
                             f"(found {', '.join(sorted(folders)[:4]) or 'none'})")
-    train_dir, id_col = _images_and_ids(frame, folders, image_dir.strip("/"), id_col)
+    text = pd.read_csv(io.BytesIO(src.read_file(train_csv)), dtype=str, keep_default_na=False)  # ids as written
+    train_dir, id_col = _images_and_ids(text, folders, image_dir.strip("/"), id_col)
     if train_dir is None:
         raise PipelineError(f"--id-col: no column of {where} names the images of any folder "
                             f"({', '.join(sorted(folders)[:4])}; columns {', '.join(map(str, frame.columns[:5]))}); "
                             "name them with --id-col and --image-dir")
     index = img.file_index(folders[train_dir])
     targets = _target_columns(src, root, frame, id_col, group_col, target_cols, where)
-    files = img.match_ids(frame[id_col], index, where, train_dir)
+    if text[id_col].duplicated().any():
+        dup = text[id_col][text[id_col].duplicated()].iloc[0]
+        raise PipelineError(f"{where}: id {dup!r} appears in more than one row; one image, one row (it could land "
+                            "in two folds)")
+    files = img.match_ids(text[id_col], index, where, train_dir)
     the_task = infer_task(frame[targets], where, task, metric, threshold)
-    test_dir = img.pick_folder({k: v for k, v in folders.items() if k != train_dir}, img.TEST_DIRS, "test") or ""
+    test_dir = _checked_test_side(src, root, the_task, train_dir, folders)
     desc = Description("csv-images", the_task, root=root, train_file=train_csv, id_col=id_col,
                        target_cols=tuple(targets), image_dir=train_dir, test_dir=test_dir,
                        channels=img.detect_channels(src, files), group_col=group_col, n_images=len(frame))
@@ -201,6 +217,18 @@ def _images_and_ids(frame: pd.DataFrame, folders: dict, image_dir: str, id_col: 
         if found and frame[found].head(50).astype(str).map(lambda v: v in index).mean() >= 0.8:
             return folder, found
     return None, ""
+
+
+def _checked_test_side(src: Source, root: str, task: Task, train_dir: str, folders: dict) -> str:
+    """The test image folder, found now so a sample whose ids name no image, or whose columns this task cannot fill,
+    is refused before any training."""
+    sample = read_sample_submission(src, root, required=False)
+    preferred = img.pick_folder({k: v for k, v in folders.items() if not k.startswith(train_dir)}, img.TEST_DIRS, "test")
+    if sample is None:
+        return preferred or ""
+    task.submission_mode(sample)
+    files = test_files(src, root, sample, preferred or "")
+    return str(PurePosixPath(files[0][len(root):]).parent)
 
 
 def _target_columns(src, root, frame, id_col, group_col, given, where) -> list[str]:
@@ -244,9 +272,9 @@ def _describe_class_folders(src, image_dir, task, metric, threshold, group_col):
     frame = pd.DataFrame({"label": labels})
     the_task = infer_task(frame, f"{class_root}/", task or "multiclass", metric, threshold)
     folders = img.image_folders(src, root)
-    test_dir = img.pick_folder({k: v for k, v in folders.items() if not k.startswith(train_dir)}, img.TEST_DIRS, "test")
+    test_dir = _checked_test_side(src, root, the_task, train_dir, folders)
     desc = Description("class-folders", the_task, root=root, target_cols=(), image_dir=train_dir,
-                       test_dir=test_dir or "", channels=img.detect_channels(src, files), n_images=len(files))
+                       test_dir=test_dir, channels=img.detect_channels(src, files), n_images=len(files))
     return desc, TrainSet(encode(frame, the_task, f"{class_root}/"), np.arange(len(files), dtype=np.int64), None,
                           img.files_hash(src, files, labels), files=tuple(files))
 
@@ -266,6 +294,16 @@ def read_train(src: Source, desc: Description | None = None) -> TrainSet:
     return train
 
 
+def read_train_as(src: Source, desc: Description, data_flag: str, described_by: str) -> TrainSet:
+    """read_train, where data of another shape than `described_by` says is named as such, with what to do."""
+    try:
+        return read_train(src, desc)
+    except PipelineError as e:
+        raise PipelineError(f"--data {data_flag} does not fit {described_by}, which describes {desc.summary()} "
+                            f"({str(e)[:150]}); pass the --data it was made from, or make folds for this data with: "
+                            f"python -m pipeline.make_folds --data {data_flag} --folds-path OTHER.csv") from None
+
+
 def train_images(src: Source, desc: Description, train: TrainSet, img_size: int, cache_dir: str) -> np.ndarray:
     """(N, C, H, W) uint8: the pixel array as read, or the image files decoded once at img_size (memory-mapped)."""
     if train.images is not None:
@@ -280,7 +318,7 @@ def read_sample_submission(src: Source, root: str = "", required: bool = True) -
         if required:
             raise PipelineError(f"{src.label(root + name)}: not found; it fixes the submission's ids and columns")
         return None
-    sample = parse_csv(src.read_file(rel), src.label(rel))
+    sample = parse_csv(src.read_file(rel), src.label(rel), text_first=True)
     if len(sample.columns) < 2:
         raise PipelineError(f"{src.label(rel)}: expected an id column and at least one prediction column, "
                             f"found {len(sample.columns)} column(s)")
@@ -297,16 +335,26 @@ def read_test(src: Source, desc: Description, img_size: int, cache_dir: str) -> 
             raise PipelineError(f"{src.label('test.csv')}: not found (the competition should hold train.csv, "
                                 "test.csv, sample_submission.csv)")
         sample = read_sample_submission(src, desc.root)
-        where = src.label(test_csv)
-        frame = parse_csv(src.read_file(test_csv), where)
+        where, raw = src.label(test_csv), src.read_file(test_csv)
+        frame = parse_csv(raw, where, text_first=not raw.lstrip(b"\xef\xbb\xbf").startswith(b"pixel"))
         return pixels.test_images(frame, where, desc.side, sample, ""), sample
     sample = read_sample_submission(src, desc.root)
-    folders = img.image_folders(src, desc.root)
-    if desc.test_dir not in folders:
-        raise PipelineError(f"{src.path}: no test image folder ({desc.test_dir or 'test_images/ or test/'}) found")
-    files = img.match_ids(sample.iloc[:, 0], img.file_index(folders[desc.test_dir]), src.label("sample_submission.csv"),
-                          desc.test_dir)
+    files = test_files(src, desc.root, sample, desc.test_dir)
     return img.cached_images(src, files, img_size, desc.channels, cache_dir, "test"), sample
+
+
+def test_files(src: Source, root: str, sample: pd.DataFrame, preferred: str = "") -> list[str]:
+    """The image file of every sample_submission id: in the preferred folder, else in whichever folder holds them
+    (plant pathology 2020 keeps train and test images in one images/ folder)."""
+    folders = img.image_folders(src, root)
+    order = sorted(folders, key=lambda d: (d != preferred, "test" not in d.lower(), d))
+    ids = sample.iloc[:, 0].astype(str)
+    for folder in order:
+        index = img.file_index(folders[folder])
+        if ids.head(50).map(lambda v: v in index).mean() >= 0.8:
+            return img.match_ids(ids, index, src.label("sample_submission.csv"), folder)
+    raise PipelineError(f"{src.label('sample_submission.csv')}: its ids ({', '.join(ids.head(3))}, ...) name no image "
+                        f"in any folder of {src.path} ({', '.join(sorted(folders)[:4]) or 'no image folders'})")
 
 
 def _hash(raw: bytes) -> str:

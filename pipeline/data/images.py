@@ -91,18 +91,32 @@ def class_folder_files(src: Source, root: str, train_dir: str) -> tuple[list[str
     return files, labels
 
 
-def detect_channels(src: Source, files: list[str]) -> int:
-    """1 when every one of the first 16 images is grayscale, else 3 (RGB)."""
+GRAY_MODES = ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1", "F")
+
+
+def detect_channels(src: Source, files: list[str], samples: int = 64) -> int:
+    """1 when every sampled image (64, spread over the list) is grayscale, else 3 (RGB)."""
     from PIL import Image
 
-    for rel in files[:16]:
+    for rel in [files[i] for i in np.unique(np.linspace(0, len(files) - 1, min(samples, len(files))).astype(int))]:
         try:
             with Image.open(io.BytesIO(src.read_file(rel))) as im:
-                if im.mode not in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1", "F"):
+                if im.mode not in GRAY_MODES:
                     return 3
-        except (OSError, ValueError, SyntaxError) as e:
-            raise PipelineError(f"{src.label(rel)}: unreadable image ({str(e)[:80]})") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise PipelineError(f"{src.label(rel)}: unreadable image ({str(e).splitlines()[0][:80]})") from None
     return 1
+
+
+def to_8bit(im):
+    """16-bit and float images scaled to 0..255 (PIL's convert would clip them to black and white)."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if im.mode.startswith("I;16") else (float(a.min()), float(a.max()))
+        return Image.fromarray(np.clip((a - lo) * (255.0 / max(hi - lo, 1e-12)), 0, 255).astype(np.uint8), "L")
+    return im
 
 
 def decode(raw: bytes, side: int, channels: int, where: str) -> np.ndarray:
@@ -113,7 +127,7 @@ def decode(raw: bytes, side: int, channels: int, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.draft(mode, (side, side))  # JPEG: let libjpeg decode at a reduced scale when shrinking a lot
-            im = im.convert(mode).resize((side, side), Image.BILINEAR, reducing_gap=3.0)
+            im = to_8bit(im).convert(mode).resize((side, side), Image.BILINEAR, reducing_gap=3.0)
             array = np.asarray(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise PipelineError(f"{where}: unreadable image ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") from None
@@ -135,8 +149,8 @@ def cached_images(src: Source, files: list[str], side: int, channels: int, cache
             cached = np.load(path, mmap_mode="c")  # copy-on-write: writable for torch, the file never changes
             if cached.shape == (len(files), channels, side, side) and cached.dtype == np.uint8:
                 return cached
-        except (ValueError, OSError):
-            pass  # damaged: decode again
+        except (ValueError, OSError, EOFError):
+            pass  # damaged or empty: decode again
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, side, side))

@@ -89,13 +89,21 @@ class Source:
         zf = getattr(self._zip, "handle", None)
         if zf is None:
             try:
-                zf = zipfile.ZipFile(self.path)
+                zf = _open_zip(self.path)
             except (zipfile.BadZipFile, OSError) as e:
                 if isinstance(e, OSError) and not isinstance(e, zipfile.BadZipFile) and self.path.is_file():
                     raise
                 raise PipelineError(f"{self.path}: not a readable zip file") from None
             self._zip.handle = zf
         return zf
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """Member names as UTF-8 (what Info-ZIP and Kaggle write, flagged or not); cp437 when they are not UTF-8."""
+    try:
+        return zipfile.ZipFile(path, metadata_encoding="utf-8")
+    except UnicodeDecodeError:
+        return zipfile.ZipFile(path)
 
 
 def read_zip_member(zf: zipfile.ZipFile, path: Path, rel: str) -> bytes:
@@ -149,8 +157,11 @@ def resolve(data: str, default: str, write_sample, write_sample_images) -> Sourc
     return Source(write_sample())
 
 
-def parse_csv(raw: bytes, where: str) -> "pd.DataFrame":
-    """A CSV's rows; an empty, header-only or unparsable file is a one-line error naming it."""
+def parse_csv(raw: bytes, where: str, text_first: bool = False) -> "pd.DataFrame":
+    """A CSV's rows; an empty, header-only or unparsable file is a one-line error naming it.
+
+    text_first: read the first column as text, as ids are ('00042' stays '00042', not 42).
+    """
     import csv
     import io
 
@@ -158,8 +169,9 @@ def parse_csv(raw: bytes, where: str) -> "pd.DataFrame":
 
     if not raw.strip():
         raise PipelineError(f"{where}: empty file")
+    first = next(csv.reader([raw.lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")]), [""])
     try:
-        df = pd.read_csv(io.BytesIO(raw), low_memory=False)
+        df = pd.read_csv(io.BytesIO(raw), low_memory=False, dtype={first[0]: str} if text_first and first else None)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise PipelineError(f"{where}: not a readable CSV ({str(e).strip().splitlines()[0][:120]})") from None
     if len(df) == 0:

@@ -25,15 +25,14 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
         if bad.any():
             row, col = np.argwhere(bad)[0]
             raise PipelineError(f"{where}: row {row + 1}, column {cols[col]}: one-hot label columns hold 0 or 1, "
-                                f"found {frame.iat[row, col]!r}")
+                                f"found {frame.iat[row, col]}")
         return Task("multilabel", tuple(cols), metric, threshold)
     values = frame.iloc[:, 0]
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    spaced = not numeric and values.astype(str).str.contains(" ").any()
     if not kind:
         fractional = numeric and not np.allclose(values, np.round(values))
         kind = ("regression" if numeric and (fractional or values.nunique() > 30) else
-                "multilabel" if spaced and _tokens(values).size < values.nunique() else "multiclass")
+                "multilabel" if not numeric and _label_sets(values) else "multiclass")
     if kind == "regression":
         if not numeric:
             raise PipelineError(f"{where}: column {cols[0]}: a regression target must be numeric, found "
@@ -44,15 +43,23 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
     return Task("multiclass", class_names(values), metric, threshold)
 
 
-def class_names(values: pd.Series) -> tuple[str, ...]:
-    """Class names in output order: 0..K when the labels are small non-negative integers, else sorted names.
+def label_text(values: pd.Series) -> pd.Series:
+    """Labels as the names written back: integral numbers without a fraction (2.0 -> '2'), the rest as text."""
+    if pd.api.types.is_numeric_dtype(values) and np.allclose(values, np.round(values)):
+        return values.round().astype(np.int64).astype(str)
+    return values.astype(str)
 
-    >>> class_names(pd.Series([2, 0, 2])), class_names(pd.Series(["rust", "healthy"]))
-    (('0', '1', '2'), ('healthy', 'rust'))
+
+def class_names(values: pd.Series) -> tuple[str, ...]:
+    """Class names in output order: numeric labels in numeric order (0, 1, 2, ..., 10), names sorted.
+
+    >>> class_names(pd.Series([2, 0, 2, 1])), class_names(pd.Series([2, 1])), class_names(pd.Series(["rust", "healthy"]))
+    (('0', '1', '2'), ('1', '2'), ('healthy', 'rust'))
     """
-    if pd.api.types.is_integer_dtype(values) and values.min() >= 0 and values.max() <= MAX_CLASS_INDEX:
-        return tuple(str(i) for i in range(int(values.max()) + 1))
-    return tuple(sorted(values.astype(str).unique()))
+    names = label_text(values).unique()
+    if pd.api.types.is_numeric_dtype(values) and np.allclose(values, np.round(values)):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names))
 
 
 def encode(frame: pd.DataFrame, task: Task, where: str) -> np.ndarray:
@@ -67,7 +74,7 @@ def encode(frame: pd.DataFrame, task: Task, where: str) -> np.ndarray:
         return values.astype(np.float32)
     if task.kind == "multilabel" and len(frame.columns) > 1:
         return frame[list(task.classes)].to_numpy(dtype=np.float32)
-    names = frame.iloc[:, 0].astype(str).to_numpy()
+    names = label_text(frame.iloc[:, 0]).to_numpy()
     if task.kind == "multilabel":
         index = {c: i for i, c in enumerate(task.classes)}
         out = np.zeros((len(names), len(task.classes)), dtype=np.float32)
@@ -84,6 +91,14 @@ def encode(frame: pd.DataFrame, task: Task, where: str) -> np.ndarray:
         raise PipelineError(f"{where}: row {row + 1}, column {frame.columns[0]}: label {names[row]!r} is not one of "
                             f"the {len(task.classes)} classes ({', '.join(task.classes[:5])}, ...)")
     return codes
+
+
+def _label_sets(values: pd.Series) -> bool:
+    """Space-separated label sets ('scab', 'scab rust') rather than class names with spaces ('big cat'): some
+    name stands alone in one row and with others in another."""
+    rows = [v.split() for v in values.astype(str).unique()]
+    alone = {r[0] for r in rows if len(r) == 1}
+    return any(len(r) > 1 and alone & set(r) for r in rows)
 
 
 def _tokens(values: pd.Series) -> np.ndarray:
