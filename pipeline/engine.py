@@ -120,7 +120,8 @@ class EpochResult:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, rows: torch.Tensor,
                     targets: torch.Tensor, cfg, spec: DataSpec, step: int, total_steps: int,
-                    generator: torch.Generator, desc: str = "", scaler: torch.amp.GradScaler | None = None) -> EpochResult:
+                    generator: torch.Generator, desc: str = "", scaler: torch.amp.GradScaler | None = None,
+                    ema=None) -> EpochResult:
     """One pass over the training `rows` of (N, C, H, W) uint8 `images` (on the device, or in host memory to
     stream batches from); `targets` (N, ...) are on the device.
 
@@ -162,6 +163,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
         else:
             loss.backward()
             optimizer.step()
+        if ema is not None:  # the exponential moving average of the weights, after every optimizer step
+            ema.update(model, step=step)
         total_loss += loss.detach()
         correct += spec.task.correct(logits.detach(), y)
         step += 1

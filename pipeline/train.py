@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from pipeline import data, experiment
@@ -31,7 +32,7 @@ from pipeline.models import build_model, pretrained_stats, unwrap
 
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
          "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
-         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision"]
+         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema"]
 
 
 def data_description(cfg: Config, src) -> data.Description:
@@ -117,10 +118,12 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     valid_targets = targets[valid_idx.to(device)].cpu().numpy()
     model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device)
     scaler = grad_scaler(cfg.precision, device)
+    ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
+    judged = ema.module if ema is not None else net  # what is validated, saved as best and predicted with
     state = {"epoch": 0, "step": 0, "best": None, "best_preds": None}
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
-        state = restore(load_checkpoint(last), model, optimizer, generator, last, scaler)
+        state = restore(load_checkpoint(last), model, optimizer, generator, last, scaler, ema)
         check_snapshot(state, (len(valid_idx), spec.task.num_outputs), spec.task.metric, cfg.epochs, last)
         print(f"resume: fold {k} continues after epoch {state['epoch']} of {cfg.epochs} "
               f"(best {spec.task.metric} so far {state['best'][spec.task.metric]:.5f})")
@@ -129,15 +132,16 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.perf_counter()
         epoch_result = train_one_epoch(net, optimizer, images, train_idx, targets, cfg, spec, state["step"], total_steps,
-                                       generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}", scaler=scaler)
+                                       generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}", scaler=scaler,
+                                       ema=ema)
         state["step"], loss = epoch_result.step, epoch_result.loss
-        preds = predict(net, x_valid, 2 * cfg.batch_size, spec, device, precision=cfg.precision)
-        check_finite(loss, preds, model, k, epoch, state["epoch"])
+        preds = predict(judged, x_valid, 2 * cfg.batch_size, spec, device, precision=cfg.precision)
+        check_finite(loss, preds, unwrap(judged), k, epoch, state["epoch"])
         valid = spec.task.scores(preds, valid_targets)
         improved = spec.task.better(valid, state["best"])
         if improved:  # best by the competition metric, ties broken by the lower loss
             state |= {"best": valid, "best_preds": preds}
-            save_checkpoint({"state_dict": unwrap(net).state_dict(), "config": resolved, "fold": k,
+            save_checkpoint({"state_dict": unwrap(judged).state_dict(), "config": resolved, "fold": k,
                              "epoch": epoch + 1, "score": valid}, exp_dir / f"fold{k}.pth")
         seconds = time.perf_counter() - t0
         lr = optimizer.param_groups[0]["lr"]
@@ -146,7 +150,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
             | {"lr": lr, "seconds": round(seconds, 3)}
         experiment.append_metrics(exp_dir, row, epoch_result.lrs)
         state["epoch"] = epoch + 1
-        save_checkpoint(snapshot(state, model, optimizer, generator, scaler), last)
+        save_checkpoint(snapshot(state, model, optimizer, generator, scaler, ema), last)
         metric = spec.task.metric
         tqdm.write(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train loss {loss:.4f}  valid loss "
                    f"{valid['loss']:.4f}  valid {metric} {valid[metric]:.5f}  lr {lr:.2e}  "
@@ -184,20 +188,25 @@ def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch
     return model, net, optimizer, generator
 
 
-def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator, scaler=None) -> dict:
+def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator, scaler=None, ema=None) -> dict:
     """Everything needed to continue after this epoch exactly as if never stopped."""
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return ({"scaler": scaler.state_dict()} if scaler is not None else {}) | {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+    extra = ({"scaler": scaler.state_dict()} if scaler is not None else {}) | (
+        {"ema": ema.module.state_dict()} if ema is not None else {})
+    return extra | {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
             "epoch": state["epoch"], "step": state["step"], "best": state["best"],
             "best_preds": torch.from_numpy(state["best_preds"])}
 
 
-def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator, path: Path, scaler=None) -> dict:
+def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator, path: Path, scaler=None,
+            ema=None) -> dict:
     """Put the model, optimizer and random state back as `snapshot` saved them; a damaged snapshot is refused."""
     try:
         model.load_state_dict(saved["state_dict"])
+        if ema is not None:
+            ema.module.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         if scaler is not None and "scaler" in saved:
             scaler.load_state_dict(saved["scaler"])

@@ -40,7 +40,8 @@ def test_train_report_and_oof_tta(experiment, workdir):
     assert all(f"]({n})" in text for n in ("curves.png", "lr.png", "confusion.png", "wrong.png"))
     cv = json.loads((exp / "cv.json").read_text())
     tta = pd.read_csv(exp / "oof_tta.csv")
-    assert len(tta) == 200 and 0 <= cv["oof_tta"]["accuracy"] <= 1
+    tta_accuracy = (tta[[f"p{c}" for c in range(10)]].to_numpy().argmax(1) == tta["label"].to_numpy()).mean()
+    assert len(tta) == 200 and cv["oof_tta"]["accuracy"] == pytest.approx(tta_accuracy)
     schedule = pd.read_csv(exp / "schedule.csv")
     assert len(schedule) == 5 * 2 * (160 // 32) and schedule["lr"].max() == pytest.approx(3e-3)
 

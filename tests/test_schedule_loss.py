@@ -87,3 +87,30 @@ def test_precision_choice_and_fp16_scaler():
     assert result.step == 4 and np.isfinite(result.loss)
     assert scaler._get_growth_tracker() == 4  # the scaler took all 4 optimizer steps (none skipped as inf)
     assert not torch.equal(before, model.fc.weight)
+
+
+def test_ema_weights_follow_the_model_and_differ_from_it():
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(0)
+    model = Recorder()
+    ema = ModelEmaV3(model, decay=0.9)
+    start = ema.module.fc.weight.detach().clone()
+    images = torch.randint(0, 255, (32, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (32,))
+    cfg = Config(batch_size=4, lr=0.5, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16)
+    spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
+    train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.5), images, torch.arange(32), labels, cfg, spec,
+                    0, 8, torch.Generator().manual_seed(0), ema=ema)
+    averaged, raw = ema.module.fc.weight.detach(), model.fc.weight.detach()
+    assert not torch.equal(averaged, start) and not torch.equal(averaged, raw)  # moved, but behind the model
+    assert (averaged - raw).abs().sum() < (start - raw).abs().sum()  # nearer the trained weights than the start
+
+
+def test_training_with_ema_end_to_end(tiny_comp, workdir):
+    from pipeline import make_folds, train
+
+    assert make_folds.main(["--data", str(tiny_comp)]) == 0
+    assert train.main(["--data", str(tiny_comp), "--fold", "0", "--epochs", "2", "--batch-size", "32", "--ema", "0.9"]) == 0
+    saved = torch.load(workdir / "weights/digit_cnn/fold0.pth", weights_only=True)
+    assert saved["config"]["ema"] == 0.9
