@@ -53,6 +53,11 @@ class Config:
     rotate: float = 10.0  # training augmentation: max rotation in degrees, 0..45
     scale: float = 0.1  # training augmentation: max zoom in or out as a fraction, 0..0.5
     shift: float = 0.08  # training augmentation: max translation as a fraction of the side, 0..0.5
+    clip_grad: float = 0.0  # clip the gradients' global norm to this before each step; 0 = off
+    patience: int = 0  # stop a fold after this many epochs without a better validation metric; 0 = never
+    drop_rate: float = 0.0  # dropout before the classifier, passed to the backbone, 0 <= x < 1 (digit_cnn: 0.3 when 0)
+    drop_path_rate: float = 0.0  # stochastic depth, passed to backbones that have it, 0 <= x < 1
+    deterministic: bool = False  # cuDNN determinism and deterministic algorithms (slower on GPU)
     ema: float = 0.0  # model EMA decay per optimizer step (timm's ModelEmaV3), e.g. 0.999; the EMA weights are validated, saved and predicted with; 0 = off
     aug: str = ""  # training augmentation: '' = the layout's (digits for pixels, natural for image files), digits | natural | none, or an albumentations file (.json/.yaml written by A.save, run in DataLoader workers)
     exp: tuple[str, ...] = ()  # experiment name(s) under weights_dir: train takes one, infer several; () = model name
@@ -126,6 +131,10 @@ RULES = {  # field -> (test, rule text)
     "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
     "tta_preset": (lambda v: v in ("", "digits", "hflip", "flips", "d4"), "must be digits, hflip or d4"),
+    "clip_grad": (lambda v: 0 <= v <= 1e6, "must be 0 (off) or a positive norm"),
+    "patience": (lambda v: 0 <= v <= 10_000, "must be 0 (off) or a number of epochs"),
+    "drop_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "drop_path_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "ema": (lambda v: v == 0 or 0.5 <= v < 1, "must be 0 (off) or in [0.5, 1)"),
     "aug": (lambda v: v in ("", "digits", "natural", "none") or v.endswith((".json", ".yaml", ".yml")),
             "must be digits, natural, none or an albumentations .json/.yaml file"),

@@ -56,6 +56,18 @@ def take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch
     return rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows
 
 
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """python, numpy and torch (CPU and every GPU) from one seed; --deterministic also pins cuDNN's algorithms."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -158,10 +170,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16: scale the loss so small gradients survive, unscale before the step
             scaler.scale(loss).backward()
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
         if ema is not None:  # the exponential moving average of the weights, after every optimizer step
             ema.update(model, step=step)

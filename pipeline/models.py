@@ -55,20 +55,25 @@ def digit_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1
 
 
 def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
-                pretrained: bool = False, pretrained_path: str = "") -> nn.Module:
+                pretrained: bool = False, pretrained_path: str = "", drop_rate: float = 0.0,
+                drop_path_rate: float = 0.0) -> nn.Module:
     """A timm model for (B, in_chans, img_size, img_size) inputs, checked with one forward pass."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise PipelineError(f"--model: unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
                                                                   "; see timm.list_models()"))
-    kwargs = {}
+    kwargs = {k: v for k, v in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if v}
     cfg = timm.get_pretrained_cfg(name, allow_unregistered=True)
     if cfg is not None and getattr(cfg, "fixed_input_size", False):
         kwargs["img_size"] = img_size  # ViT-style models size their position embeddings at build time
-    if pretrained:
-        model = hub_model(name, num_classes, in_chans, kwargs)
-    else:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    try:
+        if pretrained:
+            model = hub_model(name, num_classes, in_chans, kwargs)
+        else:
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as e:  # a backbone without stochastic depth (or dropout) refuses the keyword
+        raise PipelineError(f"--model {name}: does not take {', '.join(k for k in kwargs if k in str(e)) or 'these options'}"
+                            f" ({str(e)[:80]}); leave --drop-path-rate / --drop-rate at 0 for it") from None
     if pretrained_path:
         load_pretrained(model, pretrained_path, in_chans)
     _check_input_size(model, name, in_chans, img_size)

@@ -24,7 +24,7 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint, write_json
 from pipeline.augment import is_albumentations, load_albumentations
 from pipeline.config import Config, parse_config, to_dict
 from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, predict, resolve_device, resolve_precision,
-                             steps_per_epoch, train_one_epoch)
+                             seed_everything, steps_per_epoch, train_one_epoch)
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.folds import description_path, read_description, read_folds
 from pipeline.infer import oof_tta
@@ -32,7 +32,8 @@ from pipeline.models import build_model, pretrained_stats, unwrap
 
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
          "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
-         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema"]
+         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema",
+         "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic"]
 
 
 def data_description(cfg: Config, src) -> data.Description:
@@ -79,7 +80,8 @@ def run(cfg: Config, on_epoch=None) -> dict:
     device = resolve_device(cfg.device)
     print(f"precision {resolve_precision(cfg.precision, device)}" + (" (with a gradient scaler)"
                                                                      if grad_scaler(cfg.precision, device) else ""))
-    build_model(cfg.model, desc.task.num_outputs, desc.channels, cfg.img_size, cfg.pretrained, cfg.pretrained_path)
+    build_model(cfg.model, desc.task.num_outputs, desc.channels, cfg.img_size, cfg.pretrained, cfg.pretrained_path,
+                cfg.drop_rate, cfg.drop_path_rate)  # fail fast, before any work
     resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": folds.n_splits, "num_classes": desc.task.num_outputs,
                                "in_chans": desc.channels, "train_hash": train.train_hash, "folds_hash": folds.folds_hash,
                                "group_col": desc.group_col, "data_spec": spec.to_dict(), "data": desc.to_dict()}
@@ -120,7 +122,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     scaler = grad_scaler(cfg.precision, device)
     ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
     judged = ema.module if ema is not None else net  # what is validated, saved as best and predicted with
-    state = {"epoch": 0, "step": 0, "best": None, "best_preds": None}
+    state = {"epoch": 0, "step": 0, "best": None, "best_preds": None, "best_epoch": 0}
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
         state = restore(load_checkpoint(last), model, optimizer, generator, last, scaler, ema)
@@ -140,7 +142,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
         valid = spec.task.scores(preds, valid_targets)
         improved = spec.task.better(valid, state["best"])
         if improved:  # best by the competition metric, ties broken by the lower loss
-            state |= {"best": valid, "best_preds": preds}
+            state |= {"best": valid, "best_preds": preds, "best_epoch": epoch + 1}
             save_checkpoint({"state_dict": unwrap(judged).state_dict(), "config": resolved, "fold": k,
                              "epoch": epoch + 1, "score": valid}, exp_dir / f"fold{k}.pth")
         seconds = time.perf_counter() - t0
@@ -157,9 +159,22 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
                    f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} img/s{'  *best' if improved else ''}")
         if on_epoch is not None:
             on_epoch(epoch + 1, valid)
+        if stop_early(epoch + 1, state["best_epoch"], cfg.patience):
+            tqdm.write(f"fold {k}: no better {spec.task.metric} for {cfg.patience} epochs since epoch "
+                       f"{state['best_epoch']}: stopped early (--patience)")
+            break
     if state["best_preds"] is None:
         raise TrainingDiverged(f"fold {k}: no epoch gave a usable {spec.task.metric} (it was NaN every epoch)")
     return state["best_preds"]
+
+
+def stop_early(epoch: int, best_epoch: int, patience: int) -> bool:
+    """--patience: stop when `patience` epochs have passed without a better validation metric (0 = never).
+
+    >>> stop_early(5, 3, 2), stop_early(4, 3, 2), stop_early(9, 1, 0)
+    (True, False, False)
+    """
+    return bool(patience) and epoch - best_epoch >= patience
 
 
 def check_finite(loss: float, probs: np.ndarray, model: nn.Module, k: int, epoch: int, last_good: int) -> None:
@@ -176,9 +191,10 @@ def check_finite(loss: float, probs: np.ndarray, model: nn.Module, k: int, epoch
 
 def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch.device):
     """Fold k's model (and its DataParallel wrapper), AdamW, and the generator for batch order and augmentation."""
-    torch.manual_seed(cfg.seed + k)  # weight init and dropout
+    seed_everything(cfg.seed + k, cfg.deterministic)  # weight init, dropout, python and numpy: per fold
     model = build_model(cfg.model, spec.task.num_outputs, in_chans, cfg.img_size, pretrained=cfg.pretrained,
-                        pretrained_path=cfg.pretrained_path).to(device)
+                        pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate,
+                        drop_path_rate=cfg.drop_path_rate).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
@@ -196,7 +212,7 @@ def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generato
     extra = ({"scaler": scaler.state_dict()} if scaler is not None else {}) | (
         {"ema": ema.module.state_dict()} if ema is not None else {})
     return extra | {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
-            "epoch": state["epoch"], "step": state["step"], "best": state["best"],
+            "epoch": state["epoch"], "step": state["step"], "best": state["best"], "best_epoch": state["best_epoch"],
             "best_preds": torch.from_numpy(state["best_preds"])}
 
 
@@ -214,7 +230,7 @@ def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator
         generator.set_state(saved["rng"]["generator"])
         if "cuda" in saved["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        state = {"epoch": int(saved["epoch"]), "step": int(saved["step"]),
+        state = {"epoch": int(saved["epoch"]), "step": int(saved["step"]), "best_epoch": int(saved.get("best_epoch", 0)),
                  "best": {str(m): float(v) for m, v in saved["best"].items()}, "best_preds": saved["best_preds"].numpy()}
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
         raise PipelineError(f"{path}: not a usable resume snapshot ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "

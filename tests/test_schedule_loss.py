@@ -114,3 +114,42 @@ def test_training_with_ema_end_to_end(tiny_comp, workdir):
     assert train.main(["--data", str(tiny_comp), "--fold", "0", "--epochs", "2", "--batch-size", "32", "--ema", "0.9"]) == 0
     saved = torch.load(workdir / "weights/digit_cnn/fold0.pth", weights_only=True)
     assert saved["config"]["ema"] == 0.9
+
+
+def test_clip_grad_bounds_each_step():
+    def moved(clip: float) -> float:
+        torch.manual_seed(0)
+        model = Recorder()
+        start = model.fc.weight.detach().clone()
+        cfg = Config(batch_size=4, lr=1.0, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16, clip_grad=clip)
+        spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
+        images = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
+        train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=1.0), images, torch.arange(8),
+                        torch.randint(0, 3, (8,)), cfg, spec, 0, 2, torch.Generator().manual_seed(0))
+        return (model.fc.weight.detach() - start).norm().item()
+
+    assert moved(1e-3) <= 2 * 1e-3 + 1e-9  # 2 SGD steps of lr 1, each gradient's norm clipped to 1e-3
+    assert moved(0.0) > 10 * moved(1e-3)
+
+
+def test_patience_rule_and_drop_rates_and_determinism():
+    import timm
+
+    from pipeline.engine import seed_everything
+    from pipeline.models import build_model
+    from pipeline.train import stop_early
+
+    assert [stop_early(e, 2, 3) for e in (3, 4, 5)] == [False, False, True] and not stop_early(50, 1, 0)
+    model = build_model("resnet18", 10, 1, 28, drop_rate=0.25, drop_path_rate=0.1)
+    assert model.drop_rate == 0.25
+    assert any(isinstance(m, timm.layers.DropPath) and m.drop_prob > 0 for m in model.modules())
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(7, deterministic=True)
+        assert torch.backends.cudnn.deterministic and torch.are_deterministic_algorithms_enabled()
+        a = (np.random.rand(), torch.rand(1).item())
+        seed_everything(7)
+        assert (np.random.rand(), torch.rand(1).item()) == a
+    finally:
+        torch.use_deterministic_algorithms(was)
+        torch.backends.cudnn.deterministic = False
