@@ -537,7 +537,7 @@ def test_damaged_resume_snapshot_values_are_refused(project, edit, message, caps
     spec = train.DataSpec(Task("multiclass", tuple(str(i) for i in range(10))), 28, (0.1,), (0.3,))
     model, _, optimizer, generator = fold_setup(cfg, spec, 1, 0, torch.device("cpu"))
     model.load_state_dict(model_state)
-    state = snapshot({"epoch": 1, "step": 5, "best": {"accuracy": 0.5, "loss": 1.0, "log_loss": 1.0},
+    state = snapshot({"epoch": 1, "step": 5, "best_epoch": 1, "best": {"accuracy": 0.5, "loss": 1.0, "log_loss": 1.0},
                       "best_preds": preds.numpy()}, model, optimizer, generator)
     edit(state)
     Path("weights/r/oof.csv").unlink()  # fold 0 unfinished again
