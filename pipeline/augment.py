@@ -72,9 +72,6 @@ def random_natural(images: torch.Tensor, generator: torch.Generator | None = Non
     return ((x - mean) * contrast + mean + brightness).clamp(0, 255)
 
 
-AUGMENTS = ("digits", "natural", "none")
-
-
 def augment(images: torch.Tensor, law: str, rotate: float, scale: float, shift: float,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """The training augmentation `law` (digits: label-safe affine; natural: crop, flip, colour; none)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,18 @@ class DataSpec:
             raise PipelineError(f"{where}: damaged data_spec ({type(e).__name__}: {e}); retrain with --overwrite") from None
 
 
+def on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The whole uint8 array on the device when it fits in 80% of free GPU memory; else kept in host memory,
+    where batches stream from (pinned, asynchronous copies; see take)."""
+    host = torch.from_numpy(images if images.flags.writeable else np.array(images))
+    if device.type != "cuda":
+        return host
+    if images.nbytes < 0.8 * torch.cuda.mem_get_info(device)[0]:
+        return host.to(device)
+    print(f"notice: {images.nbytes / 2**30:.1f} GiB of images exceed free GPU memory; streaming batches from host memory")
+    return host
+
+
 def take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Rows `idx` of images that live on the device, or stream them from host memory (pinned, asynchronous)."""
     if images.device == device:
@@ -79,9 +92,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
+@functools.lru_cache(maxsize=8)
 def resolve_precision(name: str, device: torch.device) -> str:
     """auto: bf16 on GPUs with fast bf16 (Ampere and later), fp16 on older ones (Kaggle's T4, P100), fp32 on CPU."""
     if name == "auto":

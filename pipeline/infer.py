@@ -18,7 +18,7 @@ import torch
 from pipeline import data
 from pipeline.checkpoint import check_fold_config, load_checkpoint, read_json, write_csv, write_json, write_npy
 from pipeline.config import Config, parse_config
-from pipeline.engine import DataSpec, predict, resolve_device
+from pipeline.engine import DataSpec, on_device, predict, resolve_device
 from pipeline.ensemble import blend, combine, honest_scores, rank_average
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
@@ -46,7 +46,7 @@ def run(cfg: Config) -> pd.DataFrame:
     submission_shape = spec.task.submission_mode(sample)  # refuse a sample this task cannot fill, before inference
     check_replaceable(out, sample, src)
     device = resolve_device(cfg.device)
-    images = torch.from_numpy(np.ascontiguousarray(test)).to(device)  # (N, C, H, W) uint8
+    images = on_device(test, device)  # (N, C, H, W) uint8, on the GPU when it fits
     preset = cfg.tta_preset or desc.tta_preset
     test_probs = np.stack([predict_experiment(d, images, cfg, preset, device) for d in exp_dirs])
     if len(exps) == 1:
@@ -203,18 +203,19 @@ def writable_dir(preferred: Path, fallback: Path) -> Path:
     return fallback
 
 
-def oof_tta(exp_dir: Path, images: torch.Tensor, preset: str, batch_size: int, device: torch.device) -> dict:
+def oof_tta(exp_dir: Path, images: torch.Tensor, preset: str, batch_size: int, device: torch.device,
+            precision: str = "auto") -> dict:
     """Each fold's best model with TTA on its own validation rows: oof_tta.csv and its scores in cv.json."""
     from pipeline.tta import with_tta
 
-    spec = experiment_data(exp_dir)[1]
+    spec, config = experiment_data(exp_dir)[1], experiment_config(exp_dir)
     oof = read_table(exp_dir / "oof.csv")
     parts = []
     for k, part in oof.groupby("fold"):
-        model, fold_spec = load_fold_model(exp_dir / f"fold{k}.pth", device)
+        model, fold_spec = load_fold_model(exp_dir / f"fold{k}.pth", device, config)
         rows = torch.tensor(part["id"].to_numpy(), device=images.device)
         probs = predict(with_tta(model, preset), images[rows], batch_size or 1024, fold_spec, device,
-                        desc=f"OOF TTA fold {k}")
+                        desc=f"OOF TTA fold {k}", precision=precision)
         parts.append(part[["id", "fold", *spec.task.target_columns()]].reset_index(drop=True).join(
             pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))))
     table = pd.concat(parts).sort_values("id").reset_index(drop=True)

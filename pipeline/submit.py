@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Descripti
     """The task a submission answers: --exp's, or its experiment's (submissions/<exp>.csv), else the folds'."""
     from pipeline.infer import experiment_data
 
-    for name in cfg.exp[:1] or submission.stem.split("_")[0].split("+")[:1]:
+    guess = re.sub(r"_(mean|learned|greedy|rank)$", "", submission.stem).split("+")[0]  # submissions/<exp>[_<method>].csv
+    for name in cfg.exp[:1] or (guess,):
         exp_dir = Path(cfg.weights_dir) / name
         if (exp_dir / "config.json").is_file():
             desc, spec = experiment_data(exp_dir)

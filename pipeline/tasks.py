@@ -130,10 +130,13 @@ class Task:
     # -- scoring ------------------------------------------------------------------------------------------
     def scores(self, preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """{metric: value, 'loss': value}; multiclass keeps accuracy and log_loss too (Digit Recognizer's figures)."""
-        out = {self.metric: metrics.compute(self.metric, preds, targets, self.kind, self.threshold),
-               "loss": metrics.compute(metrics.LOSS_NAME[self.kind], preds, targets, self.kind)}
+        out = {"loss": metrics.compute(metrics.LOSS_NAME[self.kind], preds, targets, self.kind)}
+        wanted = [self.metric] + (["accuracy"] if self.kind == "multiclass" else [])
+        for name in wanted:
+            out[name] = out["loss"] if name == metrics.LOSS_NAME[self.kind] else \
+                metrics.compute(name, preds, targets, self.kind, self.threshold)
         if self.kind == "multiclass":
-            out |= metrics.scores(preds, targets)
+            out["log_loss"] = out["loss"]
         return out
 
     def better(self, new: dict, old: dict | None) -> bool:

@@ -24,7 +24,7 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint, write_json
 from pipeline.augment import is_albumentations, load_albumentations
 from pipeline.config import Config, parse_config, to_dict
 from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, predict, resolve_device, resolve_precision,
-                             seed_everything, steps_per_epoch, train_one_epoch)
+                             on_device, seed_everything, steps_per_epoch, train_one_epoch)
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.folds import description_path, read_description, read_folds
 from pipeline.infer import oof_tta
@@ -42,18 +42,6 @@ def data_description(cfg: Config, src) -> data.Description:
     if saved is None:
         return data.describe(src, group_col=read_description(cfg.folds_path).get("group_col", ""))[0]
     return data.Description.from_dict(saved, str(description_path(cfg.folds_path)))
-
-
-def device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The whole train set on the device when it fits in 80% of free GPU memory; else kept in host memory,
-    where batches stream from (pinned, asynchronous copies)."""
-    host = torch.from_numpy(np.asarray(images) if images.flags.writeable else np.array(images))
-    if device.type != "cuda":
-        return host
-    if images.nbytes < 0.8 * torch.cuda.mem_get_info(device)[0]:
-        return host.to(device)
-    print(f"notice: {images.nbytes / 2**30:.1f} GiB of images exceed free GPU memory; streaming batches from host memory")
-    return host
 
 
 def run(cfg: Config, on_epoch=None) -> dict:
@@ -91,7 +79,7 @@ def run(cfg: Config, on_epoch=None) -> dict:
         print(f"{desc.summary()}\ntraining {cfg.model} on {len(train.targets):,} rows, folds {fold_ids} -> {exp_dir}/ "
               f"(device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''})")
         cached = data.train_images(src, desc, train, cfg.img_size, cfg.cache_dir)
-        images = device_images(cached, device if not is_albumentations(spec.augment) else torch.device("cpu"))
+        images = on_device(cached, device if not is_albumentations(spec.augment) else torch.device("cpu"))
         targets = torch.from_numpy(train.targets).to(device)
         started = time.perf_counter()
         for k in todo:
@@ -103,7 +91,7 @@ def run(cfg: Config, on_epoch=None) -> dict:
                                  desc.task)
         print(experiment.format_cv(cv, cfg.exp_name))
         if cfg.oof_tta:
-            cv = oof_tta(exp_dir, images, cfg.tta_preset or desc.tta_preset, cfg.batch_size, device)
+            cv = oof_tta(exp_dir, images, cfg.tta_preset or desc.tta_preset, cfg.batch_size, device, cfg.precision)
         if cfg.report:
             from pipeline.report import write_report
             print(f"report: {write_report(exp_dir, images)}")

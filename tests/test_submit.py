@@ -76,3 +76,18 @@ def test_invalid_file_is_not_sent(tiny_comp, workdir, kaggle_env, capsys):
     with FakeKaggle() as server:
         assert submit.main(["short.csv", "-m", "x", "--data", str(tiny_comp)]) == 2
     assert server.uploads == [] and "expected 40 rows" in capsys.readouterr().err
+
+
+def test_submit_finds_the_experiment_from_the_file_name(tmp_path, monkeypatch):
+    """submissions/digit_cnn.csv is experiment digit_cnn (not 'digit'); a blend's suffix is the method's."""
+    from pipeline.config import Config
+
+    for name in ("digit_cnn", "lr0.001_bs64"):
+        (tmp_path / "weights" / name).mkdir(parents=True)
+        (tmp_path / "weights" / name / "config.json").write_text(
+            '{"n_splits": 5, "num_classes": 3, "data_spec": {"task": {"kind": "multiclass", "classes": ["x", "y", "z"]},'
+            ' "img_size": 28, "mean": [0.5], "std": [0.5]}}')
+    cfg = Config(weights_dir=str(tmp_path / "weights"), folds_path=str(tmp_path / "none.csv"))
+    for file in ("digit_cnn.csv", "lr0.001_bs64.csv", "digit_cnn+other_greedy.csv"):
+        task, _ = submit.experiment_task(tmp_path / file, cfg)
+        assert task.classes == ("x", "y", "z"), file

@@ -9,7 +9,6 @@ stage reads through that Description, so no stage branches on a layout.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import asdict, dataclass, replace
 from pathlib import PurePosixPath
@@ -358,4 +357,6 @@ def test_files(src: Source, root: str, sample: pd.DataFrame, preferred: str = ""
 
 
 def _hash(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()[:16]
+    from pipeline.folds import file_hash
+
+    return file_hash(raw)
