@@ -111,8 +111,13 @@ def resolve(data: str) -> Source:
 # -- detection -----------------------------------------------------------------------------------------------
 
 def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple[str, ...] = (), image_dir: str = "",
-             task: str = "", metric: str = "", threshold: float = 0.5, group_col: str = "") -> tuple[Description, TrainSet]:
-    """Detect the layout and the task (flags override each guess) and read the train targets."""
+             task: str = "", metric: str = "", threshold: float = 0.5, group_col: str = "",
+             known: Description | None = None) -> tuple[Description, TrainSet]:
+    """Detect the layout and the task (flags override each guess) and read the train targets.
+
+    known: the saved description when re-reading; its channels and test folder are taken as they are (make_folds
+    probed them), so no image is opened and the test side is not matched again.
+    """
     train_csv = next((f for f in (src.find(n) for n in TRAIN_CSVS) if f), None)
     root = str(PurePosixPath(train_csv).parent) + "/" if train_csv and "/" in train_csv else ""
     frame = parse_csv(src.read_file(train_csv), src.label(train_csv)) if train_csv else None
@@ -131,11 +136,12 @@ def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple
         raise PipelineError(f"--group-col: {group_col} is the target column; name a column that groups rows "
                             "(patient, image source, ...)")
     options = dict(task=task, metric=metric, threshold=threshold, group_col=group_col)
+    probed = {} if known is None else {"channels": known.channels, "test_dir": known.test_dir}
     if layout == "pixels":
         return _describe_pixels(src, train_csv, frame, target_cols, **options)
     if layout == "csv-images":
-        return _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image_dir, **options)
-    return _describe_class_folders(src, image_dir, **options)
+        return _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image_dir, probed, **options)
+    return _describe_class_folders(src, image_dir, probed, **options)
 
 
 def _csv_or_folders(src: Source, root: str, frame: pd.DataFrame, layout: str) -> str:
@@ -176,7 +182,8 @@ def _describe_pixels(src, train_csv, frame, target_cols, task, metric, threshold
                           _hash(src.read_file(train_csv)), images=images)
 
 
-def _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image_dir, task, metric, threshold, group_col):
+def _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image_dir, probed, task, metric, threshold,
+                         group_col):
     where = src.label(train_csv)
     folders = img.image_folders(src, root)
     if image_dir and image_dir.strip("/") not in folders or not folders:
@@ -197,10 +204,11 @@ def _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image
                             "in two folds)")
     files = img.match_ids(text[id_col], index, where, train_dir)
     the_task = infer_task(frame[targets], where, task, metric, threshold)
-    test_dir = _checked_test_side(src, root, the_task, train_dir, folders)
+    test_dir = probed.get("test_dir") if probed else _checked_test_side(src, root, the_task, train_dir, folders)
     desc = Description("csv-images", the_task, root=root, train_file=train_csv, id_col=id_col,
                        target_cols=tuple(targets), image_dir=train_dir, test_dir=test_dir,
-                       channels=img.detect_channels(src, files), group_col=group_col, n_images=len(frame))
+                       channels=probed.get("channels") or img.detect_channels(src, files), group_col=group_col,
+                       n_images=len(frame))
     return desc, TrainSet(encode(frame[targets], the_task, where), np.arange(len(frame), dtype=np.int64),
                           _groups(frame, group_col, where), _hash(src.read_file(train_csv)), files=tuple(files))
 
@@ -257,7 +265,7 @@ def _class_root(src: Source) -> str | None:
     return None
 
 
-def _describe_class_folders(src, image_dir, task, metric, threshold, group_col):
+def _describe_class_folders(src, image_dir, probed, task, metric, threshold, group_col):
     class_root = image_dir.strip("/") if image_dir else _class_root(src)
     if class_root is None:
         raise PipelineError(f"--layout class-folders: {src.path} has no train/<class>/ image folders")
@@ -271,9 +279,10 @@ def _describe_class_folders(src, image_dir, task, metric, threshold, group_col):
     frame = pd.DataFrame({"label": labels})
     the_task = infer_task(frame, f"{class_root}/", task or "multiclass", metric, threshold)
     folders = img.image_folders(src, root)
-    test_dir = _checked_test_side(src, root, the_task, train_dir, folders)
+    test_dir = probed.get("test_dir") if probed else _checked_test_side(src, root, the_task, train_dir, folders)
     desc = Description("class-folders", the_task, root=root, target_cols=(), image_dir=train_dir,
-                       test_dir=test_dir, channels=img.detect_channels(src, files), n_images=len(files))
+                       test_dir=test_dir, channels=probed.get("channels") or img.detect_channels(src, files),
+                       n_images=len(files))
     return desc, TrainSet(encode(frame, the_task, f"{class_root}/"), np.arange(len(files), dtype=np.int64), None,
                           img.files_hash(src, files, labels), files=tuple(files))
 
@@ -286,7 +295,7 @@ def read_train(src: Source, desc: Description | None = None) -> TrainSet:
         return describe(src)[1]
     found, train = describe(src, desc.layout, desc.id_col, desc.target_cols, desc.image_dir if desc.layout != "class-folders"
                             else desc.root + desc.image_dir, desc.task.kind, desc.task.metric, desc.task.threshold,
-                            desc.group_col)
+                            desc.group_col, known=desc)
     if desc.task.kind != "regression" and found.task.classes != desc.task.classes:
         raise PipelineError(f"--data: its classes ({', '.join(found.task.classes[:5])}, ...) differ from the ones "
                             f"the folds were made with ({', '.join(desc.task.classes[:5])}, ...); remake the folds")
