@@ -46,13 +46,17 @@ class Config:
     fold: str = "all"  # 'all' or one fold index 0..n_splits-1
     epochs: int = 15  # passes over the fold's training rows, >= 1
     batch_size: int = 0  # images per optimizer step; 0 = auto: the largest of 256/128/64/32 giving >= 16 steps an epoch
-    lr: float = 3e-3  # peak AdamW learning rate after warmup, > 0
-    weight_decay: float = 0.05  # AdamW decoupled weight decay (not on norms and biases), >= 0
+    lr: float = 3e-3  # peak learning rate after warmup, > 0
+    weight_decay: float = 0.05  # weight decay (decoupled for adamw; not on norms and biases), >= 0
     label_smoothing: float = 0.1  # on the training loss only, 0 <= x < 1
     warmup_epochs: float = 1.0  # linear warmup length in epochs, then cosine decay to 0, >= 0
     rotate: float = 10.0  # training augmentation: max rotation in degrees, 0..45
     scale: float = 0.1  # training augmentation: max zoom in or out as a fraction, 0..0.5
     shift: float = 0.08  # training augmentation: max translation as a fraction of the side, 0..0.5
+    opt: str = "adamw"  # any optimizer timm's factory knows (adamw, sgd, lamb, lion, ...; see timm.optim.list_optimizers())
+    momentum: float = 0.9  # momentum for sgd-like optimizers, 0..1
+    mixup: float = 0.0  # mixup alpha (timm's Mixup, multiclass): mix pairs of images and their labels; 0 = off
+    cutmix: float = 0.0  # cutmix alpha (timm's Mixup, multiclass): paste a patch of another image; 0 = off
     clip_grad: float = 0.0  # clip the gradients' global norm to this before each step; 0 = off
     patience: int = 0  # stop a fold after this many epochs without a better validation metric; 0 = never
     drop_rate: float = 0.0  # dropout before the classifier, passed to the backbone, 0 <= x < 1 (digit_cnn: 0.3 when 0)
@@ -131,6 +135,10 @@ RULES = {  # field -> (test, rule text)
     "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
     "tta_preset": (lambda v: v in ("", "digits", "hflip", "flips", "d4"), "must be digits, hflip or d4"),
+    "opt": (lambda v: re.fullmatch(r"[a-z0-9_]{1,40}", v) is not None, "must be an optimizer name such as adamw or sgd"),
+    "momentum": (lambda v: 0 <= v <= 1, "must be 0..1"),
+    "mixup": (lambda v: 0 <= v <= 10, "must be 0 (off) or an alpha such as 0.2"),
+    "cutmix": (lambda v: 0 <= v <= 10, "must be 0 (off) or an alpha such as 1.0"),
     "clip_grad": (lambda v: 0 <= v <= 1e6, "must be 0 (off) or a positive norm"),
     "patience": (lambda v: 0 <= v <= 10_000, "must be 0 (off) or a number of epochs"),
     "drop_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"),

@@ -144,7 +144,7 @@ class EpochResult:
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, rows: torch.Tensor,
                     targets: torch.Tensor, cfg, spec: DataSpec, step: int, total_steps: int,
                     generator: torch.Generator, desc: str = "", scaler: torch.amp.GradScaler | None = None,
-                    ema=None) -> EpochResult:
+                    ema=None, mix=None) -> EpochResult:
     """One pass over the training `rows` of (N, C, H, W) uint8 `images` (on the device, or in host memory to
     stream batches from); `targets` (N, ...) are on the device.
 
@@ -174,10 +174,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
         else:  # augmented on the device, in one batch
             x = augment(take(images, idx, device), spec.augment, cfg.rotate, cfg.scale, cfg.shift, generator)
         x = spec.inputs(x, channels_last)
+        y = targets[idx.to(device)]
+        if mix is not None:  # timm's Mixup: mixed images, soft targets that already carry the label smoothing
+            x, soft = mix(x, y)
         with autocast(device, cfg.precision):
             logits = model(x)
-        y = targets[idx.to(device)]
-        loss = spec.task.loss(logits.float(), y, cfg.label_smoothing)
+        if mix is not None:
+            loss = spec.task.loss(logits.float(), soft, 0.0)
+        else:
+            loss = spec.task.loss(logits.float(), y, cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16: scale the loss so small gradients survive, unscale before the step
             scaler.scale(loss).backward()

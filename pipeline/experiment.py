@@ -26,7 +26,8 @@ from pipeline.tasks import Task
 
 # Fields that define what an experiment trains; --resume refuses a run that changes one of them.
 RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", "weight_decay",
-          "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience",
+          "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
+          "mixup", "cutmix",
           "drop_rate", "drop_path_rate", "seed"]
 # What the rows were split by: every fold of one experiment must come from the same folds file.
 DATA_IDENTITY = ["train_hash", "folds_hash"]

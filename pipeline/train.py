@@ -33,7 +33,7 @@ from pipeline.models import build_model, pretrained_stats, unwrap
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
          "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
          "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema",
-         "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic"]
+         "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix"]
 
 
 def data_description(cfg: Config, src) -> data.Description:
@@ -65,6 +65,8 @@ def run(cfg: Config, on_epoch=None) -> dict:
     spec = DataSpec(desc.task, cfg.img_size, mean, std, cfg.aug or desc.augment)
     if is_albumentations(spec.augment):
         load_albumentations(spec.augment)  # a bad file fails here, before any work
+    mixer(cfg, spec.task, cfg.batch_size)  # refused here when it cannot apply
+    make_optimizer(nn.Linear(1, 1), cfg)
     device = resolve_device(cfg.device)
     print(f"precision {resolve_precision(cfg.precision, device)}" + (" (with a gradient scaler)"
                                                                      if grad_scaler(cfg.precision, device) else ""))
@@ -109,6 +111,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device)
     scaler = grad_scaler(cfg.precision, device)
     ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
+    mix = mixer(cfg, spec.task, cfg.batch_size)
     judged = ema.module if ema is not None else net  # what is validated, saved as best and predicted with
     state = {"epoch": 0, "step": 0, "best": None, "best_preds": None, "best_epoch": 0}
     last = exp_dir / f"fold{k}.last.pth"
@@ -123,7 +126,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
         t0 = time.perf_counter()
         epoch_result = train_one_epoch(net, optimizer, images, train_idx, targets, cfg, spec, state["step"], total_steps,
                                        generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}", scaler=scaler,
-                                       ema=ema)
+                                       ema=ema, mix=mix)
         state["step"], loss = epoch_result.step, epoch_result.loss
         preds = predict(judged, x_valid, 2 * cfg.batch_size, spec, device, precision=cfg.precision)
         check_finite(loss, preds, unwrap(judged), k, epoch, state["epoch"])
@@ -177,6 +180,31 @@ def check_finite(loss: float, probs: np.ndarray, model: nn.Module, k: int, epoch
                             f"{kept}. Lower --lr, or raise --warmup-epochs, and retrain with --overwrite")
 
 
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """timm's optimizer factory; an unknown name is one line with the names it knows."""
+    try:
+        return create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    except (ValueError, AssertionError, KeyError):
+        from timm.optim import list_optimizers
+
+        raise PipelineError(f"--opt: timm knows no optimizer {cfg.opt!r}; valid: {', '.join(list_optimizers()[:40])}, "
+                            "...") from None
+
+
+def mixer(cfg: Config, task, batch_size: int):
+    """timm's Mixup (mixup and/or cutmix, carrying the label smoothing) for multiclass tasks; None when off."""
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    if task.kind != "multiclass":
+        raise PipelineError(f"--mixup/--cutmix: for multiclass tasks (mixing class labels); this task is {task.kind}")
+    if batch_size % 2:
+        raise PipelineError(f"--mixup/--cutmix: the batch size must be even (pairs are mixed), got {batch_size}")
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                 num_classes=task.num_outputs)
+
+
 def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch.device):
     """Fold k's model (and its DataParallel wrapper), AdamW, and the generator for batch order and augmentation."""
     seed_everything(cfg.seed + k, cfg.deterministic)  # weight init, dropout, python and numpy: per fold
@@ -186,7 +214,7 @@ def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed * 1000 + k)
     return model, net, optimizer, generator

@@ -153,3 +153,47 @@ def test_patience_rule_and_drop_rates_and_determinism():
     finally:
         torch.use_deterministic_algorithms(was)
         torch.backends.cudnn.deterministic = False
+
+
+def test_mixup_trains_on_mixed_soft_targets():
+    from timm.data import Mixup
+
+    def loss_with(mix) -> float:
+        torch.manual_seed(0)
+        np.random.seed(0)
+        model = Recorder()
+        cfg = Config(batch_size=8, lr=0.1, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16, label_smoothing=0.1)
+        spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
+        images = torch.randint(0, 255, (16, 1, 2, 2), dtype=torch.uint8)
+        labels = torch.randint(0, 3, (16,))
+        return train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), images, torch.arange(16), labels,
+                               cfg, spec, 0, 2, torch.Generator().manual_seed(0), mix=mix).loss
+
+    plain = loss_with(None)
+    never = loss_with(Mixup(mixup_alpha=0.4, prob=0.0, label_smoothing=0.1, num_classes=3))  # smoothing only
+    mixed = loss_with(Mixup(mixup_alpha=0.4, prob=1.0, label_smoothing=0.1, num_classes=3))
+    assert never == pytest.approx(plain, rel=1e-5)  # timm's soft targets give the same smoothed loss
+    assert np.isfinite(mixed) and abs(mixed - plain) > 1e-4  # mixing changed the images and targets
+
+
+def test_optimizer_and_mixup_flags_end_to_end(tiny_comp, workdir, capsys):
+    from pipeline import make_folds, train
+
+    assert make_folds.main(["--data", str(tiny_comp)]) == 0
+    assert train.main(["--data", str(tiny_comp), "--fold", "0", "--epochs", "1", "--batch-size", "32", "--opt", "sgd",
+                       "--momentum", "0.8", "--mixup", "0.2", "--cutmix", "1.0"]) == 0
+    config = torch.load(workdir / "weights/digit_cnn/fold0.pth", weights_only=True)["config"]
+    assert (config["opt"], config["momentum"], config["mixup"], config["cutmix"]) == ("sgd", 0.8, 0.2, 1.0)
+    capsys.readouterr()
+    assert train.main(["--data", str(tiny_comp), "--exp", "x", "--opt", "nosuchopt"]) == 2
+    assert "--opt: timm knows no optimizer 'nosuchopt'; valid: " in capsys.readouterr().err
+    assert train.main(["--data", str(tiny_comp), "--exp", "y", "--mixup", "0.2", "--batch-size", "31"]) == 2
+    assert "the batch size must be even" in capsys.readouterr().err
+
+
+def test_opt_builds_the_named_timm_optimizer():
+    from pipeline.train import make_optimizer
+
+    sgd = make_optimizer(torch.nn.Linear(3, 2), Config(opt="sgd", momentum=0.8, lr=0.01))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8
+    assert type(make_optimizer(torch.nn.Linear(3, 2), Config(opt="lamb"))).__name__ == "Lamb"
