@@ -43,7 +43,7 @@ class Config:
     pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
     img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
     # training
-    fold: str = "all"  # 'all' or one fold index 0..n_splits-1
+    fold: str = "all"  # 'all', one fold index 0..n_splits-1, or 'full' (every row, no validation: full.pth, no CV)
     epochs: int = 15  # passes over the fold's training rows, >= 1
     batch_size: int = 0  # images per optimizer step; 0 = auto: the largest of 256/128/64/32 giving >= 16 steps an epoch
     lr: float = 3e-3  # peak learning rate after warmup, > 0
@@ -74,6 +74,7 @@ class Config:
     report: bool = False  # train: write weights/<exp>/report/ (figures and report.md) at the end
     # inference
     tta: bool = False  # infer: test-time augmentation with ttach
+    with_full: bool = False  # infer: add the experiment's full.pth (train --fold full) to its fold models
     tta_preset: str = ""  # 'digits' (shifts, zoom), 'hflip' (natural images), 'd4' (8 flips/turns, top-down images); '' = the layout's
     ensemble: str = "mean"  # infer with several experiments: mean | learned (softmax weights fitted on OOF) | greedy (Caruana, 25 rounds) | rank (AUC metrics)
     out: str = ""  # infer: submission path; '' = submissions/<exp>.csv
@@ -99,6 +100,8 @@ class Config:
         """The folds to train: all of them, or the one named by --fold."""
         if self.fold == "all":
             return list(range(n_splits))
+        if self.fold == "full":
+            return []
         k = int(self.fold)
         if k >= n_splits:
             raise PipelineError(f"--fold: must be 'all' or 0..{n_splits - 1} (the folds file has {n_splits}), got {k}")
@@ -121,8 +124,8 @@ RULES = {  # field -> (test, rule text)
     "n_splits": (lambda v: 2 <= v <= 20, "must be 2..20"),
     "seed": (lambda v: 0 <= v < 2**31, "must be 0..2147483647"),
     "img_size": (lambda v: 16 <= v <= 512, "must be 16..512"),
-    "fold": (lambda v: v == "all" or (re.fullmatch(r"[0-9]{1,2}", v) is not None and int(v) < 20),
-             "must be 'all' or a fold index 0..n_splits-1"),
+    "fold": (lambda v: v in ("all", "full") or (re.fullmatch(r"[0-9]{1,2}", v) is not None and int(v) < 20),
+             "must be 'all', 'full' or a fold index 0..n_splits-1"),
     "epochs": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
     "batch_size": (lambda v: v == 0 or 2 <= v <= 65_536, "must be 0 (auto) or 2..65536"),
     "lr": (lambda v: 0 < v < 10, "must be > 0 (and < 10)"),

@@ -33,7 +33,7 @@ RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", 
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
 _NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|metrics\.csv|schedule\.csv|test_probs\.npy|test_probs\.json" \
-         r"|fold\d+\.pth|fold\d+\.last\.pth"
+         r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth"
 ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
 LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
 _REPORT = r"report\.md|curves\.png|lr\.png|confusion\.png|confusion\.csv|per_class\.csv|wrong\.png"
@@ -158,6 +158,18 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
     if finished:
         print(f"resume: folds {', '.join(map(str, finished))} already finished, kept as they are")
     return [k for k in folds if k not in finished]
+
+
+def prepare_full(exp_dir: Path, config: dict, overwrite: bool) -> None:
+    """--fold full joins an experiment only with the same recipe and data; an existing full.pth needs --overwrite."""
+    saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
+    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and saved.get(f) != config.get(f)]
+    if changed:
+        raise PipelineError(f"--fold full: {exp_dir}'s folds were trained with {_what(changed[0])}="
+                            f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; the full-data model "
+                            "must share the folds' recipe: use the same flags, or another --exp")
+    if (exp_dir / "full.pth").exists() and not overwrite:
+        raise PipelineError(f"{exp_dir}/full.pth exists; add --overwrite to train it again")
 
 
 def other_folds_hash(exp_dir: Path, folds_hash: str, retrained: list[int]) -> str | None:

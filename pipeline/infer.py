@@ -26,7 +26,7 @@ from pipeline.tasks import Task
 from pipeline.models import build_model
 
 FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size", "cache_dir",
-         "precision"]
+         "precision", "with_full"]
 
 
 def run(cfg: Config) -> pd.DataFrame:
@@ -172,6 +172,11 @@ def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, preset:
     """Mean of the k fold models' test predictions (N, C); saved as weights/<exp>/test_probs.npy."""
     paths = fold_checkpoints(exp_dir)
     config = experiment_config(exp_dir)
+    if cfg.with_full:
+        if not (exp_dir / "full.pth").is_file():
+            raise PipelineError(f"--with-full: {exp_dir} has no full.pth; train it with: python -m pipeline.train "
+                                f"--exp {exp_dir.name} --fold full")
+        paths = [*paths, exp_dir / "full.pth"]
     total = None
     for k, path in enumerate(paths):
         model, spec = load_fold_model(path, device, config)
@@ -190,7 +195,8 @@ def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, preset:
     write_npy(mean, where / f"{prefix}test_probs.npy")
     write_json({"tta": cfg.tta, "tta_preset": preset if cfg.tta else None, "folds": len(paths),
                 "rows": len(mean)}, where / f"{prefix}test_probs.json")
-    print(f"{exp_dir.name}: {len(paths)} folds{' with TTA (' + preset + ')' if cfg.tta else ''} -> "
+    print(f"{exp_dir.name}: {len(paths) - cfg.with_full} folds{' + the full-data model' if cfg.with_full else ''}"
+          f"{' with TTA (' + preset + ')' if cfg.tta else ''} -> "
           f"{where / (prefix + 'test_probs.npy')}")
     return mean
 

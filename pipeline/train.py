@@ -75,6 +75,8 @@ def run(cfg: Config, on_epoch=None) -> dict:
     resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": folds.n_splits, "num_classes": desc.task.num_outputs,
                                "in_chans": desc.channels, "train_hash": train.train_hash, "folds_hash": folds.folds_hash,
                                "group_col": desc.group_col, "data_spec": spec.to_dict(), "data": desc.to_dict()}
+    if cfg.fold == "full":
+        return train_full(cfg, resolved, spec, src, desc, train, exp_dir, device)
     with experiment.locked(exp_dir):
         todo = experiment.prepare(exp_dir, resolved, fold_ids, cfg.resume, cfg.overwrite)
         write_json(resolved, exp_dir / "config.json")
@@ -100,6 +102,34 @@ def run(cfg: Config, on_epoch=None) -> dict:
         else:
             print(f"figures: python -m pipeline.report --exp {cfg.exp_name}")
     return cv
+
+
+def train_full(cfg: Config, resolved: dict, spec: DataSpec, src, desc, train, exp_dir: Path, device: torch.device) -> dict:
+    """--fold full: every row for the same epochs, no validation (so no CV, no best epoch): the last epoch is saved."""
+    with experiment.locked(exp_dir):
+        experiment.prepare_full(exp_dir, resolved, cfg.overwrite)
+        if not (exp_dir / "config.json").exists():
+            write_json(resolved | {"fold": "all"}, exp_dir / "config.json")
+        images = on_device(data.train_images(src, desc, train, cfg.img_size, cfg.cache_dir),
+                           device if not is_albumentations(spec.augment) else torch.device("cpu"))
+        targets = torch.from_numpy(train.targets).to(device)
+        rows = torch.arange(len(targets), device=images.device)
+        k = int(resolved["n_splits"])  # seeds apart from every fold's
+        model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device)
+        scaler, mix = grad_scaler(cfg.precision, device), mixer(cfg, spec.task, cfg.batch_size)
+        ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
+        total_steps, step = cfg.epochs * steps_per_epoch(len(rows), cfg.batch_size), 0
+        print(f"training {cfg.model} on all {len(rows):,} rows for {cfg.epochs} epochs, no validation -> {exp_dir}/full.pth")
+        for epoch in range(cfg.epochs):
+            result = train_one_epoch(net, optimizer, images, rows, targets, cfg, spec, step, total_steps, generator,
+                                     desc=f"full epoch {epoch + 1}/{cfg.epochs}", scaler=scaler, ema=ema, mix=mix)
+            step = result.step
+            check_finite(result.loss, np.zeros((1, 1)), unwrap(ema.module if ema else net), "full", epoch, 0)
+            tqdm.write(f"full epoch {epoch + 1:>3}/{cfg.epochs}  train loss {result.loss:.4f}")
+        save_checkpoint({"state_dict": unwrap(ema.module if ema else net).state_dict(), "config": resolved,
+                         "fold": "full", "epoch": cfg.epochs}, exp_dir / "full.pth")
+    print(f"wrote {exp_dir}/full.pth (no CV for it: every row was trained on); add it at inference with --with-full")
+    return {"full": str(exp_dir / "full.pth")}
 
 
 def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,

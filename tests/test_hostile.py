@@ -630,7 +630,7 @@ def test_ambiguous_zip_and_csv_headers(trained_once, tmp_path):
 
 def test_odd_values_are_one_line(project, tmp_path, capsys):
     assert train.main(["--data", project, "--fold", "\u00b2"]) == 2  # a superscript two is a digit to str.isdigit
-    assert "--fold: must be 'all' or a fold index" in one_error_line(capsys.readouterr().err)
+    assert "--fold: must be 'all', 'full' or a fold index" in one_error_line(capsys.readouterr().err)
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"weights_dir": "w\u0000"}))
     assert train.main(["--config", str(path), "--data", project]) == 2

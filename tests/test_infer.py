@@ -91,3 +91,27 @@ def test_greedy_ensemble_and_rank_refused_for_accuracy(two_experiments, workdir,
     assert (sub["Label"].to_numpy() == (w[0] * pa + w[1] * pb).argmax(1)).all()
     assert infer.main(["--data", comp, "--exp", "a", "b", "--ensemble", "rank"]) == 2
     assert "--ensemble rank: rank averaging keeps only the order" in capsys.readouterr().err
+
+
+def test_full_data_model_joins_the_folds(two_experiments, workdir, capsys):
+    comp = two_experiments
+    assert train.main(["--data", comp, "--exp", "a", "--fold", "full", "--epochs", "2", "--batch-size", "32",
+                       "--lr", "3e-3"]) == 0
+    assert (workdir / "weights/a/full.pth").is_file() and "no CV for it" in capsys.readouterr().out
+    assert infer.main(["--data", comp, "--exp", "a"]) == 0
+    folds_only = np.load(workdir / "weights/a/test_probs.npy")
+    assert infer.main(["--data", comp, "--exp", "a", "--with-full"]) == 0
+    with_full = np.load(workdir / "weights/a/test_probs.npy")
+    from pipeline import data
+    from pipeline.engine import predict
+
+    model, spec = infer.load_fold_model(workdir / "weights/a/full.pth", torch.device("cpu"))
+    test = data.read_test(data.resolve(comp), data.Description("pixels", spec.task, side=28), 28, ".cache")[0]
+    full = predict(model, torch.from_numpy(test), 64, spec, torch.device("cpu"))
+    np.testing.assert_allclose(with_full, (5 * folds_only + full) / 6, atol=1e-6)
+    capsys.readouterr()
+    assert train.main(["--data", comp, "--exp", "a", "--fold", "full", "--epochs", "2", "--batch-size", "32",
+                       "--lr", "1e-3"]) == 2
+    assert "must share the folds' recipe" in capsys.readouterr().err
+    assert infer.main(["--data", comp, "--exp", "b", "--with-full"]) == 2
+    assert "--with-full: weights/b has no full.pth" in capsys.readouterr().err
