@@ -6,7 +6,8 @@
 1. delivery: images per second handed to the model, no model. Notebook: PIL open + resize + albumentations
    (flip, affine, brightness/contrast) per item in DataLoader workers, every epoch. Pipeline: the uint8 cache
    (decoded once, timed apart), batches gathered and augmented on the device with the same law.
-2. one training epoch of the same model, precision and optimizer through each path.
+2. one training epoch of the same model, precision (--precision), fixed lr and optimizer through each path, the
+   model build and one warm-up step outside the timer on both sides.
 Figures are printed, never asserted; the last line is the speedup.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline import data
 from pipeline.augment import random_natural, to_model_input
 from pipeline.config import Config
 from pipeline.data import images as img
-from pipeline.engine import DataSpec, autocast, take, train_one_epoch
+from pipeline.engine import DataSpec, autocast, grad_scaler, take, train_one_epoch
 from pipeline.models import build_model
 from pipeline.tasks import Task
 
@@ -115,23 +116,36 @@ def epoch_notebook(cfg: Config, files, labels, workers: int, device) -> float:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, 10, 3, cfg.img_size).to(device)
     optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = grad_scaler(cfg.precision, device)
     loader = notebook_loader(files, labels, cfg.img_size, cfg.batch_size, workers)
+
+    def train_step(x, y):
+        with autocast(device, cfg.precision):
+            logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
 
     def one_epoch():
         model.train()
         for x, y in loader:
-            with autocast(device, cfg.precision):
-                logits = model(x.to(device))
-            loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    next(iter(loader))
+            train_step(x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    model.train()
+    train_step(*next(iter(loader)))  # warm-up: workers started, kernels chosen
     return timed(one_epoch)[0]
 
 
 def epoch_pipeline(cfg: Config, cache: np.ndarray, labels: np.ndarray, device) -> float:
-    """One epoch of `train_one_epoch` on the cache, the code `python -m pipeline.train` runs."""
+    """One epoch of `train_one_epoch` on the cache, the code `python -m pipeline.train` runs (the same fixed lr,
+    precision and warm-up step as the notebook side)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, 10, 3, cfg.img_size).to(device)
     optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -139,8 +153,14 @@ def epoch_pipeline(cfg: Config, cache: np.ndarray, labels: np.ndarray, device) -
     images, targets = torch.from_numpy(cache).to(device), torch.from_numpy(labels).to(device)
     rows = torch.arange(len(images), device=device)
     generator = torch.Generator(device=device).manual_seed(0)
-    steps = len(rows) // cfg.batch_size
-    return timed(lambda: train_one_epoch(model, optimizer, images, rows, targets, cfg, spec, 0, steps, generator))[0]
+    scaler = grad_scaler(cfg.precision, device)
+
+    def one_epoch(rows):
+        train_one_epoch(model, optimizer, None, images, rows, targets, cfg, spec, 0, generator, scaler=scaler)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    one_epoch(rows[:cfg.batch_size])  # warm-up: one step
+    return timed(lambda: one_epoch(rows))[0]
 
 
 def run(cfg: Config, n: int, workers: int, device: torch.device) -> float:

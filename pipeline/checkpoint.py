@@ -59,6 +59,59 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
+def to_host(obj):
+    """A copy of every tensor in `obj` (nested dicts, lists, tuples) in host memory, safe from later in-place updates."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Checkpoints written on one background thread, in order, so training does not wait for the disk.
+
+    `save` copies the tensors to host memory at once (the training thread goes on changing them), then returns;
+    `wait` blocks until every save is on disk and re-raises a failed write. `seconds` is the time spent writing.
+    Each file is still written atomically: a process killed mid-write leaves the previous file whole.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending: list = []
+        self.seconds = 0.0
+
+    def save(self, obj: dict, path: str | Path) -> None:
+        while len(self._pending) > 1:  # at most two copies waiting: host memory stays bounded when the disk is slow
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._write, to_host(obj), Path(path)))
+
+    def _write(self, obj: dict, path: Path) -> None:
+        import time
+
+        started = time.perf_counter()
+        save_checkpoint(obj, path)
+        self.seconds += time.perf_counter() - started
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def read_json(path: str | Path, what: str = "file") -> dict:
     """A JSON object from a file the pipeline wrote; a truncated or hand-broken one is a one-line error."""
     path = Path(path)

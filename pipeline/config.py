@@ -47,9 +47,14 @@ class Config:
     epochs: int = 15  # passes over the fold's training rows, >= 1
     batch_size: int = 0  # images per optimizer step; 0 = auto: the largest of 256/128/64/32 giving >= 16 steps an epoch
     lr: float = 3e-3  # peak learning rate after warmup, > 0
+    sched: str = "cosine"  # lr schedule (timm's scheduler factory): cosine | step | plateau | constant; cosine, step and constant move every optimizer step, plateau once an epoch on the validation metric
+    min_lr: float = 0.0  # lr the cosine decays to, and plateau's floor; sweep and tune keep its ratio to the config's --lr (3e-3 unless set) for each lr they try, 0 <= x < lr
+    warmup_lr: float = 1e-5  # lr at the first warmup step, rising linearly to --lr, 0 <= x < lr
+    decay_epochs: float = 0.0  # step: epochs between decays; plateau: epochs without a better metric before a decay; 0 = auto (step: a third of --epochs, plateau: 2)
+    decay_rate: float = 0.1  # step and plateau: the lr is multiplied by this at each decay, 0 < x < 1
     weight_decay: float = 0.05  # weight decay (decoupled for adamw; not on norms and biases), >= 0
     label_smoothing: float = 0.1  # on the training loss only, 0 <= x < 1
-    warmup_epochs: float = 1.0  # linear warmup length in epochs, then cosine decay to 0, >= 0
+    warmup_epochs: float = 1.0  # linear warmup length in epochs, from --warmup-lr to --lr, >= 0
     rotate: float = 10.0  # training augmentation: max rotation in degrees, 0..45
     scale: float = 0.1  # training augmentation: max zoom in or out as a fraction, 0..0.5
     shift: float = 0.08  # training augmentation: max translation as a fraction of the side, 0..0.5
@@ -62,6 +67,7 @@ class Config:
     drop_rate: float = 0.0  # dropout before the classifier, passed to the backbone, 0 <= x < 1 (digit_cnn: 0.3 when 0)
     drop_path_rate: float = 0.0  # stochastic depth, passed to backbones that have it, 0 <= x < 1
     deterministic: bool = False  # cuDNN determinism and deterministic algorithms (slower on GPU)
+    swa_epochs: int = 0  # average the weights of the fold's last N epochs (torch swa_utils), recompute BatchNorm on its training rows, keep SWA or the best epoch, whichever scores better; 0 = off
     ema: float = 0.0  # model EMA decay per optimizer step (timm's ModelEmaV3), e.g. 0.999; the EMA weights are validated, saved and predicted with; 0 = off
     aug: str = ""  # training augmentation: '' = the layout's (digits for pixels, natural for image files), digits | natural | none, or an albumentations file (.json/.yaml written by A.save, run in DataLoader workers)
     exp: tuple[str, ...] = ()  # experiment name(s) under weights_dir: train takes one, infer several; () = model name
@@ -132,6 +138,12 @@ RULES = {  # field -> (test, rule text)
     "weight_decay": (lambda v: 0 <= v <= 10, "must be 0..10"),
     "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "warmup_epochs": (lambda v: 0 <= v <= 10_000, "must be 0..10000"),
+    "sched": (lambda v: v in ("cosine", "step", "plateau", "constant"), "must be cosine, step, plateau or constant"),
+    "min_lr": (lambda v: 0 <= v < 10, "must be >= 0"),
+    "warmup_lr": (lambda v: 0 <= v < 10, "must be >= 0"),
+    "decay_epochs": (lambda v: 0 <= v <= 10_000, "must be 0 (auto) or a number of epochs"),
+    "decay_rate": (lambda v: 0 < v < 1, "must be between 0 and 1"),
+    "swa_epochs": (lambda v: 0 <= v <= 10_000, "must be 0 (off) or a number of epochs"),
     "rotate": (lambda v: 0 <= v <= 45, "must be 0..45 degrees"),
     "scale": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
@@ -179,6 +191,20 @@ def _problems(cfg: Config):
             yield f"{flag(name)}: {rule}, got {value!r}"
     if cfg.resume and cfg.overwrite:
         yield "--resume and --overwrite: choose one"
+    for name in ("min_lr", "warmup_lr"):
+        if getattr(cfg, name) >= cfg.lr:
+            yield f"{flag(name)}: must be below --lr ({cfg.lr:g}), got {getattr(cfg, name):g}"
+    if cfg.swa_epochs > cfg.epochs:
+        yield f"--swa-epochs: at most --epochs ({cfg.epochs}), got {cfg.swa_epochs}"
+
+
+def with_lr(cfg: Config, lr: float) -> Config:
+    """cfg at another peak lr, --min-lr moved with it (same ratio), as the lr x batch-size study asks.
+
+    >>> with_lr(Config(lr=1e-3, min_lr=1e-5), 4e-3).min_lr
+    4e-05
+    """
+    return dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr * lr / cfg.lr, warmup_lr=min(cfg.warmup_lr, lr / 10))
 
 
 def flag(name: str) -> str:

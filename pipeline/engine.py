@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 
 from pipeline.augment import albumentations_batches, augment, is_albumentations, to_model_input
 from pipeline.errors import PipelineError
-from pipeline.schedule import lr_at
 from pipeline.tasks import Task
 
 
@@ -133,6 +132,41 @@ def auto_batch_size(n_rows: int) -> int:
     return next((b for b in (256, 128, 64) if n_rows // b >= 16), 32)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps: int, higher_is_better: bool = True):
+    """timm's scheduler factory for cfg.sched over cfg.epochs of `steps` optimizer steps.
+
+    cosine, step and constant are functions of the optimizer step (call `step_update(step)` before each step);
+    plateau decays on the validation metric (call `step(epoch, metric)` after each epoch); each call is a no-op
+    for the other kind, so the training loop calls both.
+    """
+    import warnings
+
+    from timm.scheduler import create_scheduler_v2
+
+    plateau = cfg.sched == "plateau"
+    decay = cfg.decay_epochs or (2 if plateau else max(1.0, cfg.epochs / 3))
+    with warnings.catch_warnings():  # timm deprecates plateau for not saving its state; train saves it (see snapshot)
+        warnings.simplefilter("ignore", FutureWarning)
+        scheduler, _ = create_scheduler_v2(
+            optimizer, cfg.sched, num_epochs=cfg.epochs, decay_epochs=decay, patience_epochs=round(decay),
+            decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,
+            warmup_epochs=round(cfg.warmup_epochs) if plateau else cfg.warmup_epochs,
+            plateau_mode="max" if higher_is_better else "min", step_on_epochs=plateau, updates_per_epoch=steps)
+    return scheduler
+
+
+def scheduler_state(scheduler) -> dict:
+    """What a resume needs: nothing for the step-driven schedules (a function of the step), plateau's counters."""
+    inner = getattr(scheduler, "lr_scheduler", None)  # timm's plateau wraps torch's ReduceLROnPlateau
+    return inner.state_dict() if inner is not None else {}
+
+
+def load_scheduler_state(scheduler, state: dict) -> None:
+    inner = getattr(scheduler, "lr_scheduler", None)
+    if inner is not None and state:
+        inner.load_state_dict(state)
+
+
 @dataclass
 class EpochResult:
     loss: float  # mean label-smoothed training loss
@@ -141,19 +175,19 @@ class EpochResult:
     lrs: list[float]  # learning rate of each optimizer step, as applied
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, rows: torch.Tensor,
-                    targets: torch.Tensor, cfg, spec: DataSpec, step: int, total_steps: int,
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, images: torch.Tensor,
+                    rows: torch.Tensor, targets: torch.Tensor, cfg, spec: DataSpec, step: int,
                     generator: torch.Generator, desc: str = "", scaler: torch.amp.GradScaler | None = None,
                     ema=None, mix=None) -> EpochResult:
     """One pass over the training `rows` of (N, C, H, W) uint8 `images` (on the device, or in host memory to
     stream batches from); `targets` (N, ...) are on the device.
 
-    lr follows lr_at(step) per optimizer step; label smoothing applies to this loss only.
+    `scheduler` (make_scheduler, or None for a fixed lr) sets the lr before each optimizer step; label smoothing
+    applies to this loss only.
     """
     device, n = targets.device, len(rows)
     batch = min(cfg.batch_size, n)
     n_steps = steps_per_epoch(n, cfg.batch_size)
-    warmup = round(cfg.warmup_epochs * n_steps)
     channels_last = device.type == "cuda"
     order = rows[torch.randperm(n, device=device, generator=generator).to(rows.device)]
     total_loss = torch.zeros((), device=device)
@@ -164,9 +198,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
     workers = albumentations_batches(images, order, batch, spec.augment, generator) \
         if is_albumentations(spec.augment) else None
     for i in bar:
-        lr = lr_at(step, total_steps, warmup, cfg.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        if scheduler is not None:
+            scheduler.step_update(step)
+        lr = optimizer.param_groups[0]["lr"]
         lrs.append(lr)
         idx = order[i * batch:(i + 1) * batch]
         if workers is not None:  # augmented on the CPU by albumentations, in DataLoader workers

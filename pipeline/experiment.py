@@ -4,6 +4,7 @@ config.json  resolved config            fold<k>.pth       best epoch: state dict
 oof.csv      id, fold, label, p0..p9     fold<k>.last.pth  end of the last finished epoch (for --resume)
 metrics.csv  one row per fold and epoch  cv.json           per-fold and overall local CV
 schedule.csv learning rate of every optimizer step, as applied
+selection.csv per fold: the best epoch's and the SWA average's scores, and which of the two fold<k>.pth holds
 .lock        held by the one training that writes here; says who holds it
 """
 from __future__ import annotations
@@ -21,18 +22,19 @@ import numpy as np
 import pandas as pd
 
 from pipeline.checkpoint import read_json, write_csv, write_json
+from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
 # Fields that define what an experiment trains; --resume refuses a run that changes one of them.
 RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", "weight_decay",
           "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
-          "mixup", "cutmix",
+          "mixup", "cutmix", "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
           "drop_rate", "drop_path_rate", "seed"]
 # What the rows were split by: every fold of one experiment must come from the same folds file.
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
-_NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|metrics\.csv|schedule\.csv|test_probs\.npy|test_probs\.json" \
+_NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
          r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth"
 ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
 LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
@@ -133,7 +135,7 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
         raise PipelineError(f"{'--resume' if resume else '--overwrite --fold ' + ','.join(map(str, folds))}: {exp_dir} "
                             "has no config.json, so which folds file and recipe its folds used is unknown; retrain "
                             "every fold with --overwrite --fold all, or use another --exp")
-    changed = [f for f in RECIPE + DATA_IDENTITY if saved.get(f) != config.get(f)]
+    changed = [f for f in RECIPE + DATA_IDENTITY if _saved(saved, f) != config.get(f)]
     stale = other_folds_hash(exp_dir, config["folds_hash"], folds if overwrite else [])
     if stale and "folds_hash" not in changed:  # config.json says one folds file, a kept checkpoint another
         changed, saved = ["folds_hash", *changed], saved | {"folds_hash": stale}
@@ -163,7 +165,7 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
 def prepare_full(exp_dir: Path, config: dict, overwrite: bool) -> None:
     """--fold full joins an experiment only with the same recipe and data; an existing full.pth needs --overwrite."""
     saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
-    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and saved.get(f) != config.get(f)]
+    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and _saved(saved, f) != config.get(f)]
     if changed:
         raise PipelineError(f"--fold full: {exp_dir}'s folds were trained with {_what(changed[0])}="
                             f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; the full-data model "
@@ -186,6 +188,11 @@ def other_folds_hash(exp_dir: Path, folds_hash: str, retrained: list[int]) -> st
     return None
 
 
+def _saved(saved: dict, field: str):
+    """A recipe field of an experiment's config.json; a field added since it was trained has its default."""
+    return saved.get(field, getattr(Config(), field, None))
+
+
 def _what(field: str) -> str:
     return {"folds_hash": "folds file hash", "train_hash": "train.csv hash"}.get(field, field)
 
@@ -194,7 +201,7 @@ def forget_fold(exp_dir: Path, k: int) -> None:
     """Remove fold k's checkpoints and rows, leaving the other folds intact."""
     for name in (f"fold{k}.pth", f"fold{k}.last.pth"):
         (exp_dir / name).unlink(missing_ok=True)
-    for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv"):
+    for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv", "selection.csv"):
         table = read_table(exp_dir / name)
         if table is not None:
             write_csv(table[table["fold"] != k], exp_dir / name)
@@ -222,6 +229,26 @@ def _replace_rows(path: Path, new: pd.DataFrame, fold: int, epoch: int) -> None:
         keep = ~((table["fold"] == fold) & (table["epoch"] >= epoch))
         new = pd.concat([table[keep], new], ignore_index=True)
     write_csv(new, path)
+
+
+def write_selection(exp_dir: Path, row: dict) -> None:
+    """Replace fold row["fold"]'s row of selection.csv (best epoch vs SWA: the scores and which was kept)."""
+    old = read_table(exp_dir / "selection.csv")
+    new = pd.DataFrame([row])
+    if old is not None:
+        new = pd.concat([old[old["fold"] != row["fold"]], new], ignore_index=True).sort_values("fold")
+    write_csv(new, exp_dir / "selection.csv")
+
+
+def read_selection(exp_dir: Path, folds: list[int]) -> dict:
+    """{fold: {best_epoch, best_epoch_<metric>, swa_epochs, swa_<metric>, kept}} for the folds present, from
+    selection.csv (absent for experiments trained before it existed)."""
+    table = read_table(exp_dir / "selection.csv")
+    if table is None:
+        return {}
+    rows = table[table["fold"].isin(folds)].set_index("fold")
+    return {int(k): {c: (None if isinstance(v, float) and v != v else v.item() if hasattr(v, "item") else v)
+                     for c, v in row.items()} for k, row in rows.iterrows()}
 
 
 def write_oof(exp_dir: Path, ids: np.ndarray, k: int, targets: np.ndarray, preds: np.ndarray, task: Task) -> None:
@@ -278,13 +305,25 @@ def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> dict:
 
 def write_cv(exp_dir: Path, n_splits: int, extra: dict, task: Task) -> dict:
     cv = cv_summary(read_table(exp_dir / "oof.csv"), n_splits, task) | extra
+    cv["selection"] = read_selection(exp_dir, cv["folds_present"])
     write_json(cv, exp_dir / "cv.json")
     return cv
 
 
+def _kept(sel: dict | None, metric: str) -> str:
+    """'  (SWA of 3 epochs; best epoch 14: 0.99012)' when the fold trained with --swa-epochs."""
+    if not sel or not sel.get("swa_epochs"):
+        return ""
+    other = f"best epoch {sel['best_epoch']}: {sel[f'best_epoch_{metric}']:.5f}"
+    swa = f"SWA of {sel['swa_epochs']} epochs: {sel[f'swa_{metric}']:.5f}"
+    return f"  (kept {'SWA' if sel['kept'] == 'swa' else 'the best epoch'}; {swa}, {other})"
+
+
 def format_cv(cv: dict, name: str) -> str:
     metric = cv.get("metric", "accuracy")
-    lines = [f"fold {k}: {metric} {s[metric]:.5f}  loss {s['loss']:.4f}" for k, s in cv["per_fold"].items()]
+    chosen = {int(k): v for k, v in cv.get("selection", {}).items()}
+    lines = [f"fold {k}: {metric} {s[metric]:.5f}  loss {s['loss']:.4f}{_kept(chosen.get(int(k)), metric)}"
+             for k, s in cv["per_fold"].items()]
     present = "all folds" if cv["complete"] else f"folds {', '.join(map(str, cv['folds_present']))} of {cv['n_splits']} only"
     lines.append(f"local CV ({name}, {present}, {cv['rows']:,} OOF rows): {metric} {cv['oof'][metric]:.5f} "
                  f"(fold mean {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f})  loss {cv['oof']['loss']:.4f}")

@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline import train
 from pipeline.checkpoint import write_csv
-from pipeline.config import Config, check_name, parse_stage
+from pipeline.config import Config, check_name, parse_stage, with_lr
 from pipeline.errors import main_guard
 
 FLAGS = [f for f in train.FLAGS if f not in ("lr", "batch_size", "exp", "resume", "report", "oof_tta", "overwrite")]
@@ -47,7 +47,7 @@ def plot_heatmap(grid: pd.DataFrame, path: Path, metric: str = "accuracy") -> No
 
 def run(cfg: Config, extra: dict) -> pd.DataFrame:
     out_dir = Path(cfg.weights_dir) / "sweeps" / check_name(extra["name"], "--name")
-    cells = {f"lr{lr:g}_bs{bs}": replace(cfg, lr=lr, batch_size=bs, exp=(f"lr{lr:g}_bs{bs}",), weights_dir=str(out_dir),
+    cells = {f"lr{lr:g}_bs{bs}": replace(with_lr(cfg, lr), batch_size=bs, exp=(f"lr{lr:g}_bs{bs}",), weights_dir=str(out_dir),
                                          overwrite=True)
              for lr in extra["lr"] for bs in extra["batch_size"]}  # every cell validated before the first trains
     rows = []

@@ -16,15 +16,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
+from torch.optim.swa_utils import AveragedModel, update_bn
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from pipeline import data, experiment
-from pipeline.checkpoint import load_checkpoint, save_checkpoint, write_json
+from pipeline.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, write_json
 from pipeline.augment import is_albumentations, load_albumentations
 from pipeline.config import Config, parse_config, to_dict
-from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, predict, resolve_device, resolve_precision,
-                             on_device, seed_everything, steps_per_epoch, train_one_epoch)
+from pipeline.engine import (DataSpec, auto_batch_size, autocast, grad_scaler, load_scheduler_state, make_scheduler,
+                             on_device, predict, resolve_device, resolve_precision, scheduler_state, seed_everything,
+                             steps_per_epoch, take, train_one_epoch)
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.folds import description_path, read_description, read_folds
 from pipeline.infer import oof_tta
@@ -33,7 +35,8 @@ from pipeline.models import build_model, pretrained_stats, unwrap
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
          "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
          "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema",
-         "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix"]
+         "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix",
+         "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs"]
 
 
 def data_description(cfg: Config, src) -> data.Description:
@@ -66,6 +69,9 @@ def run(cfg: Config, on_epoch=None) -> dict:
     if is_albumentations(spec.augment):
         load_albumentations(spec.augment)  # a bad file fails here, before any work
     mixer(cfg, spec.task, cfg.batch_size)  # refused here when it cannot apply
+    if cfg.fold == "full" and cfg.sched == "plateau":
+        raise PipelineError("--sched plateau: decays on the validation metric, and --fold full has no validation rows; "
+                            "use cosine, step or constant")
     make_optimizer(nn.Linear(1, 1), cfg)
     device = resolve_device(cfg.device)
     print(f"precision {resolve_precision(cfg.precision, device)}" + (" (with a gradient scaler)"
@@ -117,76 +123,136 @@ def train_full(cfg: Config, resolved: dict, spec: DataSpec, src, desc, train, ex
         k = int(resolved["n_splits"])  # seeds apart from every fold's
         model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device)
         scaler, mix = grad_scaler(cfg.precision, device), mixer(cfg, spec.task, cfg.batch_size)
+        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(rows), cfg.batch_size))
         ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
-        total_steps, step = cfg.epochs * steps_per_epoch(len(rows), cfg.batch_size), 0
+        swa = AveragedModel(model) if cfg.swa_epochs else None
+        step = 0
         print(f"training {cfg.model} on all {len(rows):,} rows for {cfg.epochs} epochs, no validation -> {exp_dir}/full.pth")
         for epoch in range(cfg.epochs):
-            result = train_one_epoch(net, optimizer, images, rows, targets, cfg, spec, step, total_steps, generator,
+            result = train_one_epoch(net, optimizer, scheduler, images, rows, targets, cfg, spec, step, generator,
                                      desc=f"full epoch {epoch + 1}/{cfg.epochs}", scaler=scaler, ema=ema, mix=mix)
             step = result.step
             check_finite(result.loss, np.zeros((1, 1)), unwrap(ema.module if ema else net), "full", epoch, 0)
+            scheduler.step(epoch + 1)
+            if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
+                swa.update_parameters(model)
             tqdm.write(f"full epoch {epoch + 1:>3}/{cfg.epochs}  train loss {result.loss:.4f}")
-        save_checkpoint({"state_dict": unwrap(ema.module if ema else net).state_dict(), "config": resolved,
-                         "fold": "full", "epoch": cfg.epochs}, exp_dir / "full.pth")
+        final = unwrap(ema.module if ema else net)
+        if swa is not None:  # nothing to compare it with (no validation rows): the average is what is saved
+            finish_swa(swa, cfg, spec, images, rows, None, device, "full", cfg.epochs)
+            final = swa.module
+            print(f"full: saving the SWA average of the last {int(swa.n_averaged)} epochs (no validation to choose by)")
+        save_checkpoint({"state_dict": final.state_dict(), "config": resolved, "fold": "full", "epoch": cfg.epochs},
+                        exp_dir / "full.pth")
     print(f"wrote {exp_dir}/full.pth (no CV for it: every row was trained on); add it at inference with --with-full")
     return {"full": str(exp_dir / "full.pth")}
 
 
 def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,
                folds: np.ndarray, exp_dir: Path, device: torch.device, on_epoch=None) -> np.ndarray:
-    """Train fold k; save its best epoch by the competition metric; return that epoch's validation predictions."""
+    """Train fold k; save its best epoch (or its SWA average, when that scores better) by the competition metric;
+    return those validation predictions."""
     train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(images.device)
     valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(images.device)
     valid_targets = targets[valid_idx.to(device)].cpu().numpy()
     model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(train_idx), cfg.batch_size),
+                               spec.task.higher_is_better)
     scaler = grad_scaler(cfg.precision, device)
     ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
+    swa = AveragedModel(model) if cfg.swa_epochs else None
     mix = mixer(cfg, spec.task, cfg.batch_size)
     judged = ema.module if ema is not None else net  # what is validated, saved as best and predicted with
+    metric = spec.task.metric
     state = {"epoch": 0, "step": 0, "best": None, "best_preds": None, "best_epoch": 0}
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
-        state = restore(load_checkpoint(last), model, optimizer, generator, last, scaler, ema)
-        check_snapshot(state, (len(valid_idx), spec.task.num_outputs), spec.task.metric, cfg.epochs, last)
+        state = restore(load_checkpoint(last), model, optimizer, generator, last, scaler, ema, scheduler, swa)
+        check_snapshot(state, (len(valid_idx), spec.task.num_outputs), metric, cfg.epochs, last)
         print(f"resume: fold {k} continues after epoch {state['epoch']} of {cfg.epochs} "
-              f"(best {spec.task.metric} so far {state['best'][spec.task.metric]:.5f})")
+              f"(best {metric} so far {state['best'][metric]:.5f})")
     x_valid = images[valid_idx]
-    total_steps = cfg.epochs * steps_per_epoch(len(train_idx), cfg.batch_size)
-    for epoch in range(state["epoch"], cfg.epochs):
-        t0 = time.perf_counter()
-        epoch_result = train_one_epoch(net, optimizer, images, train_idx, targets, cfg, spec, state["step"], total_steps,
-                                       generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}", scaler=scaler,
-                                       ema=ema, mix=mix)
-        state["step"], loss = epoch_result.step, epoch_result.loss
-        preds = predict(judged, x_valid, 2 * cfg.batch_size, spec, device, precision=cfg.precision)
-        check_finite(loss, preds, unwrap(judged), k, epoch, state["epoch"])
-        valid = spec.task.scores(preds, valid_targets)
-        improved = spec.task.better(valid, state["best"])
-        if improved:  # best by the competition metric, ties broken by the lower loss
-            state |= {"best": valid, "best_preds": preds, "best_epoch": epoch + 1}
-            save_checkpoint({"state_dict": unwrap(judged).state_dict(), "config": resolved, "fold": k,
+    with BackgroundWriter() as writer:  # checkpoints go to disk while the next epoch trains
+        for epoch in range(state["epoch"], cfg.epochs):
+            t0 = time.perf_counter()
+            epoch_result = train_one_epoch(net, optimizer, scheduler, images, train_idx, targets, cfg, spec,
+                                           state["step"], generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}",
+                                           scaler=scaler, ema=ema, mix=mix)
+            state["step"], loss = epoch_result.step, epoch_result.loss
+            lr = optimizer.param_groups[0]["lr"]
+            preds = predict(judged, x_valid, 2 * cfg.batch_size, spec, device, precision=cfg.precision)
+            check_finite(loss, preds, unwrap(judged), k, epoch, state["epoch"])
+            valid = spec.task.scores(preds, valid_targets)
+            seconds = time.perf_counter() - t0  # training and validation; checkpoint writes are timed apart
+            scheduler.step(epoch + 1, valid[metric])  # plateau decays here; the step-driven schedules ignore it
+            if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
+                swa.update_parameters(model)
+            improved = spec.task.better(valid, state["best"])
+            if improved:  # best by the competition metric, ties broken by the lower loss
+                state |= {"best": valid, "best_preds": preds, "best_epoch": epoch + 1}
+                writer.save({"state_dict": unwrap(judged).state_dict(), "config": resolved, "fold": k,
                              "epoch": epoch + 1, "score": valid}, exp_dir / f"fold{k}.pth")
-        seconds = time.perf_counter() - t0
-        lr = optimizer.param_groups[0]["lr"]
-        row = {"fold": k, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": epoch_result.accuracy,
-               "valid_loss": valid["loss"]} | {f"valid_{m}": v for m, v in valid.items() if m != "loss"} \
-            | {"lr": lr, "seconds": round(seconds, 3)}
-        experiment.append_metrics(exp_dir, row, epoch_result.lrs)
-        state["epoch"] = epoch + 1
-        save_checkpoint(snapshot(state, model, optimizer, generator, scaler, ema), last)
-        metric = spec.task.metric
-        tqdm.write(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train loss {loss:.4f}  valid loss "
-                   f"{valid['loss']:.4f}  valid {metric} {valid[metric]:.5f}  lr {lr:.2e}  "
-                   f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} img/s{'  *best' if improved else ''}")
-        if on_epoch is not None:
-            on_epoch(epoch + 1, valid)
-        if stop_early(epoch + 1, state["best_epoch"], cfg.patience):
-            tqdm.write(f"fold {k}: no better {spec.task.metric} for {cfg.patience} epochs since epoch "
-                       f"{state['best_epoch']}: stopped early (--patience)")
-            break
-    if state["best_preds"] is None:
-        raise TrainingDiverged(f"fold {k}: no epoch gave a usable {spec.task.metric} (it was NaN every epoch)")
+            row = {"fold": k, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": epoch_result.accuracy,
+                   "valid_loss": valid["loss"]} | {f"valid_{m}": v for m, v in valid.items() if m != "loss"} \
+                | {"lr": lr, "seconds": round(seconds, 3)}
+            experiment.append_metrics(exp_dir, row, epoch_result.lrs)
+            state["epoch"] = epoch + 1
+            writer.save(snapshot(state, model, optimizer, generator, scaler, ema, scheduler, swa), last)
+            tqdm.write(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train loss {loss:.4f}  valid loss "
+                       f"{valid['loss']:.4f}  valid {metric} {valid[metric]:.5f}  lr {lr:.2e}  "
+                       f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} img/s{'  *best' if improved else ''}")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, valid)
+            if stop_early(epoch + 1, state["best_epoch"], cfg.patience):
+                tqdm.write(f"fold {k}: no better {metric} for {cfg.patience} epochs since epoch "
+                           f"{state['best_epoch']}: stopped early (--patience)")
+                break
+        if state["best_preds"] is None:
+            raise TrainingDiverged(f"fold {k}: no epoch gave a usable {metric} (it was NaN every epoch)")
+        selection = {"fold": k, "best_epoch": state["best_epoch"], f"best_epoch_{metric}": state["best"][metric],
+                     "swa_epochs": 0, f"swa_{metric}": float("nan"), "kept": "best_epoch"}
+        if swa is not None:
+            swa_preds = finish_swa(swa, cfg, spec, images, train_idx, x_valid, device, k, state["epoch"])
+            if swa_preds is not None:
+                swa_score = spec.task.scores(swa_preds, valid_targets)
+                keep = spec.task.better(swa_score, state["best"])
+                selection |= {"swa_epochs": int(swa.n_averaged), f"swa_{metric}": swa_score[metric],
+                              "kept": "swa" if keep else "best_epoch"}
+                tqdm.write(f"fold {k}: SWA of the last {int(swa.n_averaged)} epochs: valid {metric} "
+                           f"{swa_score[metric]:.5f} vs best epoch {state['best_epoch']}: {state['best'][metric]:.5f}"
+                           f" -> keeping {'SWA' if keep else 'the best epoch'}")
+                if keep:
+                    state["best_preds"] = swa_preds
+                    writer.save({"state_dict": swa.module.state_dict(), "config": resolved, "fold": k,
+                                 "epoch": state["epoch"], "score": swa_score, "swa_epochs": int(swa.n_averaged)},
+                                exp_dir / f"fold{k}.pth")
+        writer.wait()
+        tqdm.write(f"fold {k}: checkpoints written in the background, {writer.seconds:.1f}s of disk time "
+                   "(not in the img/s above)")
+    experiment.write_selection(exp_dir, selection)
     return state["best_preds"]
+
+
+def finish_swa(swa: AveragedModel, cfg: Config, spec: DataSpec, images: torch.Tensor, rows: torch.Tensor,
+               x_valid: torch.Tensor | None, device: torch.device, k, epochs_done: int) -> np.ndarray | None:
+    """BatchNorm statistics recomputed for the averaged weights on the training rows (torch's update_bn); its
+    validation predictions (None without validation rows, or when no epoch was averaged: early stop)."""
+    if int(swa.n_averaged) == 0:
+        tqdm.write(f"fold {k}: stopped at epoch {epochs_done}, before the last {cfg.swa_epochs} epochs SWA averages; "
+                   "no SWA model")
+        return None
+    channels_last = device.type == "cuda"
+    batches = (spec.inputs(take(images, rows[i:i + cfg.batch_size], device), channels_last)
+               for i in range(0, len(rows), cfg.batch_size))
+    with autocast(device, cfg.precision):
+        update_bn(batches, swa)
+    if x_valid is None:
+        return None
+    preds = predict(swa.module, x_valid, 2 * cfg.batch_size, spec, device, precision=cfg.precision)
+    if not np.isfinite(preds).all():
+        tqdm.write(f"fold {k}: the SWA model's predictions are not finite; keeping the best epoch")
+        return None
+    return preds
 
 
 def stop_early(epoch: int, best_epoch: int, patience: int) -> bool:
@@ -250,26 +316,33 @@ def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch
     return model, net, optimizer, generator
 
 
-def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator, scaler=None, ema=None) -> dict:
+def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator, scaler=None, ema=None,
+             scheduler=None, swa=None) -> dict:
     """Everything needed to continue after this epoch exactly as if never stopped."""
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     extra = ({"scaler": scaler.state_dict()} if scaler is not None else {}) | (
-        {"ema": ema.module.state_dict()} if ema is not None else {})
+        {"ema": ema.module.state_dict()} if ema is not None else {}) | (
+        {"swa": swa.state_dict()} if swa is not None else {}) | (
+        {"scheduler": scheduler_state(scheduler)} if scheduler is not None else {})
     return extra | {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
             "epoch": state["epoch"], "step": state["step"], "best": state["best"], "best_epoch": state["best_epoch"],
             "best_preds": torch.from_numpy(state["best_preds"])}
 
 
 def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator, path: Path, scaler=None,
-            ema=None) -> dict:
+            ema=None, scheduler=None, swa=None) -> dict:
     """Put the model, optimizer and random state back as `snapshot` saved them; a damaged snapshot is refused."""
     try:
         model.load_state_dict(saved["state_dict"])
         if ema is not None:
             ema.module.load_state_dict(saved["ema"])
+        if swa is not None:
+            swa.load_state_dict(saved["swa"])
         optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            load_scheduler_state(scheduler, saved.get("scheduler", {}))
         if scaler is not None and "scaler" in saved:
             scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng"]["torch"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import train
 from pipeline.checkpoint import write_json
-from pipeline.config import Config, check_name, parse_stage
+from pipeline.config import Config, check_name, parse_stage, with_lr
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.experiment import RECIPE
 
@@ -50,7 +50,7 @@ def run(cfg: Config, extra: dict):
                 print(f"trial {trial.number} pruned after epoch {epoch} (valid {metric} {valid[metric]:.5f})")
                 raise optuna.TrialPruned()
 
-        cell = replace(cfg, **params, exp=(f"trial{trial.number}",), weights_dir=str(out_dir), overwrite=True)
+        cell = replace(with_lr(cfg, params.pop("lr")), **params, exp=(f"trial{trial.number}",), weights_dir=str(out_dir), overwrite=True)
         return train.run(cell, on_epoch=report)["oof"][metric]
 
     task = train.data_description(cfg, train.data.resolve(cfg.data)).task

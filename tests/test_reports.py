@@ -43,7 +43,10 @@ def test_train_report_and_oof_tta(experiment, workdir):
     tta_accuracy = (tta[[f"p{c}" for c in range(10)]].to_numpy().argmax(1) == tta["label"].to_numpy()).mean()
     assert len(tta) == 200 and cv["oof_tta"]["accuracy"] == pytest.approx(tta_accuracy)
     schedule = pd.read_csv(exp / "schedule.csv")
-    assert len(schedule) == 5 * 2 * (160 // 32) and schedule["lr"].max() == pytest.approx(3e-3)
+    assert len(schedule) == 5 * 2 * (160 // 32)  # every optimizer step of every fold, as applied:
+    first = schedule[schedule["fold"] == 0]["lr"].to_numpy()  # warmup from 1e-5 over 5 steps towards 3e-3, then cosine
+    assert first[:5] == pytest.approx(1e-5 + np.arange(5) * (3e-3 - 1e-5) / 5)
+    assert all(a > b for a, b in zip(first[5:], first[6:]))
 
 
 def test_report_cli_refuses_other_data(experiment, sample_dir, capsys):

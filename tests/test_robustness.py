@@ -132,8 +132,12 @@ def run_until_killed(args, cwd, exp_dir, fold, rows):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_matches_uninterrupted(sample_dir, tmp_path):
-    common = ["--data", str(sample_dir), "--epochs", "4", "--seed", "3"]
+@pytest.mark.parametrize("recipe", [[], ["--sched", "plateau", "--decay-epochs", "1", "--swa-epochs", "2", "--ema", "0.9"]],
+                         ids=["default", "plateau-swa-ema"])
+def test_kill_and_resume_matches_uninterrupted(sample_dir, tmp_path, recipe):
+    """Killed mid-fold and resumed: the same metrics, OOF and CV as a run never stopped (the plateau scheduler's
+    counters, the SWA average and the EMA weights are carried by the snapshot)."""
+    common = ["--data", str(sample_dir), "--epochs", "4", "--seed", "3", *recipe]
     for name in ("straight", "killed"):
         (tmp_path / name).mkdir()
         assert cli("pipeline.make_folds", "--data", str(sample_dir), "--n-splits", "3", cwd=tmp_path / name).returncode == 0

@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -7,22 +5,9 @@ import torch.nn.functional as F
 
 from pipeline.augment import MEAN, STD, to_model_input
 from pipeline.config import Config
-from pipeline.engine import DataSpec, auto_batch_size, predict, train_one_epoch
+from pipeline.engine import DataSpec, auto_batch_size, make_scheduler, predict, train_one_epoch
 from pipeline.metrics import log_loss, scores
-from pipeline.schedule import lr_at
 from pipeline.tasks import Task
-
-
-def test_warmup_is_linear_then_cosine_to_zero():
-    lrs = [lr_at(s, total_steps=100, warmup_steps=10, peak_lr=1.0) for s in range(100)]
-    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
-    assert lrs[10] == pytest.approx(1.0)
-    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
-
-
-def test_no_warmup_starts_at_peak():
-    assert lr_at(0, 10, 0, 0.1) == pytest.approx(0.1)
 
 
 def test_auto_batch_size_keeps_enough_steps():
@@ -46,13 +31,14 @@ def test_label_smoothing_on_training_loss_only():
     images = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
     labels = torch.randint(0, 3, (8,))
     cfg = Config(batch_size=8, lr=0.5, warmup_epochs=0, label_smoothing=0.2, rotate=0, scale=0, shift=0, img_size=16)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
     x = to_model_input(images, 16, False)
     expected = F.cross_entropy(model(x), labels, label_smoothing=0.2).item()
     spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
-    result = train_one_epoch(model, opt, images, torch.arange(8), labels, cfg, spec, 0, 4, torch.Generator().manual_seed(0))
+    result = train_one_epoch(model, opt, make_scheduler(opt, cfg, 1), images, torch.arange(8), labels, cfg, spec, 0,
+                             torch.Generator().manual_seed(0))
     assert result.loss == pytest.approx(expected, rel=1e-5) and result.step == 1
-    assert result.lrs == [pytest.approx(0.5)]  # the schedule's value at step 0 of 4 without warmup
+    assert result.lrs == [pytest.approx(0.5)]  # the cosine's value at step 0 without warmup: the peak
     probs = predict(model, images, 4, spec, torch.device("cpu"))
     hard = F.cross_entropy(model(x), labels).item()  # validation: hard labels, no smoothing
     assert log_loss(probs, labels.numpy()) == pytest.approx(hard, rel=1e-4)
@@ -82,7 +68,7 @@ def test_precision_choice_and_fp16_scaler():
     spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.fc.weight.detach().clone()
-    result = train_one_epoch(model, opt, images, torch.arange(16), labels, cfg, spec, 0, 4,
+    result = train_one_epoch(model, opt, None, images, torch.arange(16), labels, cfg, spec, 0,
                              torch.Generator().manual_seed(0), scaler=scaler)
     assert result.step == 4 and np.isfinite(result.loss)
     assert scaler._get_growth_tracker() == 4  # the scaler took all 4 optimizer steps (none skipped as inf)
@@ -100,8 +86,8 @@ def test_ema_weights_follow_the_model_and_differ_from_it():
     labels = torch.randint(0, 3, (32,))
     cfg = Config(batch_size=4, lr=0.5, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16)
     spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
-    train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.5), images, torch.arange(32), labels, cfg, spec,
-                    0, 8, torch.Generator().manual_seed(0), ema=ema)
+    train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.5), None, images, torch.arange(32), labels, cfg,
+                    spec, 0, torch.Generator().manual_seed(0), ema=ema)
     averaged, raw = ema.module.fc.weight.detach(), model.fc.weight.detach()
     assert not torch.equal(averaged, start) and not torch.equal(averaged, raw)  # moved, but behind the model
     assert (averaged - raw).abs().sum() < (start - raw).abs().sum()  # nearer the trained weights than the start
@@ -124,8 +110,8 @@ def test_clip_grad_bounds_each_step():
         cfg = Config(batch_size=4, lr=1.0, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16, clip_grad=clip)
         spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
         images = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
-        train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=1.0), images, torch.arange(8),
-                        torch.randint(0, 3, (8,)), cfg, spec, 0, 2, torch.Generator().manual_seed(0))
+        train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=1.0), None, images, torch.arange(8),
+                        torch.randint(0, 3, (8,)), cfg, spec, 0, torch.Generator().manual_seed(0))
         return (model.fc.weight.detach() - start).norm().item()
 
     assert moved(1e-3) <= 2 * 1e-3 + 1e-9  # 2 SGD steps of lr 1, each gradient's norm clipped to 1e-3
@@ -166,14 +152,48 @@ def test_mixup_trains_on_mixed_soft_targets():
         spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
         images = torch.randint(0, 255, (16, 1, 2, 2), dtype=torch.uint8)
         labels = torch.randint(0, 3, (16,))
-        return train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), images, torch.arange(16), labels,
-                               cfg, spec, 0, 2, torch.Generator().manual_seed(0), mix=mix).loss
+        return train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), None, images, torch.arange(16),
+                               labels, cfg, spec, 0, torch.Generator().manual_seed(0), mix=mix).loss
 
     plain = loss_with(None)
     never = loss_with(Mixup(mixup_alpha=0.4, prob=0.0, label_smoothing=0.1, num_classes=3))  # smoothing only
     mixed = loss_with(Mixup(mixup_alpha=0.4, prob=1.0, label_smoothing=0.1, num_classes=3))
     assert never == pytest.approx(plain, rel=1e-5)  # timm's soft targets give the same smoothed loss
     assert np.isfinite(mixed) and abs(mixed - plain) > 1e-4  # mixing changed the images and targets
+
+
+def test_mixup_feeds_the_model_the_mixed_images_and_scores_the_mixed_targets():
+    """Both halves must reach the step: the model sees Mixup's images (not the originals), and the loss is taken
+    against Mixup's soft targets (not the hard labels): mixing only one of the two fails here."""
+    from timm.data import Mixup
+
+    class Recording(Mixup):
+        def __call__(self, x, target):
+            mixed, soft = super().__call__(x.clone(), target)
+            self.seen = (x.clone(), mixed.clone(), soft.clone())
+            return mixed, soft
+
+    class Watcher(Recorder):
+        def forward(self, x):
+            self.inputs = x.detach().clone()
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    model, mix = Watcher(), Recording(mixup_alpha=1.0, prob=1.0, label_smoothing=0.0, num_classes=3)
+    cfg = Config(batch_size=8, lr=0.1, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16, label_smoothing=0.0)
+    spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
+    images = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    result = train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), None, images, torch.arange(8), labels,
+                             cfg, spec, 0, torch.Generator().manual_seed(0), mix=mix)
+    original, mixed, soft = mix.seen
+    assert not torch.allclose(original, mixed)  # alpha 1.0: the images really were mixed
+    assert torch.equal(model.inputs, mixed)  # ... and those are what the model was given
+    assert not torch.allclose(soft, F.one_hot(soft.argmax(1), 3).float())  # targets mixed too
+    with torch.no_grad():
+        expected = torch.sum(-soft * F.log_softmax(model(mixed), 1), 1).mean().item()
+    assert result.loss == pytest.approx(expected, rel=1e-5)  # the loss was taken against those soft targets
 
 
 def test_optimizer_and_mixup_flags_end_to_end(tiny_comp, workdir, capsys):
