@@ -92,6 +92,12 @@ class Config:
     message: str = ""  # submit: submission description
     competition: str = "digit-recognizer"  # submit: Kaggle competition slug
     dry_run: bool = False  # submit: validate only, send nothing
+    kernel: str = ""  # submit: a code competition's pushed notebook, USER/SLUG (pipeline.export --push prints it)
+    version: int = 0  # submit --kernel: the notebook version to submit; 0 = its latest
+    # export (code competitions)
+    dataset: str = ""  # export: the weights dataset's id USER/SLUG ('' = <kaggle username>/<experiments>-weights); the code dataset is USER/<slug>-code, the notebook USER/<slug>-inference
+    push: bool = False  # export: create or version the two datasets and push the notebook with the kaggle client
+    export_dir: str = "export"  # export: where the datasets and the notebook are built (git-ignored)
 
     def __post_init__(self):
         for problem in _problems(self):
@@ -168,6 +174,11 @@ RULES = {  # field -> (test, rule text)
     "threshold": (lambda v: 0 < v < 1, "must be between 0 and 1"),
     "ensemble": (lambda v: v in ("mean", "learned", "greedy", "rank"), "must be mean, learned, greedy or rank"),
     "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
+    "kernel": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,50}/[A-Za-z0-9_-]{1,100}", v) is not None,
+               "must be USER/SLUG, the notebook's id on Kaggle"),
+    "version": (lambda v: 0 <= v <= 100_000, "must be 0 (latest) or a version number"),
+    "dataset": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,50}/[a-z0-9-]{6,40}", v) is not None,
+                "must be USER/SLUG with a slug of 6-40 lower-case letters, digits and dashes"),
     "compare": (lambda v: len(v) in (0, 2) and all(NAME.fullmatch(e) for e in v),
                 "takes exactly two experiment names"),
     "exp": (lambda v: all(NAME.fullmatch(e) for e in v),
@@ -232,7 +243,7 @@ def build_parser(prog: str, names: list[str], doc: str = "", positional: tuple[s
     for name in names:
         kind, text = hints[name], f"{helps.get(name, '')} (default: {defaults[name]!r})"
         opts = [name] if name in positional else [s for s in (short.get(name), flag(name)) if s]
-        extra = {} if name in positional else {"dest": name, "default": None}
+        extra = {"nargs": "?", "default": None} if name in positional else {"dest": name, "default": None}
         if kind is bool:
             parser.add_argument(*opts, action=argparse.BooleanOptionalAction, help=text, **extra)
         elif typing.get_origin(kind) is tuple:

@@ -2,13 +2,12 @@
 
     python -m pipeline.submit submissions/digit_cnn.csv -m "digit_cnn 5 folds + tta" --dry-run
     python -m pipeline.submit submissions/digit_cnn.csv -m "digit_cnn 5 folds + tta"
+    python -m pipeline.submit --kernel alice/cassava-inference --version 3 --competition cassava-leaf-disease-classification -m "5 folds"
 
 Credentials: ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY (kaggle.com -> Settings -> API).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import sys
 from pathlib import Path
@@ -20,11 +19,11 @@ from pipeline import data
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.folds import read_description
+from pipeline.kaggle_client import authenticated, call
 from pipeline.tasks import Task
 
-FLAGS = ["submission", "message", "competition", "data", "dry_run", "exp", "weights_dir", "folds_path"]
-NO_CREDENTIALS = ("kaggle: no credentials; put kaggle.json (kaggle.com -> Settings -> API -> Create New Token) in "
-                  "~/.kaggle/ with chmod 600, or set KAGGLE_USERNAME and KAGGLE_KEY")
+FLAGS = ["submission", "message", "competition", "data", "dry_run", "exp", "weights_dir", "folds_path", "kernel",
+         "version"]
 
 
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, where: str) -> None:
@@ -84,6 +83,16 @@ def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Descripti
 
 
 def run(cfg: Config) -> None:
+    if cfg.kernel:  # a code competition: Kaggle runs the pushed notebook; there is no file here to check
+        if cfg.submission:
+            raise PipelineError("--kernel: submits a pushed notebook, not a file; give one or the other")
+        if cfg.dry_run:
+            print(f"dry run: would submit notebook {cfg.kernel} to {cfg.competition}; nothing sent")
+            return
+        if not cfg.message:
+            raise PipelineError("-m/--message: a submission description is required (or use --dry-run)")
+        print(send_kernel(cfg.kernel, cfg.version, cfg.message, cfg.competition))
+        return
     path = Path(cfg.submission)
     if not cfg.submission or not path.is_file():
         raise PipelineError(f"submission file {cfg.submission!r} not found (write one with: python -m pipeline.infer)")
@@ -101,37 +110,24 @@ def run(cfg: Config) -> None:
 
 
 def send(path: Path, message: str, competition: str) -> str:
-    """Submit through the kaggle client (imported here only: it authenticates at import)."""
-    import requests
-
-    with contextlib.redirect_stdout(io.StringIO()):  # its import prints a page of auth help on failure
-        from kaggle.api.kaggle_api_extended import KaggleApi
-        api = KaggleApi()
-        try:
-            api.authenticate()
-        except SystemExit:
-            raise PipelineError(NO_CREDENTIALS) from None
-    try:
-        response = api.competition_submit(str(path), message, competition, quiet=True)
-    except requests.exceptions.HTTPError as e:
-        status = e.response.status_code if e.response is not None else None
-        raise PipelineError(_explain(status, competition, str(e))) from None
-    except requests.exceptions.ConnectionError as e:
-        raise PipelineError("kaggle: cannot reach the Kaggle API (no network?); the file is valid, submit it later") from None
+    """Submit a file through the kaggle client."""
+    api = authenticated()
+    response = call("submission", competition, api.competition_submit, str(path), message, competition, quiet=True)
     text = getattr(response, "message", "") or "submitted"
     if text == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise PipelineError(f"kaggle: upload of {path} failed; try again")
     return f"kaggle: {text}"
 
 
-def _explain(status: int | None, competition: str, detail: str) -> str:
-    rules = f"https://www.kaggle.com/competitions/{competition}/rules"
-    return {
-        401: "kaggle: credentials refused (401); create a new token at kaggle.com -> Settings -> API",
-        403: f"kaggle: submission refused (403): accept the competition rules first at {rules}",
-        404: f"kaggle: competition {competition!r} not found (404); check --competition",
-        429: "kaggle: daily submission limit reached (429); try again tomorrow",
-    }.get(status, f"kaggle: submission failed ({status}: {detail.splitlines()[0][:120] if detail else 'no detail'})")
+def send_kernel(kernel: str, version: int, message: str, competition: str) -> str:
+    """A code competition's submission: a pushed notebook's version, run by Kaggle on the hidden test set."""
+    if kernel.count("/") != 1:
+        raise PipelineError(f"--kernel: must be USER/SLUG (the notebook export pushed), got {kernel!r}")
+    api = authenticated()
+    response = call("code submission", competition, api.competition_submit_code, "submission.csv", message,
+                    competition, kernel, version or None, quiet=True)
+    text = getattr(response, "message", "") or "submitted"
+    return f"kaggle: {text} ({kernel}{' version ' + str(version) if version else ', latest version'})"
 
 
 def main(argv=None) -> int:

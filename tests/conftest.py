@@ -38,3 +38,17 @@ def workdir(tmp_path, monkeypatch):
     """Run stages inside tmp_path so folds/, weights/, submissions/ land there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def kaggle_env(monkeypatch, tmp_path):
+    """Credentials in the environment and the client's API address pointed at the local stand-in server
+    (tests/fake_kaggle.py); the real kaggle client does the rest."""
+    import kagglesdk.kaggle_env as kaggle_env
+
+    from fake_kaggle import PORT
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, f"http://localhost:{PORT}")

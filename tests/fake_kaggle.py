@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = 7777  # kagglesdk's KaggleEnv.TEST endpoint: http://localhost:7777
 SERVICE = "/v1/competitions.CompetitionApiService/"
+DATASETS = "/v1/datasets.DatasetApiService/"
 
 
 class FakeKaggle:
@@ -18,6 +19,10 @@ class FakeKaggle:
         self.uploads: list[bytes] = []
         self.submissions: list[dict] = []
         self.auth: list[str] = []
+        self.blobs: dict[str, dict] = {}  # token -> {"name", "body"}: every file uploaded for a dataset
+        self.datasets: dict[str, list[dict]] = {}  # "owner/slug" -> its versions' requests (the first: create)
+        self.kernels: dict[str, list[dict]] = {}  # "owner/slug" -> every push's request
+        self.code_submissions: list[dict] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +45,37 @@ class FakeKaggle:
                 server.auth.append(self.headers.get("Authorization", ""))
                 if self.path == SERVICE + "StartSubmissionUpload":
                     return self._json(200, {"token": "blob-token", "createUrl": f"http://localhost:{PORT}/upload"})
+                if self.path == "/v1/blobs.BlobApiService/StartBlobUpload":
+                    token = f"blob-{len(server.blobs)}"
+                    server.blobs[token] = {"name": request.get("name"), "body": None}
+                    return self._json(200, {"token": token, "createUrl": f"http://localhost:{PORT}/blob/{token}"})
+                if self.path == DATASETS + "GetDatasetStatus":
+                    ref = f"{request.get('ownerSlug')}/{request.get('datasetSlug')}"
+                    if ref not in server.datasets:
+                        return self._json(404, {"code": 404, "message": f"dataset {ref} not found"})
+                    return self._json(200, {"status": "ready"})
+                if self.path == DATASETS + "CreateDataset":
+                    ref = f"{request.get('ownerSlug')}/{request.get('slug')}"
+                    server.datasets[ref] = [request]
+                    return self._json(200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"})
+                if self.path == DATASETS + "CreateDatasetVersion":
+                    ref = f"{request.get('ownerSlug')}/{request.get('datasetSlug')}"
+                    if ref not in server.datasets:
+                        return self._json(404, {"code": 404, "message": f"dataset {ref} not found"})
+                    server.datasets[ref].append(request)
+                    return self._json(200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"})
+                if self.path == "/v1/kernels.KernelsApiService/SaveKernel":
+                    if not server.accept_rules and request.get("competitionDataSources"):
+                        return self._json(403, {"code": 403, "message": "You must accept this competition's rules"})
+                    ref = request.get("slug")
+                    server.kernels.setdefault(ref, []).append(request)
+                    return self._json(200, {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}",
+                                            "versionNumber": len(server.kernels[ref])})
+                if self.path == SERVICE + "CreateCodeSubmission":
+                    if not server.accept_rules:
+                        return self._json(403, {"code": 403, "message": "You must accept this competition's rules"})
+                    server.code_submissions.append(request)
+                    return self._json(200, {"message": "Your code submission was queued", "ref": 1})
                 if self.path == SERVICE + "CreateSubmission":
                     if not server.accept_rules:
                         return self._json(403, {"code": 403, "message": "You must accept this competition's rules"})
@@ -48,7 +84,12 @@ class FakeKaggle:
                 return self._json(404, {"code": 404, "message": f"unknown {self.path}"})
 
             def do_PUT(self):
-                server.uploads.append(self._body())
+                body = self._body()
+                token = self.path.rsplit("/", 1)[-1]
+                if self.path.startswith("/blob/") and token in server.blobs:
+                    server.blobs[token]["body"] = body
+                else:
+                    server.uploads.append(body)
                 self._json(200, {})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)

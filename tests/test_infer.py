@@ -58,23 +58,24 @@ def test_several_experiments_need_a_name(two_experiments, capsys):
 
 
 def test_kaggle_notebook_runs_offline(two_experiments, workdir):
-    """The notebook's own cells, with the /kaggle/input paths pointed at this run's files."""
+    """The repository's notebook cells, with its settings cell pointed at this run's files (the exported notebook
+    is this one with that cell written by pipeline.export; tests/test_export.py runs it in a Kaggle-like venv)."""
     nb = json.loads(open(os.path.join(os.path.dirname(__file__), "..", "notebooks", "kaggle_inference.ipynb")).read())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)  # outputs stripped
-    source = "\n".join("".join(c["source"]) for c in code)
-    assert "import pipeline" not in source.replace("from pipeline", "")  # the notebook imports the package only
-    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-    source = (source.replace('"/kaggle/input/pipeline-code"', repr(repo))
-              .replace('"/kaggle/input/pipeline-weights"', repr(str(workdir / "weights")))
-              .replace('"/kaggle/input/digit-recognizer"', repr(two_experiments))
-              .replace('["digit_cnn"]', '["a", "b"]')
-              .replace("/kaggle/working/submission.csv", str(workdir / "submission.csv")))
+    cells = ["".join(c["source"]) for c in code]
+    assert cells[0].startswith("# settings: written by `python -m pipeline.export`")
+    assert "import pipeline" not in "".join(cells).replace("from pipeline", "")  # the notebook imports the package only
+    cells[0] = "\n".join([f"COMPETITION = {two_experiments!r}", "CODE = 'unused: this version is installed'",
+                          f"WEIGHTS = {str(workdir / 'weights')!r}", "from pipeline import __version__ as VERSION",
+                          "SETTINGS = {'exp': ['a', 'b'], 'tta': True, 'ensemble': 'learned'}",
+                          f"OUT = {str(workdir / 'submission.csv')!r}"])
     namespace = {}
-    exec(compile(source, "kaggle_inference.ipynb", "exec"), namespace)
+    exec(compile("\n".join(cells), "kaggle_inference.ipynb", "exec"), namespace)
     assert len(pd.read_csv(workdir / "submission.csv")) == 40
     cfg = namespace["cfg"]  # what the notebook asked for: no hub weights, TTA, the two experiments blended
     assert cfg.pretrained is False and cfg.tta is True and cfg.exp == ("a", "b") and cfg.ensemble == "learned"
+    assert cfg.weights_dir == str(workdir / "weights") and cfg.out == str(workdir / "submission.csv")
 
 
 def test_greedy_ensemble_and_rank_refused_for_accuracy(two_experiments, workdir, capsys):

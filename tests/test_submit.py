@@ -36,17 +36,6 @@ def submission(tiny_comp, workdir):
     return "sub.csv"
 
 
-@pytest.fixture
-def kaggle_env(monkeypatch, tmp_path):
-    """Credentials in the environment and the client's API address pointed at the local fake server."""
-    import kagglesdk.kaggle_env as kaggle_env
-
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
-    monkeypatch.setenv("KAGGLE_KEY", "secret")
-    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, f"http://localhost:{PORT}")
-
-
 def test_submit_through_real_client(tiny_comp, submission, kaggle_env, capsys):
     with FakeKaggle() as server:
         assert submit.main([submission, "-m", "first try", "--data", str(tiny_comp)]) == 0

@@ -1,0 +1,357 @@
+"""One frozen Config read by every stage; CLI flags are generated from its fields.
+
+Precedence: field defaults < `--config FILE` (JSON or YAML) < command-line flags.
+Each field's trailing comment is its `--help` text.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import re
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+DEFAULT_DATA = "data/digit-recognizer"
+
+
+@dataclass(frozen=True)
+class Config:
+    # data and folds
+    data: str = DEFAULT_DATA  # competition folder, the zip `kaggle competitions download` leaves, or 'sample'
+    folds_path: str = "folds/folds.csv"  # fold of every train row, written by make_folds, read by train
+    n_splits: int = 5  # number of folds, 2..20
+    seed: int = 42  # seed for folds, weight init, batch order and augmentation
+    group_col: str = ""  # train.csv column whose rows must share a fold (StratifiedGroupKFold); '' = none
+    layout: str = ""  # make_folds: pixels | csv-images | class-folders; '' = detect from --data
+    id_col: str = ""  # make_folds: train CSV column naming each image; '' = detect
+    target_col: tuple[str, ...] = ()  # make_folds: target column(s) of the train CSV; () = detect
+    image_dir: str = ""  # make_folds: folder of the train images (class-folders: of the class folders); '' = detect
+    task: str = ""  # make_folds: multiclass | multilabel | regression; '' = detect from the targets
+    metric: str = ""  # make_folds: accuracy | macro_f1 | micro_f1 | roc_auc | log_loss | rmse | qwk; '' = the task's default
+    threshold: float = 0.5  # multilabel: a label is predicted at probability >= threshold, 0 < x < 1
+    cache_dir: str = ".cache"  # decoded image files, reused by every fold, experiment and inference run
+    # model
+    model: str = "digit_cnn"  # any timm model name; digit_cnn is the pipeline's own CNN for 28x28 digits
+    pretrained: bool = False  # start from timm's pretrained weights (downloaded from the hub: needs internet)
+    pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
+    img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
+    # training
+    fold: str = "all"  # 'all', one fold index 0..n_splits-1, or 'full' (every row, no validation: full.pth, no CV)
+    epochs: int = 15  # passes over the fold's training rows, >= 1
+    batch_size: int = 0  # images per optimizer step; 0 = auto: the largest of 256/128/64/32 giving >= 16 steps an epoch
+    lr: float = 3e-3  # peak learning rate after warmup, > 0
+    sched: str = "cosine"  # lr schedule (timm's scheduler factory): cosine | step | plateau | constant; cosine, step and constant move every optimizer step, plateau once an epoch on the validation metric
+    min_lr: float = 0.0  # lr the cosine decays to, and plateau's floor; sweep and tune keep its ratio to the config's --lr (3e-3 unless set) for each lr they try, 0 <= x < lr
+    warmup_lr: float = 1e-5  # lr at the first warmup step, rising linearly to --lr, 0 <= x < lr
+    decay_epochs: float = 0.0  # step: epochs between decays; plateau: epochs without a better metric before a decay; 0 = auto (step: a third of --epochs, plateau: 2)
+    decay_rate: float = 0.1  # step and plateau: the lr is multiplied by this at each decay, 0 < x < 1
+    weight_decay: float = 0.05  # weight decay (decoupled for adamw; not on norms and biases), >= 0
+    label_smoothing: float = 0.1  # on the training loss only, 0 <= x < 1
+    warmup_epochs: float = 1.0  # linear warmup length in epochs, from --warmup-lr to --lr, >= 0
+    rotate: float = 10.0  # training augmentation: max rotation in degrees, 0..45
+    scale: float = 0.1  # training augmentation: max zoom in or out as a fraction, 0..0.5
+    shift: float = 0.08  # training augmentation: max translation as a fraction of the side, 0..0.5
+    opt: str = "adamw"  # any optimizer timm's factory knows (adamw, sgd, lamb, lion, ...; see timm.optim.list_optimizers())
+    momentum: float = 0.9  # momentum for sgd-like optimizers, 0..1
+    mixup: float = 0.0  # mixup alpha (timm's Mixup, multiclass): mix pairs of images and their labels; 0 = off
+    cutmix: float = 0.0  # cutmix alpha (timm's Mixup, multiclass): paste a patch of another image; 0 = off
+    clip_grad: float = 0.0  # clip the gradients' global norm to this before each step; 0 = off
+    patience: int = 0  # stop a fold after this many epochs without a better validation metric; 0 = never
+    drop_rate: float = 0.0  # dropout before the classifier, passed to the backbone, 0 <= x < 1 (digit_cnn: 0.3 when 0)
+    drop_path_rate: float = 0.0  # stochastic depth, passed to backbones that have it, 0 <= x < 1
+    deterministic: bool = False  # cuDNN determinism and deterministic algorithms (slower on GPU)
+    swa_epochs: int = 0  # average the weights of the fold's last N epochs (torch swa_utils), recompute BatchNorm on its training rows, keep SWA or the best epoch, whichever scores better; 0 = off
+    ema: float = 0.0  # model EMA decay per optimizer step (timm's ModelEmaV3), e.g. 0.999; the EMA weights are validated, saved and predicted with; 0 = off
+    aug: str = ""  # training augmentation: '' = the layout's (digits for pixels, natural for image files), digits | natural | none, or an albumentations file (.json/.yaml written by A.save, run in DataLoader workers)
+    exp: tuple[str, ...] = ()  # experiment name(s) under weights_dir: train takes one, infer several; () = model name
+    weights_dir: str = "weights"  # where experiments live: weights/<exp>/
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 where the GPU has it, else fp16 with a gradient scaler; fp32 on CPU) | bf16 | fp16 | fp32
+    overwrite: bool = False  # replace existing results: train, the named folds of the experiment; make_folds, the folds file
+    resume: bool = False  # train: continue an interrupted experiment
+    oof_tta: bool = False  # train: also score TTA on the OOF rows (oof_tta.csv, cv.json), to know its gain locally
+    report: bool = False  # train: write weights/<exp>/report/ (figures and report.md) at the end
+    # inference
+    tta: bool = False  # infer: test-time augmentation with ttach
+    with_full: bool = False  # infer: add the experiment's full.pth (train --fold full) to its fold models
+    tta_preset: str = ""  # 'digits' (shifts, zoom), 'hflip' (natural images), 'd4' (8 flips/turns, top-down images); '' = the layout's
+    ensemble: str = "mean"  # infer with several experiments: mean | learned (softmax weights fitted on OOF) | greedy (Caruana, 25 rounds) | rank (AUC metrics)
+    out: str = ""  # infer: submission path; '' = submissions/<exp>.csv
+    # runs, sweep, tune
+    compare: tuple[str, ...] = ()  # runs: two experiments whose OOF correctness is tested against each other
+    trials: int = 20  # tune: number of Optuna trials, >= 1
+    # submit
+    submission: str = ""  # submit: the csv to check and send
+    message: str = ""  # submit: submission description
+    competition: str = "digit-recognizer"  # submit: Kaggle competition slug
+    dry_run: bool = False  # submit: validate only, send nothing
+    kernel: str = ""  # submit: a code competition's pushed notebook, USER/SLUG (pipeline.export --push prints it)
+    version: int = 0  # submit --kernel: the notebook version to submit; 0 = its latest
+    # export (code competitions)
+    dataset: str = ""  # export: the weights dataset's id USER/SLUG ('' = <kaggle username>/<experiments>-weights); the code dataset is USER/<slug>-code, the notebook USER/<slug>-inference
+    push: bool = False  # export: create or version the two datasets and push the notebook with the kaggle client
+    export_dir: str = "export"  # export: where the datasets and the notebook are built (git-ignored)
+
+    def __post_init__(self):
+        for problem in _problems(self):
+            raise PipelineError(problem)
+
+    @property
+    def exp_name(self) -> str:
+        """The single experiment train writes to."""
+        return self.exp[0] if self.exp else self.model
+
+    def fold_ids(self, n_splits: int) -> list[int]:
+        """The folds to train: all of them, or the one named by --fold."""
+        if self.fold == "all":
+            return list(range(n_splits))
+        if self.fold == "full":
+            return []
+        k = int(self.fold)
+        if k >= n_splits:
+            raise PipelineError(f"--fold: must be 'all' or 0..{n_splits - 1} (the folds file has {n_splits}), got {k}")
+        return [k]
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; anything over 1 MiB is not one
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")  # one folder name: no '.', '..', '/', leading dot or dash
+
+
+def check_name(value: str, what: str) -> str:
+    """An experiment, sweep or tune name: one plain folder name that cannot leave its parent folder."""
+    if not NAME.fullmatch(value):
+        raise PipelineError(f"{what}: must be a folder name of 1-100 letters, digits, _ . + - not starting with "
+                            f"'.' or '-', got {value!r}")
+    return value
+
+
+RULES = {  # field -> (test, rule text)
+    "n_splits": (lambda v: 2 <= v <= 20, "must be 2..20"),
+    "seed": (lambda v: 0 <= v < 2**31, "must be 0..2147483647"),
+    "img_size": (lambda v: 16 <= v <= 512, "must be 16..512"),
+    "fold": (lambda v: v in ("all", "full") or (re.fullmatch(r"[0-9]{1,2}", v) is not None and int(v) < 20),
+             "must be 'all', 'full' or a fold index 0..n_splits-1"),
+    "epochs": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
+    "batch_size": (lambda v: v == 0 or 2 <= v <= 65_536, "must be 0 (auto) or 2..65536"),
+    "lr": (lambda v: 0 < v < 10, "must be > 0 (and < 10)"),
+    "weight_decay": (lambda v: 0 <= v <= 10, "must be 0..10"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "warmup_epochs": (lambda v: 0 <= v <= 10_000, "must be 0..10000"),
+    "sched": (lambda v: v in ("cosine", "step", "plateau", "constant"), "must be cosine, step, plateau or constant"),
+    "min_lr": (lambda v: 0 <= v < 10, "must be >= 0"),
+    "warmup_lr": (lambda v: 0 <= v < 10, "must be >= 0"),
+    "decay_epochs": (lambda v: 0 <= v <= 10_000, "must be 0 (auto) or a number of epochs"),
+    "decay_rate": (lambda v: 0 < v < 1, "must be between 0 and 1"),
+    "swa_epochs": (lambda v: 0 <= v <= 10_000, "must be 0 (off) or a number of epochs"),
+    "rotate": (lambda v: 0 <= v <= 45, "must be 0..45 degrees"),
+    "scale": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
+    "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
+    "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
+    "tta_preset": (lambda v: v in ("", "digits", "hflip", "flips", "d4"), "must be digits, hflip or d4"),
+    "opt": (lambda v: re.fullmatch(r"[a-z0-9_]{1,40}", v) is not None, "must be an optimizer name such as adamw or sgd"),
+    "momentum": (lambda v: 0 <= v <= 1, "must be 0..1"),
+    "mixup": (lambda v: 0 <= v <= 10, "must be 0 (off) or an alpha such as 0.2"),
+    "cutmix": (lambda v: 0 <= v <= 10, "must be 0 (off) or an alpha such as 1.0"),
+    "clip_grad": (lambda v: 0 <= v <= 1e6, "must be 0 (off) or a positive norm"),
+    "patience": (lambda v: 0 <= v <= 10_000, "must be 0 (off) or a number of epochs"),
+    "drop_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "drop_path_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "ema": (lambda v: v == 0 or 0.5 <= v < 1, "must be 0 (off) or in [0.5, 1)"),
+    "aug": (lambda v: v in ("", "digits", "natural", "none") or v.endswith((".json", ".yaml", ".yml")),
+            "must be digits, natural, none or an albumentations .json/.yaml file"),
+    "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders"), "must be pixels, csv-images or class-folders"),
+    "task": (lambda v: v in ("", "multiclass", "multilabel", "regression"), "must be multiclass, multilabel or regression"),
+    "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "qwk"),
+               "must be accuracy, macro_f1, micro_f1, roc_auc, log_loss, rmse or qwk"),
+    "threshold": (lambda v: 0 < v < 1, "must be between 0 and 1"),
+    "ensemble": (lambda v: v in ("mean", "learned", "greedy", "rank"), "must be mean, learned, greedy or rank"),
+    "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
+    "kernel": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,50}/[A-Za-z0-9_-]{1,100}", v) is not None,
+               "must be USER/SLUG, the notebook's id on Kaggle"),
+    "version": (lambda v: 0 <= v <= 100_000, "must be 0 (latest) or a version number"),
+    "dataset": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,50}/[a-z0-9-]{6,40}", v) is not None,
+                "must be USER/SLUG with a slug of 6-40 lower-case letters, digits and dashes"),
+    "compare": (lambda v: len(v) in (0, 2) and all(NAME.fullmatch(e) for e in v),
+                "takes exactly two experiment names"),
+    "exp": (lambda v: all(NAME.fullmatch(e) for e in v),
+            "must be folder names of 1-100 letters, digits, _ . + - not starting with '.' or '-'"),
+}
+
+
+def _problems(cfg: Config):
+    for f in dataclasses.fields(cfg):  # inf and nan pass every range test written as a comparison
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            yield f"{flag(f.name)}: must be a finite number, got {value!r}"
+            return
+        texts = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(t, str) and any(ord(ch) < 32 for ch in t) for t in texts):
+            yield f"{flag(f.name)}: must not contain control characters (NUL, newline, ...), got {value!r}"
+            return
+    for name, (ok, rule) in RULES.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            yield f"{flag(name)}: {rule}, got {value!r}"
+    if cfg.resume and cfg.overwrite:
+        yield "--resume and --overwrite: choose one"
+    for name in ("min_lr", "warmup_lr"):
+        if getattr(cfg, name) >= cfg.lr:
+            yield f"{flag(name)}: must be below --lr ({cfg.lr:g}), got {getattr(cfg, name):g}"
+    if cfg.swa_epochs > cfg.epochs:
+        yield f"--swa-epochs: at most --epochs ({cfg.epochs}), got {cfg.swa_epochs}"
+
+
+def with_lr(cfg: Config, lr: float) -> Config:
+    """cfg at another peak lr, --min-lr moved with it (same ratio), as the lr x batch-size study asks.
+
+    >>> with_lr(Config(lr=1e-3, min_lr=1e-5), 4e-3).min_lr
+    4e-05
+    """
+    return dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr * lr / cfg.lr, warmup_lr=min(cfg.warmup_lr, lr / 10))
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_help() -> dict[str, str]:
+    """Trailing comments of the Config fields, used as --help text."""
+    source = inspect.getsource(Config)
+    return dict(re.findall(r"^\s+(\w+): [^#\n]+#\s*(.+)$", source, flags=re.M))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as for every bad input
+        raise PipelineError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser(prog: str, names: list[str], doc: str = "", positional: tuple[str, ...] = (),
+                 short: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """An argument parser exposing the Config fields in `names` as flags."""
+    parser = _Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of field values, applied before flags")
+    hints, helps, short = typing.get_type_hints(Config), _field_help(), short or {}
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for name in names:
+        kind, text = hints[name], f"{helps.get(name, '')} (default: {defaults[name]!r})"
+        opts = [name] if name in positional else [s for s in (short.get(name), flag(name)) if s]
+        extra = {} if name in positional else {"dest": name, "default": None}
+        if kind is bool:
+            parser.add_argument(*opts, action=argparse.BooleanOptionalAction, help=text, **extra)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(*opts, nargs="+", type=typing.get_args(kind)[0], metavar="NAME", help=text, **extra)
+        else:
+            parser.add_argument(*opts, type=kind, metavar=name.upper() if name in positional else None,
+                                help=text, **extra)
+    return parser
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"--config: {path} {'is a directory' if p.is_dir() else 'not found'}; expected a JSON or YAML file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise PipelineError(f"--config: {path} is {p.stat().st_size:,} bytes; a config file is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PipelineError(f"--config: {path} is not UTF-8 text") from None
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        raise PipelineError(f"{path}: not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'} ({e})") from None
+    if not isinstance(values, dict):
+        raise PipelineError(f"{path}: expected a mapping of field names to values, got {type(values).__name__}")
+    return values
+
+
+def make_config(values: dict, source: str = "config") -> Config:
+    """Config from a mapping, refusing unknown keys and any value that is not already of the annotated type."""
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(repr(k) for k in set(values) - set(hints))
+    if unknown:
+        raise PipelineError(f"{source}: unknown field(s) {', '.join(unknown[:5])}; valid: {', '.join(hints)}")
+    typed = {}
+    for name, value in values.items():
+        if name == "fold" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # fold: 0 in a file means fold "0"; no other string field takes a number
+        typed[name] = strict_value(hints[name], value)
+        if typed[name] is None:
+            kind = hints[name]
+            raise PipelineError(f"{source}: {name} must be {_type_name(kind)}, got {value!r} "
+                                f"({type(value).__name__})")
+    return Config(**typed)
+
+
+def strict_value(kind, value):
+    """`value` as `kind` when that loses nothing, else None: no rounding 2.7 to 2, no True as 1, no 'yes' as True.
+
+    >>> strict_value(int, 3.0), strict_value(int, 2.7), strict_value(float, "1e-3"), strict_value(bool, 1)
+    (3, None, 0.001, None)
+    """
+    if typing.get_origin(kind) is tuple:
+        items = [value] if isinstance(value, str) else value
+        ok = isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items)
+        return tuple(items) if ok else None
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value) if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", value.strip()) else None
+            except ValueError:
+                return None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if kind is str:
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _type_name(kind) -> str:
+    return "a list of names" if typing.get_origin(kind) is tuple else {bool: "true or false", int: "an integer",
+                                                                        float: "a number", str: "a string"}[kind]
+
+
+def parse_config(argv: list[str] | None, prog: str, names: list[str], doc: str = "",
+                 positional: tuple[str, ...] = (), short: dict[str, str] | None = None) -> Config:
+    """defaults < --config FILE < flags, validated before any work starts."""
+    return parse_stage(argv, prog, names, doc, positional=positional, short=short)[0]
+
+
+def parse_stage(argv: list[str] | None, prog: str, names: list[str], doc: str = "", stage_defaults: dict | None = None,
+                extra: dict[str, dict] | None = None, positional: tuple[str, ...] = (),
+                short: dict[str, str] | None = None) -> tuple[Config, dict]:
+    """Like parse_config, plus this stage's own defaults for Config fields and its own extra flags.
+
+    Precedence: Config defaults < stage_defaults < --config FILE < flags. Returns (config, extra values).
+    """
+    parser = build_parser(prog, names, doc, positional, short)
+    for name, spec in (extra or {}).items():
+        parser.add_argument(flag(name), dest=name, **spec)
+    args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    extras = {name: args.pop(name) for name in extra or {}}
+    config_file = args.pop("config")
+    values = dict(stage_defaults or {}) | (load_config_file(config_file) if config_file else {})
+    values.update({k: v for k, v in args.items() if v is not None})
+    return make_config(values, source=config_file or prog), extras
+
+
+def to_dict(cfg: Config) -> dict:
+    """JSON-ready dict of the config (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}

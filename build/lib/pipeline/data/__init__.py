@@ -1,0 +1,371 @@
+"""Competition data in any of three layouts, detected from --data (a folder or Kaggle's zip):
+
+    pixels          train.csv = label, pixel0..pixelN (N+1 a square); test.csv        (Digit Recognizer)
+    csv-images      a train CSV (id/file column + target column(s)) and an image folder  (cassava, pawpularity)
+    class-folders   train/<class name>/*, test/*                                           (food-11, ImageFolder)
+
+`describe` detects the layout and the task once (make_folds saves the result beside the folds); every later
+stage reads through that Description, so no stage branches on a layout.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, replace
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import DEFAULT_DATA
+from pipeline.data import images as img
+from pipeline.data import pixels
+from pipeline.data.pixels import LABEL, PIXELS, SIDE  # noqa: F401 - the Digit Recognizer constants
+from pipeline.data.sample import write_sample, write_sample_images  # noqa: F401
+from pipeline.data.source import DOWNLOAD, Source, parse_csv  # noqa: F401
+from pipeline.data.source import resolve as _resolve
+from pipeline.data.targets import encode, infer_task
+from pipeline.errors import PipelineError
+from pipeline.tasks import Task
+
+LAYOUTS = ("pixels", "csv-images", "class-folders")
+TRAIN_CSVS = ("train.csv", "labels.csv", "train_labels.csv")
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # digits, on the 0..1 scale
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NUM_CLASSES = 10  # Digit Recognizer's, for the benchmark and the tests
+
+
+@dataclass(frozen=True)
+class Description:
+    """What make_folds found in the competition data; saved as JSON beside the folds file."""
+    layout: str  # pixels | csv-images | class-folders
+    task: Task
+    root: str = ""  # folder inside the source that holds the competition files ('' or 'cassava/')
+    train_file: str = ""  # the train CSV, relative ('' for class-folders)
+    id_col: str = ""  # column naming each train image (csv-images)
+    target_cols: tuple[str, ...] = ()  # target column(s) of the train CSV
+    image_dir: str = ""  # train image folder, relative to root
+    test_dir: str = ""  # test image folder, relative to root
+    channels: int = 1  # 1 (gray) or 3 (RGB)
+    side: int = 0  # pixels: the images' side; image files: 0 (decoded at --img-size)
+    group_col: str = ""  # rows sharing a value share a fold
+    n_images: int = 0  # train rows
+
+    def summary(self) -> str:
+        targets = ", ".join(self.target_cols) if len(self.target_cols) < 4 else f"{len(self.target_cols)} columns"
+        where = (f"{self.n_images:,} images in {self.image_dir}/" if self.layout != "pixels"
+                 else f"{self.n_images:,} images of {self.side}x{self.side}")
+        ident = f"id {self.id_col}, " if self.id_col else ""
+        return (f"{self.layout}: {ident}target {targets or 'the class folders'}, {self.task.describe()}, "
+                f"{'RGB' if self.channels == 3 else 'gray'}, {where}")
+
+    @property
+    def tta_preset(self) -> str:
+        return "digits" if self.layout == "pixels" else "hflip"
+
+    @property
+    def augment(self) -> str:
+        return "digits" if self.layout == "pixels" else "natural"
+
+    @property
+    def normalize(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.layout == "pixels":
+            return MNIST_MEAN, MNIST_STD
+        return (IMAGENET_MEAN, IMAGENET_STD) if self.channels == 3 else ((0.5,), (0.5,))
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"task": self.task.to_dict(), "target_cols": list(self.target_cols)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> Description:
+        try:
+            fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "task"}
+            desc = cls(task=Task.from_dict(d["task"], where), **fields)
+            desc = replace(desc, target_cols=tuple(str(c) for c in desc.target_cols))
+        except (KeyError, TypeError) as e:
+            raise PipelineError(f"{where}: not a data description ({type(e).__name__}: {e}); "
+                                "remake it with: python -m pipeline.make_folds --overwrite") from None
+        if desc.layout not in LAYOUTS or desc.channels not in (1, 3) or not isinstance(desc.side, int):
+            raise PipelineError(f"{where}: damaged data description (layout {desc.layout!r}, channels "
+                                f"{desc.channels!r}); remake it with: python -m pipeline.make_folds --overwrite")
+        return desc
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    targets: np.ndarray  # class indices (N,), 0/1 (N, C) or values (N,): see Task
+    ids: np.ndarray  # (N,) int64 row number in the train set, from 0: the id in folds.csv and oof.csv
+    groups: np.ndarray | None  # (N,) values of the group column, or None
+    train_hash: str  # first 16 hex digits of sha256 of the train CSV (or of the class folders' file list)
+    images: np.ndarray | None = None  # pixels: (N, 1, side, side) uint8, read with the CSV
+    files: tuple[str, ...] = ()  # image files: relative paths, decoded through the cache
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.targets
+
+
+def resolve(data: str) -> Source:
+    return _resolve(data, DEFAULT_DATA, write_sample, write_sample_images)
+
+
+# -- detection -----------------------------------------------------------------------------------------------
+
+def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple[str, ...] = (), image_dir: str = "",
+             task: str = "", metric: str = "", threshold: float = 0.5, group_col: str = "",
+             known: Description | None = None) -> tuple[Description, TrainSet]:
+    """Detect the layout and the task (flags override each guess) and read the train targets.
+
+    known: the saved description when re-reading; its channels and test folder are taken as they are (make_folds
+    probed them), so no image is opened and the test side is not matched again.
+    """
+    train_csv = next((f for f in (src.find(n) for n in TRAIN_CSVS) if f), None)
+    root = str(PurePosixPath(train_csv).parent) + "/" if train_csv and "/" in train_csv else ""
+    frame = parse_csv(src.read_file(train_csv), src.label(train_csv)) if train_csv else None
+    if not layout:
+        layout = ("pixels" if frame is not None and pixels.is_pixels(frame) else "csv-images" if frame is not None
+                  else "class-folders" if _class_root(src) is not None else "")
+    if layout not in LAYOUTS:
+        raise PipelineError(f"--data: {src.path}: no known layout (expected train.csv with pixel columns, a train CSV "
+                            f"with an image column and an image folder, or train/<class>/ folders); found "
+                            f"{', '.join(src.files()[:4]) or 'no files'}; name it with --layout {'|'.join(LAYOUTS)}")
+    if layout == "csv-images" and _class_root(src) is not None and not image_dir and not id_col:
+        layout = _csv_or_folders(src, root, frame, layout)
+    if layout != "class-folders" and frame is None:
+        raise PipelineError(f"--layout {layout}: {src.path} has no {' or '.join(TRAIN_CSVS)}")
+    if group_col and (group_col in target_cols or (layout == "pixels" and group_col == (target_cols or (LABEL,))[0])):
+        raise PipelineError(f"--group-col: {group_col} is the target column; name a column that groups rows "
+                            "(patient, image source, ...)")
+    options = dict(task=task, metric=metric, threshold=threshold, group_col=group_col)
+    probed = {} if known is None else {"channels": known.channels, "test_dir": known.test_dir}
+    if layout == "pixels":
+        return _describe_pixels(src, train_csv, frame, target_cols, **options)
+    if layout == "csv-images":
+        return _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image_dir, probed, **options)
+    return _describe_class_folders(src, image_dir, probed, **options)
+
+
+def _csv_or_folders(src: Source, root: str, frame: pd.DataFrame, layout: str) -> str:
+    """Both a train CSV and train/<class>/ folders: the CSV when it names the images, else the folders."""
+    text = frame.astype(str)
+    folders = img.image_folders(src, root)
+    named = any(img.guess_id_col(text, img.file_index(files)) for files in folders.values())
+    return layout if named else "class-folders"
+
+
+def _groups(frame: pd.DataFrame | None, group_col: str, where: str) -> np.ndarray | None:
+    if not group_col:
+        return None
+    if frame is None or group_col not in frame.columns:
+        raise PipelineError(f"--group-col: {where} has no column {group_col!r}")
+    if frame[group_col].isna().any():
+        row = int(np.flatnonzero(frame[group_col].isna().to_numpy())[0])
+        raise PipelineError(f"{where}: row {row + 1}, column {group_col}: missing group value")
+    return frame[group_col].astype(str).to_numpy()
+
+
+def _describe_pixels(src, train_csv, frame, target_cols, task, metric, threshold, group_col):
+    where = src.label(train_csv)
+    target = (target_cols or (LABEL,))[0]
+    if target not in frame.columns:
+        raise PipelineError(f"{where}: no {target!r} column (expected label,pixel0..pixel783; found "
+                            f"{', '.join(map(str, frame.columns[:3]))}, ...)")
+    side = pixels.side_of(frame)
+    extra = [target] + ([group_col] if group_col else [])
+    groups = _groups(frame, group_col, where)
+    images = pixels.images(frame, where, side, extra)
+    pixels.check_labels(frame[target], where)
+    the_task = infer_task(frame[[target]], where, task or "multiclass", metric, threshold)
+    targets = encode(frame[[target]], the_task, where)
+    desc = Description("pixels", the_task, train_file=train_csv, target_cols=(target,), channels=1, side=side,
+                       group_col=group_col, n_images=len(frame))
+    return desc, TrainSet(targets, np.arange(len(frame), dtype=np.int64), groups,
+                          _hash(src.read_file(train_csv)), images=images)
+
+
+def _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image_dir, probed, task, metric, threshold,
+                         group_col):
+    where = src.label(train_csv)
+    folders = img.image_folders(src, root)
+    if image_dir and image_dir.strip("/") not in folders or not folders:
+        raise PipelineError(f"--image-dir: {where} has no pixel columns and {src.path}{'/' + root if root else ''} has no "
+                            f"folder of images{' called ' + repr(image_dir) if image_dir else ''} "
+                            f"(found {', '.join(sorted(folders)[:4]) or 'none'})")
+    text = pd.read_csv(io.BytesIO(src.read_file(train_csv)), dtype=str, keep_default_na=False)  # ids as written
+    train_dir, id_col = _images_and_ids(text, folders, image_dir.strip("/"), id_col)
+    if train_dir is None:
+        raise PipelineError(f"--id-col: no column of {where} names the images of any folder "
+                            f"({', '.join(sorted(folders)[:4])}; columns {', '.join(map(str, frame.columns[:5]))}); "
+                            "name them with --id-col and --image-dir")
+    index = img.file_index(folders[train_dir])
+    targets = _target_columns(src, root, frame, id_col, group_col, target_cols, where)
+    if text[id_col].duplicated().any():
+        dup = text[id_col][text[id_col].duplicated()].iloc[0]
+        raise PipelineError(f"{where}: id {dup!r} appears in more than one row; one image, one row (it could land "
+                            "in two folds)")
+    files = img.match_ids(text[id_col], index, where, train_dir)
+    the_task = infer_task(frame[targets], where, task, metric, threshold)
+    test_dir = probed.get("test_dir") if probed else _checked_test_side(src, root, the_task, train_dir, folders)
+    desc = Description("csv-images", the_task, root=root, train_file=train_csv, id_col=id_col,
+                       target_cols=tuple(targets), image_dir=train_dir, test_dir=test_dir,
+                       channels=probed.get("channels") or img.detect_channels(src, files), group_col=group_col,
+                       n_images=len(frame))
+    return desc, TrainSet(encode(frame[targets], the_task, where), np.arange(len(frame), dtype=np.int64),
+                          _groups(frame, group_col, where), _hash(src.read_file(train_csv)), files=tuple(files))
+
+
+def _images_and_ids(frame: pd.DataFrame, folders: dict, image_dir: str, id_col: str) -> tuple[str | None, str]:
+    """The train image folder and the id column naming its files: the given ones, else the first folder (train-like
+    names first, test-like ones last) where some column names the files."""
+    named = [d for d in img.TRAIN_DIRS if d in folders]
+    rest = sorted((d for d in folders if d not in named), key=lambda d: ("test" in d.lower(), d))
+    for folder in [image_dir] if image_dir else named + rest:
+        index = img.file_index(folders[folder])
+        found = id_col if id_col in frame.columns else (img.guess_id_col(frame, index) if not id_col else None)
+        if found and frame[found].head(50).astype(str).map(lambda v: v in index).mean() >= 0.8:
+            return folder, found
+    return None, ""
+
+
+def _checked_test_side(src: Source, root: str, task: Task, train_dir: str, folders: dict) -> str:
+    """The test image folder, found now so a sample whose ids name no image, or whose columns this task cannot fill,
+    is refused before any training."""
+    sample = read_sample_submission(src, root, required=False)
+    preferred = img.pick_folder({k: v for k, v in folders.items() if not k.startswith(train_dir)}, img.TEST_DIRS, "test")
+    if sample is None:
+        return preferred or ""
+    task.submission_mode(sample)
+    files = test_files(src, root, sample, preferred or "")
+    return str(PurePosixPath(files[0][len(root):]).parent)
+
+
+def _target_columns(src, root, frame, id_col, group_col, given, where) -> list[str]:
+    """--target-col, else the sample submission's columns found in train, else the one column left."""
+    if given:
+        missing = [c for c in given if c not in frame.columns]
+        if missing:
+            raise PipelineError(f"--target-col: {where} has no column {missing[0]!r}")
+        return list(given)
+    rest = [str(c) for c in frame.columns if c not in (id_col, group_col)]
+    sample = read_sample_submission(src, root, required=False)
+    shared = [c for c in (map(str, sample.columns[1:]) if sample is not None else []) if c in rest]
+    if shared:
+        return shared
+    if len(rest) == 1:
+        return rest
+    raise PipelineError(f"--target-col: {where} has several candidate target columns ({', '.join(rest[:5])}); "
+                        "name the target(s) with --target-col")
+
+
+def _class_root(src: Source) -> str | None:
+    """The folder whose sub-folders are the classes: train/ (or the given one) with images one level down."""
+    for f in src.files():
+        parts = PurePosixPath(f).parts
+        if img.is_image(f) and len(parts) >= 3 and parts[-3].lower().startswith("train"):
+            return "/".join(parts[:-2])
+    return None
+
+
+def _describe_class_folders(src, image_dir, probed, task, metric, threshold, group_col):
+    class_root = image_dir.strip("/") if image_dir else _class_root(src)
+    if class_root is None:
+        raise PipelineError(f"--layout class-folders: {src.path} has no train/<class>/ image folders")
+    root = str(PurePosixPath(class_root).parent) + "/" if "/" in class_root else ""
+    train_dir = PurePosixPath(class_root).name
+    files, labels = img.class_folder_files(src, root, train_dir)
+    if not files:
+        raise PipelineError(f"--image-dir: {class_root}/ has no <class>/<image> files")
+    if group_col:
+        raise PipelineError("--group-col: class-folders data has no columns to group by")
+    frame = pd.DataFrame({"label": labels})
+    the_task = infer_task(frame, f"{class_root}/", task or "multiclass", metric, threshold)
+    folders = img.image_folders(src, root)
+    test_dir = probed.get("test_dir") if probed else _checked_test_side(src, root, the_task, train_dir, folders)
+    desc = Description("class-folders", the_task, root=root, target_cols=(), image_dir=train_dir,
+                       test_dir=test_dir, channels=probed.get("channels") or img.detect_channels(src, files),
+                       n_images=len(files))
+    return desc, TrainSet(encode(frame, the_task, f"{class_root}/"), np.arange(len(files), dtype=np.int64), None,
+                          img.files_hash(src, files, labels), files=tuple(files))
+
+
+# -- reading through a description ---------------------------------------------------------------------------
+
+def read_train(src: Source, desc: Description | None = None) -> TrainSet:
+    """The train targets (and pixel images) as the description says; no description: detect with defaults."""
+    if desc is None:
+        return describe(src)[1]
+    found, train = describe(src, desc.layout, desc.id_col, desc.target_cols, desc.image_dir if desc.layout != "class-folders"
+                            else desc.root + desc.image_dir, desc.task.kind, desc.task.metric, desc.task.threshold,
+                            desc.group_col, known=desc)
+    if desc.task.kind != "regression" and found.task.classes != desc.task.classes:
+        raise PipelineError(f"--data: its classes ({', '.join(found.task.classes[:5])}, ...) differ from the ones "
+                            f"the folds were made with ({', '.join(desc.task.classes[:5])}, ...); remake the folds")
+    return train
+
+
+def read_train_as(src: Source, desc: Description, data_flag: str, described_by: str) -> TrainSet:
+    """read_train, where data of another shape than `described_by` says is named as such, with what to do."""
+    try:
+        return read_train(src, desc)
+    except PipelineError as e:
+        raise PipelineError(f"--data {data_flag} does not fit {described_by}, which describes {desc.summary()} "
+                            f"({str(e)[:150]}); pass the --data it was made from, or make folds for this data with: "
+                            f"python -m pipeline.make_folds --data {data_flag} --folds-path OTHER.csv") from None
+
+
+def train_images(src: Source, desc: Description, train: TrainSet, img_size: int, cache_dir: str) -> np.ndarray:
+    """(N, C, H, W) uint8: the pixel array as read, or the image files decoded once at img_size (memory-mapped)."""
+    if train.images is not None:
+        return train.images
+    return img.cached_images(src, list(train.files), img_size, desc.channels, cache_dir, "train")
+
+
+def read_sample_submission(src: Source, root: str = "", required: bool = True) -> pd.DataFrame | None:
+    name = "sample_submission.csv"
+    rel = src.find(name)
+    if rel is None:
+        if required:
+            raise PipelineError(f"{src.label(root + name)}: not found; it fixes the submission's ids and columns")
+        return None
+    sample = parse_csv(src.read_file(rel), src.label(rel), text_first=True)
+    if len(sample.columns) < 2:
+        raise PipelineError(f"{src.label(rel)}: expected an id column and at least one prediction column, "
+                            f"found {len(sample.columns)} column(s)")
+    if sample.iloc[:, 0].duplicated().any():
+        raise PipelineError(f"{src.label(rel)}: id {sample.iloc[:, 0][sample.iloc[:, 0].duplicated()].iloc[0]!r} appears twice")
+    return sample
+
+
+def read_test(src: Source, desc: Description, img_size: int, cache_dir: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """Test images (N, C, H, W) uint8 in the order of sample_submission.csv's ids, and that sample."""
+    if desc.layout == "pixels":
+        test_csv = src.find("test.csv")
+        if test_csv is None:
+            raise PipelineError(f"{src.label('test.csv')}: not found (the competition should hold train.csv, "
+                                "test.csv, sample_submission.csv)")
+        sample = read_sample_submission(src, desc.root)
+        where, raw = src.label(test_csv), src.read_file(test_csv)
+        frame = parse_csv(raw, where, text_first=not raw.lstrip(b"\xef\xbb\xbf").startswith(b"pixel"))
+        return pixels.test_images(frame, where, desc.side, sample, ""), sample
+    sample = read_sample_submission(src, desc.root)
+    files = test_files(src, desc.root, sample, desc.test_dir)
+    return img.cached_images(src, files, img_size, desc.channels, cache_dir, "test"), sample
+
+
+def test_files(src: Source, root: str, sample: pd.DataFrame, preferred: str = "") -> list[str]:
+    """The image file of every sample_submission id: in the preferred folder, else in whichever folder holds them
+    (plant pathology 2020 keeps train and test images in one images/ folder)."""
+    folders = img.image_folders(src, root)
+    order = sorted(folders, key=lambda d: (d != preferred, "test" not in d.lower(), d))
+    ids = sample.iloc[:, 0].astype(str)
+    for folder in order:
+        index = img.file_index(folders[folder])
+        if ids.head(50).map(lambda v: v in index).mean() >= 0.8:
+            return img.match_ids(ids, index, src.label("sample_submission.csv"), folder)
+    raise PipelineError(f"{src.label('sample_submission.csv')}: its ids ({', '.join(ids.head(3))}, ...) name no image "
+                        f"in any folder of {src.path} ({', '.join(sorted(folders)[:4]) or 'no image folders'})")
+
+
+def _hash(raw: bytes) -> str:
+    from pipeline.folds import file_hash
+
+    return file_hash(raw)

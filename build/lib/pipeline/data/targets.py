@@ -1,0 +1,112 @@
+"""Target columns of a train CSV -> a Task (kind, class names) and the target array it trains on."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.tasks import Task
+
+MAX_CLASS_INDEX = 100_000  # integer labels 0..K are classes 0..K; beyond this they are not class indices
+
+
+def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = "", threshold: float = 0.5) -> Task:
+    """The task these target columns describe; `kind` overrides the guess.
+
+    One column: numbers with more than 30 distinct values or fractions -> regression; strings with
+    space-separated names -> multilabel; otherwise multiclass. Several 0/1 columns -> multilabel.
+    """
+    _no_missing(frame, where)
+    cols = [str(c) for c in frame.columns]
+    if len(cols) > 1:
+        if kind and kind != "multilabel":
+            raise PipelineError(f"--task {kind}: takes one target column, got {len(cols)} ({', '.join(cols[:4])})")
+        bad = ~frame.isin([0, 1, 0.0, 1.0]).to_numpy()
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise PipelineError(f"{where}: row {row + 1}, column {cols[col]}: one-hot label columns hold 0 or 1, "
+                                f"found {frame.iat[row, col]}")
+        return Task("multilabel", tuple(cols), metric, threshold)
+    values = frame.iloc[:, 0]
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if not kind:
+        fractional = numeric and not np.allclose(values, np.round(values))
+        kind = ("regression" if numeric and (fractional or values.nunique() > 30) else
+                "multilabel" if not numeric and _label_sets(values) else "multiclass")
+    if kind == "regression":
+        if not numeric:
+            raise PipelineError(f"{where}: column {cols[0]}: a regression target must be numeric, found "
+                                f"{values[pd.to_numeric(values, errors='coerce').isna()].iloc[0]!r}")
+        return Task("regression", (cols[0],), metric, threshold)
+    if kind == "multilabel":
+        return Task("multilabel", tuple(_tokens(values)), metric, threshold)
+    return Task("multiclass", class_names(values), metric, threshold)
+
+
+def label_text(values: pd.Series) -> pd.Series:
+    """Labels as the names written back: integral numbers without a fraction (2.0 -> '2'), the rest as text."""
+    if pd.api.types.is_numeric_dtype(values) and np.allclose(values, np.round(values)):
+        return values.round().astype(np.int64).astype(str)
+    return values.astype(str)
+
+
+def class_names(values: pd.Series) -> tuple[str, ...]:
+    """Class names in output order: numeric labels in numeric order (0, 1, 2, ..., 10), names sorted.
+
+    >>> class_names(pd.Series([2, 0, 2, 1])), class_names(pd.Series([2, 1])), class_names(pd.Series(["rust", "healthy"]))
+    (('0', '1', '2'), ('1', '2'), ('healthy', 'rust'))
+    """
+    names = label_text(values).unique()
+    if pd.api.types.is_numeric_dtype(values) and np.allclose(values, np.round(values)):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names))
+
+
+def encode(frame: pd.DataFrame, task: Task, where: str) -> np.ndarray:
+    """Targets as the task trains on them: class indices (N,), 0/1 (N, C) float32, or values (N,) float32."""
+    _no_missing(frame, where)
+    if task.kind == "regression":
+        values = pd.to_numeric(frame.iloc[:, 0], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            row = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise PipelineError(f"{where}: row {row + 1}, column {frame.columns[0]}: target must be a finite number, "
+                                f"found {frame.iat[row, 0]!r}")
+        return values.astype(np.float32)
+    if task.kind == "multilabel" and len(frame.columns) > 1:
+        return frame[list(task.classes)].to_numpy(dtype=np.float32)
+    names = label_text(frame.iloc[:, 0]).to_numpy()
+    if task.kind == "multilabel":
+        index = {c: i for i, c in enumerate(task.classes)}
+        out = np.zeros((len(names), len(task.classes)), dtype=np.float32)
+        for row, text in enumerate(names):
+            for token in text.split():
+                if token not in index:
+                    raise PipelineError(f"{where}: row {row + 1}: label {token!r} is not one of the task's classes")
+                out[row, index[token]] = 1
+        return out
+    index = {c: i for i, c in enumerate(task.classes)}
+    codes = np.array([index.get(n, -1) for n in names], dtype=np.int64)
+    if (codes < 0).any():
+        row = int(np.flatnonzero(codes < 0)[0])
+        raise PipelineError(f"{where}: row {row + 1}, column {frame.columns[0]}: label {names[row]!r} is not one of "
+                            f"the {len(task.classes)} classes ({', '.join(task.classes[:5])}, ...)")
+    return codes
+
+
+def _label_sets(values: pd.Series) -> bool:
+    """Space-separated label sets ('scab', 'scab rust') rather than class names with spaces ('big cat'): some
+    name stands alone in one row and with others in another."""
+    rows = [v.split() for v in values.astype(str).unique()]
+    alone = {r[0] for r in rows if len(r) == 1}
+    return any(len(r) > 1 and alone & set(r) for r in rows)
+
+
+def _tokens(values: pd.Series) -> np.ndarray:
+    return np.array(sorted({t for v in values.astype(str) for t in v.split()}))
+
+
+def _no_missing(frame: pd.DataFrame, where: str) -> None:
+    missing = frame.isna().to_numpy()
+    if missing.any():
+        row, col = np.argwhere(missing)[0]
+        raise PipelineError(f"{where}: row {row + 1}, column {frame.columns[col]}: missing target value")

@@ -1,0 +1,330 @@
+"""The files of one experiment folder, weights/<exp>/, and the local CV computed from them.
+
+config.json  resolved config            fold<k>.pth       best epoch: state dict + config + score
+oof.csv      id, fold, label, p0..p9     fold<k>.last.pth  end of the last finished epoch (for --resume)
+metrics.csv  one row per fold and epoch  cv.json           per-fold and overall local CV
+schedule.csv learning rate of every optimizer step, as applied
+selection.csv per fold: the best epoch's and the SWA average's scores, and which of the two fold<k>.pth holds
+.lock        held by the one training that writes here; says who holds it
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.checkpoint import read_json, write_csv, write_json
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.tasks import Task
+
+# Fields that define what an experiment trains; --resume refuses a run that changes one of them.
+RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", "weight_decay",
+          "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
+          "mixup", "cutmix", "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
+          "drop_rate", "drop_path_rate", "seed"]
+# What the rows were split by: every fold of one experiment must come from the same folds file.
+DATA_IDENTITY = ["train_hash", "folds_hash"]
+# Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
+_NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
+         r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth"
+ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
+LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
+_REPORT = r"report\.md|curves\.png|lr\.png|confusion\.png|confusion\.csv|per_class\.csv|wrong\.png"
+REPORT_FILES = re.compile(rf"({_REPORT})|\.({_REPORT})\.\w+\.tmp")
+
+
+def prob_columns(num_classes: int) -> list[str]:
+    return [f"p{c}" for c in range(num_classes)]
+
+
+def read_table(path: Path) -> pd.DataFrame | None:
+    """A CSV the pipeline wrote, or None when absent; a damaged one is a one-line error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: unreadable ({str(e).strip().splitlines()[0][:80]}); "
+                            "retrain the experiment with --overwrite") from None
+    if "fold" not in table.columns or not pd.api.types.is_integer_dtype(table["fold"]):
+        raise PipelineError(f"{path}: damaged (no integer 'fold' column); retrain the experiment with --overwrite")
+    return table
+
+
+def experiment_dir(weights_dir: str | Path, name: str) -> Path:
+    """weights/<name>: a name that passed config.check_name cannot point outside weights/."""
+    from pipeline.config import check_name
+
+    return Path(weights_dir) / check_name(name, "--exp")
+
+
+@contextlib.contextmanager
+def locked(exp_dir: Path):
+    """Hold exp_dir/.lock for the block; a second writer is refused with the holder's pid, host and command.
+
+    The kernel drops the lock when its process dies (kill -9 included): a lock is never stale.
+    """
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(exp_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "another process"
+            raise PipelineError(f"{exp_dir}: another training is writing to this experiment ({holder}); "
+                                "wait for it to finish, or use another --exp") from None
+        me = f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}: " \
+             f"{' '.join(['python -m pipeline.' + Path(sys.argv[0]).stem, *sys.argv[1:]])[:300]}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        _remove_matching(exp_dir, LITTER)  # temp files of a killed write: nobody else writes here now
+        yield exp_dir
+    finally:
+        os.close(fd)
+
+
+def remove_artifacts(exp_dir: Path) -> None:
+    """Delete what the pipeline wrote in exp_dir (never other files, never through a symbolic link)."""
+    if exp_dir.is_symlink():
+        raise PipelineError(f"--overwrite: {exp_dir} is a symbolic link; refusing to delete through it "
+                            "(remove the link yourself, or use another --exp)")
+    _remove_matching(exp_dir, ARTIFACTS)
+    report = exp_dir / "report"
+    if report.is_symlink():
+        report.unlink()
+    elif report.is_dir():
+        _remove_matching(report, REPORT_FILES)
+        with contextlib.suppress(OSError):
+            report.rmdir()  # only when nothing of the user's is left in it
+
+
+def done_folds(exp_dir: Path) -> list[int]:
+    """Folds whose OOF rows are written: training of those folds finished."""
+    oof = read_table(exp_dir / "oof.csv")
+    return sorted(int(k) for k in oof["fold"].unique()) if oof is not None else []
+
+
+def _remove_matching(folder: Path, names: re.Pattern) -> None:
+    for path in folder.iterdir():
+        if names.fullmatch(path.name) and (path.is_file() or path.is_symlink()):
+            path.unlink()  # a link itself, never its target
+
+
+def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwrite: bool) -> list[int]:
+    """Apply the no-silent-overwrite policy (call while holding the lock); return the folds still to train."""
+    saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
+    artifacts = sorted(p.name for p in exp_dir.glob("*") if p.name != "config.json" and not p.name.startswith(".")) if exp_dir.is_dir() else []
+    if not artifacts and not resume:
+        return folds
+    if overwrite and len(folds) == config["n_splits"]:
+        remove_artifacts(exp_dir)
+        return folds
+    if not resume and not overwrite:
+        raise PipelineError(f"{exp_dir}: experiment exists ({', '.join(artifacts[:4])}...); "
+                            "add --resume to continue it, --overwrite to replace it, or choose another --exp")
+    if saved is None:
+        raise PipelineError(f"{'--resume' if resume else '--overwrite --fold ' + ','.join(map(str, folds))}: {exp_dir} "
+                            "has no config.json, so which folds file and recipe its folds used is unknown; retrain "
+                            "every fold with --overwrite --fold all, or use another --exp")
+    changed = [f for f in RECIPE + DATA_IDENTITY if _saved(saved, f) != config.get(f)]
+    stale = other_folds_hash(exp_dir, config["folds_hash"], folds if overwrite else [])
+    if stale and "folds_hash" not in changed:  # config.json says one folds file, a kept checkpoint another
+        changed, saved = ["folds_hash", *changed], saved | {"folds_hash": stale}
+    if overwrite:
+        if changed:
+            raise PipelineError(f"--overwrite: {exp_dir}'s other folds were trained with {_what(changed[0])}="
+                                f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; one experiment "
+                                "holds one recipe and one folds file: use --fold all, or another --exp")
+        for k in folds:
+            forget_fold(exp_dir, k)
+        return folds
+    if changed:
+        f = changed[0]
+        advice = ("the folds file was remade since; resuming would mix two fold assignments (leakage). Retrain "
+                  "with --overwrite --fold all, or restore the old folds file" if f == "folds_hash" else
+                  "resume with the same settings or use --overwrite / another --exp")
+        raise PipelineError(f"--resume: {exp_dir} was trained with {_what(f)}={saved.get(f)!r}, this run has "
+                            f"{config.get(f)!r}; {advice}")
+    finished = done_folds(exp_dir)
+    for k in finished:  # a kill between writing the OOF and removing the epoch state leaves a stale one
+        (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
+    if finished:
+        print(f"resume: folds {', '.join(map(str, finished))} already finished, kept as they are")
+    return [k for k in folds if k not in finished]
+
+
+def prepare_full(exp_dir: Path, config: dict, overwrite: bool) -> None:
+    """--fold full joins an experiment only with the same recipe and data; an existing full.pth needs --overwrite."""
+    saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
+    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and _saved(saved, f) != config.get(f)]
+    if changed:
+        raise PipelineError(f"--fold full: {exp_dir}'s folds were trained with {_what(changed[0])}="
+                            f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; the full-data model "
+                            "must share the folds' recipe: use the same flags, or another --exp")
+    if (exp_dir / "full.pth").exists() and not overwrite:
+        raise PipelineError(f"{exp_dir}/full.pth exists; add --overwrite to train it again")
+
+
+def other_folds_hash(exp_dir: Path, folds_hash: str, retrained: list[int]) -> str | None:
+    """The folds hash of a kept fold checkpoint that differs from `folds_hash` (config.json may have been replaced)."""
+    from pipeline.checkpoint import load_checkpoint
+
+    for path in sorted(exp_dir.iterdir()):
+        match = re.fullmatch(r"fold(\d+)\.pth", path.name)
+        if match and int(match.group(1)) not in retrained and path.is_file():
+            config = load_checkpoint(path).get("config")
+            found = config.get("folds_hash") if isinstance(config, dict) else None
+            if found != folds_hash:
+                return str(found)
+    return None
+
+
+def _saved(saved: dict, field: str):
+    """A recipe field of an experiment's config.json; a field added since it was trained has its default."""
+    return saved.get(field, getattr(Config(), field, None))
+
+
+def _what(field: str) -> str:
+    return {"folds_hash": "folds file hash", "train_hash": "train.csv hash"}.get(field, field)
+
+
+def forget_fold(exp_dir: Path, k: int) -> None:
+    """Remove fold k's checkpoints and rows, leaving the other folds intact."""
+    for name in (f"fold{k}.pth", f"fold{k}.last.pth"):
+        (exp_dir / name).unlink(missing_ok=True)
+    for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv", "selection.csv"):
+        table = read_table(exp_dir / name)
+        if table is not None:
+            write_csv(table[table["fold"] != k], exp_dir / name)
+
+
+def append_metrics(exp_dir: Path, row: dict, lrs: list[float]) -> None:
+    """Add one epoch's metrics row and its per-step learning rates (schedule.csv).
+
+    Rows of the same fold from this epoch on are replaced first: a resumed epoch is written once.
+    """
+    fold, epoch = row["fold"], row["epoch"]
+    first_step = 0
+    schedule = read_table(exp_dir / "schedule.csv")
+    if schedule is not None:
+        schedule = schedule[~((schedule["fold"] == fold) & (schedule["epoch"] >= epoch))]
+        first_step = int((schedule["fold"] == fold).sum())
+    steps = pd.DataFrame({"fold": fold, "epoch": epoch, "step": np.arange(first_step, first_step + len(lrs)), "lr": lrs})
+    _replace_rows(exp_dir / "metrics.csv", pd.DataFrame([row]), fold, epoch)
+    _replace_rows(exp_dir / "schedule.csv", steps, fold, epoch)
+
+
+def _replace_rows(path: Path, new: pd.DataFrame, fold: int, epoch: int) -> None:
+    table = read_table(path)
+    if table is not None:
+        keep = ~((table["fold"] == fold) & (table["epoch"] >= epoch))
+        new = pd.concat([table[keep], new], ignore_index=True)
+    write_csv(new, path)
+
+
+def write_selection(exp_dir: Path, row: dict) -> None:
+    """Replace fold row["fold"]'s row of selection.csv (best epoch vs SWA: the scores and which was kept)."""
+    old = read_table(exp_dir / "selection.csv")
+    new = pd.DataFrame([row])
+    if old is not None:
+        new = pd.concat([old[old["fold"] != row["fold"]], new], ignore_index=True).sort_values("fold")
+    write_csv(new, exp_dir / "selection.csv")
+
+
+def read_selection(exp_dir: Path, folds: list[int]) -> dict:
+    """{fold: {best_epoch, best_epoch_<metric>, swa_epochs, swa_<metric>, kept}} for the folds present, from
+    selection.csv (absent for experiments trained before it existed)."""
+    table = read_table(exp_dir / "selection.csv")
+    if table is None:
+        return {}
+    rows = table[table["fold"].isin(folds)].set_index("fold")
+    return {int(k): {c: (None if isinstance(v, float) and v != v else v.item() if hasattr(v, "item") else v)
+                     for c, v in row.items()} for k, row in rows.iterrows()}
+
+
+def write_oof(exp_dir: Path, ids: np.ndarray, k: int, targets: np.ndarray, preds: np.ndarray, task: Task) -> None:
+    """Replace fold k's rows of oof.csv with the best epoch's validation predictions."""
+    rows = pd.concat([pd.DataFrame({"id": ids, "fold": k}), task.targets_frame(targets),
+                      pd.DataFrame(preds, columns=prob_columns(preds.shape[1]))], axis=1)
+    old = read_table(exp_dir / "oof.csv")
+    if old is not None:
+        rows = pd.concat([old[old["fold"] != k], rows], ignore_index=True)
+    write_csv(rows.sort_values("id", kind="stable").reset_index(drop=True), exp_dir / "oof.csv")
+
+
+def oof_arrays(oof: pd.DataFrame, task: Task, where: str = "oof.csv") -> tuple[np.ndarray, np.ndarray]:
+    """(predictions (N, outputs), targets) from oof.csv rows, checked: finite, in range, integer ids."""
+    cols = prob_columns(task.num_outputs)
+    missing = [c for c in cols + task.target_columns() if c not in oof.columns]
+    if missing:
+        raise PipelineError(f"{where}: no column {missing[0]!r} for this {task.kind} task; retrain with --overwrite")
+    try:
+        preds = oof[cols].to_numpy(dtype=np.float64)
+        targets = task.targets_from(oof)
+    except (ValueError, TypeError) as e:
+        raise PipelineError(f"{where}: non-numeric predictions or targets ({str(e)[:80]}); retrain with --overwrite") from None
+    bad = ~np.isfinite(preds).all(1) | ~np.isfinite(np.asarray(targets, dtype=np.float64).reshape(len(oof), -1)).all(1)
+    if task.kind != "regression":
+        bad |= ((preds < 0) | (preds > 1)).any(1)
+    if not pd.api.types.is_integer_dtype(oof["id"]) or (oof["id"] < 0).any():
+        raise PipelineError(f"{where}: ids must be the train rows' numbers (0, 1, ...); retrain with --overwrite")
+    if bad.any():
+        raise PipelineError(f"{where}: row {int(np.flatnonzero(bad)[0]) + 1}: predictions or targets are missing, "
+                            "NaN or out of range; retrain with --overwrite")
+    if task.kind == "multiclass" and ((targets < 0) | (targets >= task.num_outputs)).any():
+        raise PipelineError(f"{where}: labels outside 0..{task.num_outputs - 1}; retrain with --overwrite")
+    return preds, targets
+
+
+def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> dict:
+    """Per-fold and overall scores in the competition's metric, from OOF rows (pure)."""
+    preds, targets = oof_arrays(oof, task)
+    if oof["id"].duplicated().any():  # two fold assignments mixed: every CV figure would be wrong
+        dup = oof["id"][oof["id"].duplicated()].iloc[0]
+        raise PipelineError(f"oof.csv: id {dup} appears in more than one fold's rows; the experiment mixes two "
+                            "folds files: retrain it with --overwrite --fold all")
+    fold = oof["fold"].to_numpy()
+    per_fold = {int(k): task.scores(preds[fold == k], targets[fold == k]) for k in sorted(np.unique(fold))}
+    values = np.array([s[task.metric] for s in per_fold.values()])
+    return {
+        "metric": task.metric, "higher_is_better": task.higher_is_better,
+        "folds_present": list(per_fold), "n_splits": n_splits, "complete": len(per_fold) == n_splits,
+        "per_fold": per_fold, "oof": task.scores(preds, targets), "rows": int(len(oof)),
+        "fold_mean": float(np.nanmean(values)), "fold_std": float(np.nanstd(values)),
+    }
+
+
+def write_cv(exp_dir: Path, n_splits: int, extra: dict, task: Task) -> dict:
+    cv = cv_summary(read_table(exp_dir / "oof.csv"), n_splits, task) | extra
+    cv["selection"] = read_selection(exp_dir, cv["folds_present"])
+    write_json(cv, exp_dir / "cv.json")
+    return cv
+
+
+def _kept(sel: dict | None, metric: str) -> str:
+    """'  (SWA of 3 epochs; best epoch 14: 0.99012)' when the fold trained with --swa-epochs."""
+    if not sel or not sel.get("swa_epochs"):
+        return ""
+    other = f"best epoch {sel['best_epoch']}: {sel[f'best_epoch_{metric}']:.5f}"
+    swa = f"SWA of {sel['swa_epochs']} epochs: {sel[f'swa_{metric}']:.5f}"
+    return f"  (kept {'SWA' if sel['kept'] == 'swa' else 'the best epoch'}; {swa}, {other})"
+
+
+def format_cv(cv: dict, name: str) -> str:
+    metric = cv.get("metric", "accuracy")
+    chosen = {int(k): v for k, v in cv.get("selection", {}).items()}
+    lines = [f"fold {k}: {metric} {s[metric]:.5f}  loss {s['loss']:.4f}{_kept(chosen.get(int(k)), metric)}"
+             for k, s in cv["per_fold"].items()]
+    present = "all folds" if cv["complete"] else f"folds {', '.join(map(str, cv['folds_present']))} of {cv['n_splits']} only"
+    lines.append(f"local CV ({name}, {present}, {cv['rows']:,} OOF rows): {metric} {cv['oof'][metric]:.5f} "
+                 f"(fold mean {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f})  loss {cv['oof']['loss']:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""Code competitions: the trained experiments and the code as two Kaggle datasets, and the inference notebook.
+
+    python -m pipeline.export --exp digit_cnn --tta --competition digit-recognizer            # build, check
+    python -m pipeline.export --exp a b --ensemble learned --tta --dataset alice/cassava-r50 --push
+
+Builds under --export-dir (git-ignored), for the weights dataset USER/SLUG:
+  SLUG/weights/    <exp>/fold<k>.pth, config.json, cv.json, oof.csv; the blend file; dataset-metadata.json
+  SLUG/code/       the pipeline wheel, the wheels the Kaggle image lacks, requirements.txt; dataset-metadata.json
+  SLUG/kernel/     inference.ipynb (notebooks/kaggle_inference.ipynb, the settings written in); kernel-metadata.json
+  SLUG/check/      local.csv (infer on the local weights) and exported.csv (the notebook's command on the export)
+Refuses experiments with missing folds; the two check files must be identical before anything is pushed.
+--push creates the datasets (or adds a version) and pushes the notebook through the kaggle client, then prints
+its address and the command that submits it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+import pipeline
+from pipeline import infer
+from pipeline.checkpoint import read_json
+from pipeline.config import Config, flag, make_config, parse_config
+from pipeline.errors import PipelineError, main_guard
+from pipeline.experiment import experiment_dir
+
+FLAGS = ["exp", "weights_dir", "data", "ensemble", "tta", "tta_preset", "with_full", "precision", "competition",
+         "dataset", "push", "export_dir", "message", "device", "cache_dir"]
+
+# The one list of what the Kaggle GPU image already has (import names as pip knows them); every other
+# dependency of the pipeline is shipped as a wheel in the code dataset.
+KAGGLE_IMAGE = {"torch", "torchvision", "timm", "scikit-learn", "pandas", "numpy", "albumentations", "kaggle", "six",
+                "tqdm", "matplotlib", "pyyaml", "pillow"}
+MARKER = ".pipeline-export"  # an export folder holds this; only such a folder is ever replaced
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "kaggle_inference.ipynb"
+SETTINGS_CELL = "# settings: written by `python -m pipeline.export`"
+
+
+def shipped_requirements() -> list[str]:
+    """The pipeline's dependencies (pyproject.toml) the Kaggle image lacks, as requirement strings."""
+    import tomllib
+
+    project = tomllib.loads((repo_root() / "pyproject.toml").read_text())["project"]
+    return [r for r in project["dependencies"] if requirement_name(r) not in KAGGLE_IMAGE]
+
+
+def requirement_name(requirement: str) -> str:
+    """'ttach>=0.0.3  # comment' -> 'ttach' (normalised as pip does: lower case, - for _ and .).
+
+    >>> requirement_name("Iterative_Stratification>=0.1.7")
+    'iterative-stratification'
+    """
+    return re.sub(r"[-_.]+", "-", re.match(r"\s*([A-Za-z0-9_.-]+)", requirement).group(1)).lower()
+
+
+def repo_root() -> Path:
+    root = Path(pipeline.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise PipelineError(f"export: builds the code from a source checkout (pyproject.toml beside pipeline/); "
+                            f"{root} has none. Run it from the cloned repository (pip install -e .)")
+    return root
+
+
+def pip(*args: str, what: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise PipelineError(f"export: {what} failed (pip: {last[0][:160]}); pip needs the package index once to "
+                            "fetch the wheels")
+
+
+def names(cfg: Config) -> tuple[str, str, str]:
+    """(user, slug, competition): the weights dataset USER/SLUG, from --dataset or the kaggle username and the
+    experiments' names."""
+    if cfg.dataset:
+        user, slug = cfg.dataset.split("/")
+        return user, slug, cfg.competition
+    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(cfg.exp).lower()).strip("-")[:32] + "-weights"
+    return kaggle_username(), slug if len(slug) >= 6 else f"pipeline-{slug}", cfg.competition
+
+
+def kaggle_username() -> str:
+    """The username the kaggle client would use (KAGGLE_USERNAME, or ~/.kaggle/kaggle.json), else a placeholder
+    that --push refuses."""
+    import os
+
+    user = os.environ.get("KAGGLE_USERNAME")
+    config = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
+    if not user and config.is_file():
+        try:
+            user = json.loads(config.read_text()).get("username")
+        except (ValueError, OSError):
+            user = None
+    return user or "your-kaggle-username"
+
+
+def fresh_folder(path: Path) -> Path:
+    """An empty export folder: created, or emptied when an earlier export made it (never another folder)."""
+    if path.exists():
+        if not (path / MARKER).is_file():
+            raise PipelineError(f"--export-dir: {path} exists and was not made by pipeline.export; "
+                                "choose another --export-dir or --dataset")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / MARKER).write_text("made by python -m pipeline.export; replaced by the next export\n")
+    return path
+
+
+def weights_dataset(cfg: Config, out: Path, dataset_id: str) -> list[Path]:
+    """Each experiment's complete set of fold checkpoints and its records, the blend file; dataset-metadata.json."""
+    files = []
+    for e in cfg.exp:
+        src = experiment_dir(cfg.weights_dir, e)
+        checkpoints = infer.fold_checkpoints(src)  # refuses an experiment with missing folds
+        cv = read_json(src / "cv.json", "CV summary") if (src / "cv.json").is_file() else {}
+        if not cv.get("complete"):
+            raise PipelineError(f"{src}: its CV does not cover every fold (cv.json complete: {cv.get('complete')}); "
+                                f"finish it with: python -m pipeline.train --exp {e} --fold all --resume")
+        extra = [src / "full.pth"] if cfg.with_full else []
+        for path in [*checkpoints, *extra, src / "config.json", src / "cv.json", src / "oof.csv"]:
+            if not path.is_file():
+                raise PipelineError(f"{path}: missing; the export needs it (retrain or resume {e})")
+            (out / e).mkdir(exist_ok=True)
+            shutil.copy2(path, out / e / path.name)
+            files.append(out / e / path.name)
+    if len(cfg.exp) > 1:
+        blend = f"blend_{'+'.join(cfg.exp)}.json"
+        source = Path(cfg.weights_dir) / blend
+        if source.is_file():
+            shutil.copy2(source, out / blend)
+    metadata = {"title": dataset_id.split("/")[1][:50], "id": dataset_id, "licenses": [{"name": "CC0-1.0"}],
+                "subtitle": f"pipeline weights: {', '.join(cfg.exp)}"[:80].ljust(20, "."),
+                "description": "Fold checkpoints, config.json, cv.json and oof.csv written by pipeline.train."}
+    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return files
+
+
+def code_dataset(out: Path, dataset_id: str) -> list[str]:
+    """The pipeline wheel and the wheels of its dependencies the Kaggle image lacks; requirements.txt pins them."""
+    pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(repo_root()), what="building the pipeline wheel")
+    wanted = shipped_requirements()
+    if wanted:
+        pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(out), *wanted,
+            what=f"downloading the wheels of {', '.join(requirement_name(r) for r in wanted)}")
+    pins = []
+    for wheel in sorted(out.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]
+        pins.append(f"{requirement_name(name)}=={version}")
+    (out / "requirements.txt").write_text("\n".join(pins) + "\n")
+    metadata = {"title": dataset_id.split("/")[1][:50], "id": dataset_id, "licenses": [{"name": "CC0-1.0"}],
+                "subtitle": "pipeline code and the wheels Kaggle lacks"}
+    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return pins
+
+
+def settings(cfg: Config) -> dict:
+    """The infer settings the notebook runs with: exactly what the local check ran."""
+    return {"exp": list(cfg.exp), "tta": cfg.tta, "tta_preset": cfg.tta_preset, "ensemble": cfg.ensemble,
+            "with_full": cfg.with_full, "precision": cfg.precision}
+
+
+def write_notebook(path: Path, competition_dir: str, code_dir: str, weights_dir: str, values: dict) -> None:
+    """notebooks/kaggle_inference.ipynb with its settings cell written for this export; outputs stay empty."""
+    nb = json.loads(NOTEBOOK.read_text())
+    cell = next((c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).startswith(SETTINGS_CELL)),
+                None)
+    if cell is None:
+        raise PipelineError(f"{NOTEBOOK}: no cell starting with {SETTINGS_CELL!r} to write the settings into")
+    text = "\n".join([SETTINGS_CELL, f"COMPETITION = {competition_dir!r}", f"CODE = {code_dir!r}",
+                      f"WEIGHTS = {weights_dir!r}", f"VERSION = {pipeline.__version__!r}",
+                      f"SETTINGS = {values!r}",
+                      'OUT = "/kaggle/working/submission.csv"'])
+    cell["source"] = text.splitlines(keepends=True)
+    for c in nb["cells"]:
+        if c["cell_type"] == "code":
+            c["outputs"], c["execution_count"] = [], None
+    path.write_text(json.dumps(nb, indent=1) + "\n")
+
+
+def kernel_folder(out: Path, kernel_id: str, competition: str, sources: list[str], values: dict) -> None:
+    user_slugs = [s.split("/")[1] for s in sources]
+    write_notebook(out / "inference.ipynb", f"/kaggle/input/{competition}", f"/kaggle/input/{user_slugs[1]}",
+                   f"/kaggle/input/{user_slugs[0]}", values)
+    slug = kernel_id.split("/")[1]
+    metadata = {"id": kernel_id, "title": slug, "code_file": "inference.ipynb", "language": "python",
+                "kernel_type": "notebook", "is_private": True, "enable_gpu": True, "enable_internet": False,
+                "dataset_sources": sources, "competition_sources": [competition], "kernel_sources": [],
+                "model_sources": []}
+    (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def check(cfg: Config, exported_weights: Path, out: Path) -> pd.DataFrame:
+    """infer on the local weights, then the notebook's own command on the exported ones: the same file, or refused."""
+    common = {"data": cfg.data, "device": cfg.device, "cache_dir": cfg.cache_dir, **settings(cfg)}
+    infer.run(make_config(common | {"weights_dir": cfg.weights_dir, "out": str(out / "local.csv")}))
+    exported = infer.run(make_config(common | {"weights_dir": str(exported_weights), "out": str(out / "exported.csv")}))
+    for e in cfg.exp:  # infer's per-experiment test predictions are not part of the dataset
+        for name in ("test_probs.npy", "test_probs.json"):
+            (exported_weights / e / name).unlink(missing_ok=True)
+    if (out / "local.csv").read_bytes() != (out / "exported.csv").read_bytes():
+        raise PipelineError(f"export: the exported notebook's command predicts differently from the local weights "
+                            f"({out / 'exported.csv'} vs {out / 'local.csv'}); nothing pushed")
+    return exported
+
+
+def run(cfg: Config) -> Path:
+    if not cfg.exp:
+        raise PipelineError(f"{flag('exp')}: name the experiment(s) to export, e.g. --exp digit_cnn")
+    if cfg.ensemble == "rank" or len(cfg.exp) > 1:
+        infer.read_oofs(Path(cfg.weights_dir), cfg.exp)  # a blend of different folds files is refused at once
+    for e in cfg.exp:
+        infer.fold_checkpoints(experiment_dir(cfg.weights_dir, e))  # missing folds: refused before any work
+    user, slug, competition = names(cfg)
+    ids = {"weights": f"{user}/{slug}", "code": f"{user}/{slug}-code", "kernel": f"{user}/{slug}-inference"}
+    root = fresh_folder(Path(cfg.export_dir) / slug)
+    print(f"export {', '.join(cfg.exp)} -> {root}/ (datasets {ids['weights']}, {ids['code']}; notebook {ids['kernel']})")
+    (root / "weights").mkdir()
+    files = weights_dataset(cfg, root / "weights", ids["weights"])
+    print(f"weights: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:,.1f} MiB")
+    (root / "code").mkdir()
+    pins = code_dataset(root / "code", ids["code"])
+    print(f"code: {', '.join(pins)}")
+    (root / "kernel").mkdir()
+    kernel_folder(root / "kernel", ids["kernel"], competition, [ids["weights"], ids["code"]], settings(cfg))
+    (root / "check").mkdir()
+    check(cfg, root / "weights", root / "check")
+    print(f"check: the notebook's command on the exported weights reproduces the local predictions exactly "
+          f"({root / 'check' / 'exported.csv'})")
+    if cfg.push:
+        push(root, ids, competition, cfg.message or f"pipeline export of {', '.join(cfg.exp)}")
+    else:
+        print(f"not pushed; upload with --push, or by hand: kaggle datasets create -p {root / 'weights'} --dir-mode zip; "
+              f"kaggle datasets create -p {root / 'code'}; kaggle kernels push -p {root / 'kernel'}")
+    return root
+
+
+def push(root: Path, ids: dict, competition: str, notes: str) -> None:
+    """Create each dataset, or add a version when it exists, then push the notebook (the real kaggle client)."""
+    from pipeline.kaggle_client import authenticated, call
+
+    if ids["weights"].startswith("your-kaggle-username/"):
+        raise PipelineError("--push: no Kaggle username (set KAGGLE_USERNAME or ~/.kaggle/kaggle.json, or name the "
+                            "dataset with --dataset USER/SLUG)")
+    api = authenticated()
+    for part in ("weights", "code"):
+        folder, dataset_id = str(root / part), ids[part]
+        if exists(api, dataset_id, competition):
+            response = call(f"dataset version {dataset_id}", competition, api.dataset_create_version, folder, notes,
+                            quiet=True, dir_mode="zip")
+            done = "new version of"
+        else:
+            response = call(f"dataset {dataset_id}", competition, api.dataset_create_new, folder, public=False,
+                            quiet=True, dir_mode="zip")
+            done = "created"
+        if getattr(response, "error", None):
+            raise PipelineError(f"kaggle: dataset {dataset_id}: {response.error}")
+        print(f"kaggle: {done} dataset {dataset_id}")
+    response = call(f"notebook {ids['kernel']}", competition, api.kernels_push, str(root / "kernel"))
+    if getattr(response, "error", None):
+        raise PipelineError(f"kaggle: notebook {ids['kernel']}: {response.error}")
+    version = getattr(response, "version_number", None) or 0
+    url = getattr(response, "url", "") or f"https://www.kaggle.com/code/{ids['kernel']}"
+    print(f"kaggle: pushed notebook {ids['kernel']} version {version}: {url}\n"
+          f"when it has run, submit it: python -m pipeline.submit --kernel {ids['kernel']} --version {version} "
+          f"--competition {competition} -m \"...\"")
+
+
+def exists(api, dataset_id: str, competition: str) -> bool:
+    import requests
+
+    try:
+        api.dataset_status(dataset_id)
+        return True
+    except requests.exceptions.HTTPError as e:
+        if e.response is not None and e.response.status_code == 404:
+            return False
+        from pipeline.kaggle_client import explain
+
+        raise PipelineError(explain(e.response.status_code if e.response is not None else None, competition, str(e),
+                                    f"dataset {dataset_id}")) from None
+
+
+def main(argv=None) -> int:
+    return main_guard(lambda a: run(parse_config(a, "export", FLAGS, __doc__)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Fold assignment (pure) and the folds file that every experiment shares."""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from pipeline.checkpoint import read_json
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Folds:
+    fold: np.ndarray  # (N,) int64 fold of every train row, 0..n_splits-1
+    n_splits: int
+    folds_hash: str  # first 16 hex digits of sha256(folds file bytes): the identity every experiment records
+
+
+def description_path(folds_path: str | Path) -> Path:
+    """The folds file's description (how it was made), beside it: folds/folds.csv -> folds/folds.json."""
+    return Path(folds_path).with_suffix(".json")
+
+
+def read_description(folds_path: str | Path) -> dict:
+    """What make_folds recorded beside the folds file (layout, task, group column); {} for an older folds file."""
+    path = description_path(folds_path)
+    if not path.exists():
+        return {}
+    info = read_json(path, "folds description")
+    if not isinstance(info.get("group_col", ""), str) or not isinstance(info.get("data", {}), dict):
+        raise PipelineError(f"{path}: damaged folds description; remake it with: python -m pipeline.make_folds --overwrite")
+    return info
+
+
+def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold index (0..n_splits-1) of every row, stratified by label; rows of a group share a fold.
+
+    >>> assign_folds(np.array([0, 0, 1, 1]), n_splits=2, seed=0).tolist()
+    [1, 0, 0, 1]
+    """
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < n_splits and groups is None:
+        raise PipelineError(f"--n-splits: {n_splits} folds need >= {n_splits} rows of every label; "
+                            f"label {int(np.flatnonzero(counts == counts[counts > 0].min())[0])} has {counts[counts > 0].min()}")
+    if groups is not None and len(np.unique(groups)) < n_splits:
+        raise PipelineError(f"--group-col: {len(np.unique(groups))} groups cannot fill {n_splits} folds; "
+                            "lower --n-splits or choose a finer group column")
+    rows = np.zeros(len(labels))
+    if groups is None:
+        splits = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(rows, labels)
+    else:
+        splits = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(rows, labels, groups)
+    folds = np.full(len(labels), -1, dtype=np.int64)
+    for k, (_, valid) in enumerate(splits):
+        folds[valid] = k
+    return folds
+
+
+def folds_frame(ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, train_hash: str) -> pd.DataFrame:
+    """One row per train row: its id, its label (class index or value; left out for multilabel), its fold."""
+    frame = pd.DataFrame({"id": ids})
+    if labels.ndim == 1:
+        frame["label"] = labels
+    return frame.assign(fold=folds, train_hash=train_hash)
+
+
+def file_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def read_folds(path: str, train_hash: str, n_rows: int) -> Folds:
+    """Fold of every train row from the folds file, refusing one made from other data."""
+    if not Path(path).is_file():
+        state = "is a directory" if Path(path).is_dir() else "not found"
+        raise PipelineError(f"{path}: {state}; make the folds file first with: python -m pipeline.make_folds")
+    raw = Path(path).read_bytes()
+    try:
+        df = pd.read_csv(io.BytesIO(raw))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: not a readable folds file ({str(e).strip().splitlines()[0][:100]})") from None
+    missing = [c for c in ("id", "fold", "train_hash") if c not in df.columns]
+    if missing:
+        raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}; remake it with: python -m pipeline.make_folds")
+    if set(df["train_hash"].astype(str)) != {train_hash} or len(df) != n_rows:
+        raise PipelineError(f"{path}: made from a different train.csv (hash/rows {df['train_hash'].iloc[0]}/{len(df)}, "
+                            f"now {train_hash}/{n_rows}); remake it with: python -m pipeline.make_folds")
+    if not df["id"].equals(pd.Series(np.arange(n_rows), name="id")):
+        raise PipelineError(f"{path}: ids must be the train rows 0..{n_rows - 1} in order; remake it with make_folds")
+    folds = pd.to_numeric(df["fold"], errors="coerce").to_numpy()
+    n_splits = len(np.unique(folds))
+    bad = ~np.isin(folds, np.arange(n_splits))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise PipelineError(f"{path}: row {row + 1}: fold must be 0..{n_splits - 1} (the file has {n_splits} folds), found {df['fold'].iloc[row]}")
+    return Folds(folds.astype(np.int64), n_splits, file_hash(raw))

@@ -1,0 +1,96 @@
+"""Detect the competition's layout and task, and write the K-fold file every experiment shares.
+
+    python -m pipeline.make_folds                       # folds/folds.csv + folds/folds.json from data/digit-recognizer/
+    python -m pipeline.make_folds --data data/cassava-leaf-disease-classification.zip --n-splits 5 --seed 42
+    python -m pipeline.make_folds --data data/petfinder --target-col Pawpularity --metric rmse
+    python -m pipeline.make_folds --data data/x --layout csv-images --id-col file --image-dir imgs --task multilabel
+
+folds/folds.json records what was found (layout, id and target columns, image folder, task, classes, metric):
+train and infer read it, so every stage agrees.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import data
+from pipeline.checkpoint import write_csv, write_json
+from pipeline.config import Config, parse_config
+from pipeline.errors import PipelineError, main_guard
+from pipeline.folds import description_path, folds_frame, read_description
+
+FLAGS = ["data", "folds_path", "n_splits", "seed", "group_col", "layout", "id_col", "target_col", "image_dir", "task",
+         "metric", "threshold", "overwrite"]
+
+
+def run(cfg: Config) -> np.ndarray:
+    src = data.resolve(cfg.data)
+    desc, train = data.describe(src, cfg.layout, cfg.id_col, cfg.target_col, cfg.image_dir, cfg.task, cfg.metric,
+                                cfg.threshold, cfg.group_col)
+    print(desc.summary())
+    folds = desc.task.split(train.targets, cfg.n_splits, cfg.seed, train.groups)
+    frame = folds_frame(train.ids, train.targets, folds, train.train_hash)
+    description = {"train_hash": train.train_hash, "rows": len(folds), "n_splits": cfg.n_splits, "seed": cfg.seed,
+                   "group_col": cfg.group_col, "data": desc.to_dict()}
+    path = Path(cfg.folds_path)
+    check_own_files(path)
+    if path.is_file() and not cfg.overwrite:
+        if _same(path, frame):
+            if read_description(path) != description:
+                write_json(description, description_path(path))
+                print(f"{path} is up to date ({len(folds):,} rows, {cfg.n_splits} folds); updated its description")
+            else:
+                print(f"{path} is up to date ({len(folds):,} rows, {cfg.n_splits} folds): kept as it is")
+            return folds
+        raise PipelineError(f"{path}: exists with other folds (other data, seed, --n-splits or --group-col); "
+                            "experiments trained on it would no longer match. Add --overwrite to replace it "
+                            "(experiments on the old folds will then refuse to resume or blend), or use --folds-path")
+    write_json(description, description_path(path))  # first: the folds file is what commits the change
+    write_csv(frame, path)
+    sizes = np.bincount(folds, minlength=cfg.n_splits)
+    how = {"multiclass": "stratified by label", "multilabel": "multilabel-stratified",
+           "regression": "stratified by target bins"}[desc.task.kind]
+    print(f"wrote {path}: {len(folds):,} rows in {cfg.n_splits} folds of {sizes.min():,}-{sizes.max():,} "
+          f"({how}{', grouped by ' + cfg.group_col if cfg.group_col else ''}, seed {cfg.seed})")
+    return folds
+
+
+def check_own_files(path: Path) -> None:
+    """The folds file and its description may be replaced only when make_folds wrote them (never a user's file)."""
+    if path.is_file():
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            header = []
+        if not {"id", "fold", "train_hash"} <= set(header):
+            raise PipelineError(f"--folds-path: {path} exists and is not a folds file (no id, fold, train_hash "
+                                "columns); refusing to replace it: choose another --folds-path")
+    info = description_path(path)
+    if info.exists():
+        try:
+            ours = {"train_hash", "n_splits"} <= set(json.loads(info.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, IsADirectoryError):
+            ours = False
+        if not ours:
+            raise PipelineError(f"--folds-path: {info} exists and is not a folds description written by make_folds; "
+                                "refusing to replace it: choose another --folds-path")
+
+
+def _same(path: Path, frame: pd.DataFrame) -> bool:
+    try:
+        old = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return False
+    return list(old.columns) == list(frame.columns) and old.astype(str).equals(frame.astype(str))
+
+
+def main(argv=None) -> int:
+    return main_guard(lambda a: run(parse_config(a, "make_folds", FLAGS, __doc__)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Figures and a one-page report of an experiment, from the files training left in weights/<exp>/.
+
+    python -m pipeline.report --exp digit_cnn        # weights/digit_cnn/report/report.md + PNGs
+    python -m pipeline.train --fold all --report     # the same, at the end of training
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
+
+from pipeline import data  # noqa: E402
+from pipeline.checkpoint import atomic_path, read_json, write_csv  # noqa: E402
+from pipeline.config import Config, parse_config  # noqa: E402
+from pipeline.errors import PipelineError, main_guard  # noqa: E402
+from pipeline.engine import DataSpec  # noqa: E402
+from pipeline.experiment import cv_summary, experiment_dir, oof_arrays, read_table  # noqa: E402
+
+FLAGS = ["exp", "data", "weights_dir", "model", "cache_dir"]
+
+
+def per_class_scores(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, then the macro average (pure)."""
+    p, r, f, n = precision_recall_fscore_support(labels, preds, labels=np.arange(num_classes), zero_division=0)
+    table = pd.DataFrame({"class": [str(c) for c in range(num_classes)], "precision": p, "recall": r, "f1": f,
+                          "support": n})
+    macro = {"class": "macro avg", "precision": p.mean(), "recall": r.mean(), "f1": f.mean(), "support": n.sum()}
+    return pd.concat([table, pd.DataFrame([macro])], ignore_index=True)
+
+
+def most_confident_wrong(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Row indices of the n wrong predictions with the highest predicted probability (pure)."""
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    return wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:n]
+
+
+def save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(metrics: pd.DataFrame, path: Path, metric: str = "accuracy") -> None:
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    column = f"valid_{metric}" if f"valid_{metric}" in metrics else "valid_accuracy"
+    for k, m in metrics.groupby("fold"):
+        line, = loss_ax.plot(m["epoch"], m["train_loss"], label=f"fold {k} train")
+        loss_ax.plot(m["epoch"], m["valid_loss"], "--", color=line.get_color(), label=f"fold {k} valid")
+        if metric == "accuracy" and "train_accuracy" in m and m["train_accuracy"].notna().any():
+            acc_ax.plot(m["epoch"], m["train_accuracy"], color=line.get_color(), alpha=0.5)
+        acc_ax.plot(m["epoch"], m[column], "--", color=line.get_color(), label=f"fold {k} valid")
+    loss_ax.set(title="loss (train: label-smoothed, augmented; valid: hard labels)", xlabel="epoch", yscale="log")
+    acc_ax.set(title=f"{metric} (solid: train batches, dashed: valid)", xlabel="epoch")
+    loss_ax.legend(fontsize=7, ncol=2)
+    acc_ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def plot_schedule(schedule: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for k, s in schedule.groupby("fold"):
+        ax.plot(s["step"], s["lr"], lw=2 if k == schedule["fold"].min() else 0.8, label=f"fold {k}")
+    ax.set(title="learning rate per optimizer step, as applied", xlabel="step", ylabel="lr")
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
+    ax.set(title="OOF confusion matrix (rows: true, columns: predicted)", xlabel="predicted", ylabel="true",
+           xticks=range(len(matrix)), yticks=range(len(matrix)))
+    save(fig, path)
+
+
+def plot_wrong(images, labels: np.ndarray, probs: np.ndarray, rows: np.ndarray, names: tuple[str, ...], path: Path) -> None:
+    cols = 8
+    fig, axes = plt.subplots(max(1, -(-len(rows) // cols)), cols, figsize=(cols * 1.3, 1.5 * max(1, -(-len(rows) // cols))))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, r in zip(np.atleast_1d(axes).ravel(), rows):
+        image = np.asarray(images[r])  # (C, H, W) uint8
+        ax.imshow(image[0] if len(image) == 1 else image.transpose(1, 2, 0), cmap="gray")
+        ax.set_title(f"true {names[labels[r]]} pred {names[probs[r].argmax()]}\np={probs[r].max():.2f}", fontsize=7)
+    save(fig, path)
+
+
+def write_report(exp_dir: Path, images, n_wrong: int = 24) -> Path:
+    """Write exp_dir/report/ (PNGs, per_class.csv, report.md); `images` are the train images by id (array or tensor).
+
+    Everything is read and checked before the first figure is written; the CV is recomputed from oof.csv.
+    """
+    config = read_json(exp_dir / "config.json", "experiment config")
+    task = DataSpec.from_config(config, str(exp_dir / "config.json")).task
+    metrics, oof = read_table(exp_dir / "metrics.csv"), read_table(exp_dir / "oof.csv")
+    for name, table, columns in (("metrics.csv", metrics, ["epoch", "train_loss", "valid_loss"]), ("oof.csv", oof, ["id"])):
+        if table is None or any(c not in table.columns for c in columns):
+            raise PipelineError(f"{exp_dir / name}: missing or damaged (needs {', '.join(columns)}); "
+                                f"retrain with: python -m pipeline.train --exp {exp_dir.name} --overwrite")
+    n_splits = config.get("n_splits") if isinstance(config.get("n_splits"), int) else int(oof["fold"].max()) + 1
+    cv = cv_summary(oof, n_splits, task)  # validates oof.csv; cv.json may be stale or hand-edited
+    saved = read_json(exp_dir / "cv.json", "CV summary") if (exp_dir / "cv.json").exists() else {}
+    tta = saved.get("oof_tta")
+    if isinstance(tta, dict) and isinstance(tta.get(task.metric), float) and isinstance(tta.get("loss"), float):
+        cv["oof_tta"] = tta | {"preset": str(tta.get("preset", "?"))}
+    ids = oof["id"].to_numpy()
+    if ids.max() >= len(images):
+        raise PipelineError(f"{exp_dir / 'oof.csv'}: id {ids.max()} is beyond the {len(images):,} train rows; "
+                            "pass the --data it was trained on")
+    out = exp_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(metrics, out / "curves.png", task.metric)
+    if (exp_dir / "schedule.csv").is_file():
+        plot_schedule(read_table(exp_dir / "schedule.csv"), out / "lr.png")
+    classes, n_shown = None, 0
+    if task.kind == "multiclass":  # confusions and per-class scores mean something for classes only
+        probs, labels = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
+        preds = probs.argmax(1)
+        matrix = confusion_matrix(labels, preds, labels=np.arange(task.num_outputs))
+        plot_confusion(matrix, out / "confusion.png")
+        write_csv(pd.DataFrame(matrix, index=task.classes, columns=task.classes), out / "confusion.csv")
+        classes = per_class_scores(labels, preds, task.num_outputs).assign(
+            **{"class": [*task.classes, "macro avg"]})
+        write_csv(classes, out / "per_class.csv")
+        wrong = most_confident_wrong(probs, labels, n_wrong)
+        shown = {r: (images[int(ids[r])].cpu() if hasattr(images, "cpu") else images[int(ids[r])]) for r in wrong}
+        plot_wrong(shown, labels, probs, wrong, task.classes, out / "wrong.png")
+        n_shown = len(wrong)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(report_markdown(exp_dir.name, config, cv, classes, n_shown, (out / "lr.png").is_file()))
+    return out / "report.md"
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str) -> str:
+    cell = lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def report_markdown(name: str, config: dict, cv: dict, classes: pd.DataFrame | None, n_wrong: int,
+                    lr_plot: bool) -> str:
+    metric = cv.get("metric", "accuracy")
+    folds = pd.DataFrame([{"fold": k, **s} for k, s in cv["per_fold"].items()])
+    tta = (f"\nOOF with TTA ({cv['oof_tta']['preset']}): {metric} {cv['oof_tta'][metric]:.5f}, "
+           f"loss {cv['oof_tta']['loss']:.4f}\n" if "oof_tta" in cv else "")
+    recipe = ", ".join(f"{k} {config.get(k, '?')}" for k in ("model", "epochs", "batch_size", "lr", "label_smoothing",
+                                                                "img_size"))
+    per_class = ("## OOF confusion matrix\n![confusion](confusion.png)\n\n## Per-class scores (OOF)\n"
+                 f"{markdown_table(classes, '.4f')}\n\n## Most confidently wrong OOF images ({n_wrong})\n"
+                 "![wrong](wrong.png)\n" if classes is not None else "")
+    return f"""# Experiment {name}
+
+{recipe}
+
+## Local CV
+OOF {metric} {cv['oof'][metric]:.5f}, loss {cv['oof']['loss']:.4f} over {cv['rows']:,} rows
+({'all folds' if cv['complete'] else 'folds ' + ', '.join(map(str, cv['folds_present'])) + ' only'});
+fold {metric} {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f} (mean +- std over folds).
+{tta}
+{markdown_table(folds, '.5f')}
+
+## Training curves
+![curves](curves.png)
+
+{"## Learning-rate schedule" + chr(10) + "![lr](lr.png)" + chr(10) if lr_plot else ""}
+{per_class}"""
+
+
+def run(cfg: Config) -> Path:
+    exp_dir = experiment_dir(cfg.weights_dir, cfg.exp[0] if cfg.exp else cfg.model)
+    if not (exp_dir / "oof.csv").is_file():
+        raise PipelineError(f"{exp_dir}: no oof.csv to report on; train it with: python -m pipeline.train --exp {exp_dir.name}")
+    config = read_json(exp_dir / "config.json", "experiment config")
+    from pipeline.infer import experiment_data
+
+    desc = experiment_data(exp_dir)[0]
+    src = data.resolve(cfg.data)
+    train = data.read_train_as(src, desc, cfg.data, str(exp_dir / "config.json"))
+    trained_on = config.get("train_hash")
+    if trained_on != train.train_hash:
+        raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "
+                            f"({trained_on}); pass the same --data")
+    path = write_report(exp_dir, data.train_images(src, desc, train, int(config.get("img_size", 28)), cfg.cache_dir))
+    print(f"wrote {path} and its figures in {path.parent}/")
+    return path
+
+
+def main(argv=None) -> int:
+    return main_guard(lambda a: run(parse_config(a, "report", FLAGS, __doc__)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Every experiment in weights/ as one table, sorted by local CV; a paired test between two.
+
+    python -m pipeline.runs
+    python -m pipeline.runs --compare digit_cnn r18
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from pipeline.checkpoint import read_json
+from pipeline.config import Config, parse_config
+from pipeline.errors import PipelineError, main_guard
+from pipeline.infer import read_oofs
+
+FLAGS = ["weights_dir", "compare"]
+
+
+def collect(weights_dir: Path) -> pd.DataFrame:
+    """One row per experiment; one whose files are damaged is listed as such, never stopping the table."""
+    rows = []
+    for config_path in sorted(weights_dir.glob("*/config.json")):
+        try:
+            rows.append(summarise(config_path.parent))
+        except PipelineError as e:
+            print(f"warning: {e}", file=sys.stderr)
+            rows.append({"exp": config_path.parent.name, "model": "(unreadable)", "higher": True}
+                        | dict.fromkeys(["cv", "fold_std", "cv_tta", "loss", "train_s"], np.nan))
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    rank = table["cv"].where(table["higher"].fillna(True).astype(bool), -table["cv"])  # best first, whatever the direction
+    return table.assign(rank=rank).sort_values("rank", ascending=False, na_position="last").drop(columns=["rank", "higher"])
+
+
+def summarise(exp_dir: Path) -> dict:
+    """One row of the table; a hand-edited file of the wrong shape makes the row unreadable, not the table."""
+    try:
+        return _summary(exp_dir)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        raise PipelineError(f"{exp_dir}: damaged config.json or cv.json ({type(e).__name__}: {str(e)[:60]})") from None
+
+
+def _summary(exp_dir: Path) -> dict:
+    config = read_json(exp_dir / "config.json", "experiment config")
+    cv_path = exp_dir / "cv.json"
+    cv = read_json(cv_path, "CV summary") if cv_path.exists() else {}
+    oof, oof_tta, metric = cv.get("oof", {}), cv.get("oof_tta", {}), str(cv.get("metric", "accuracy"))
+    if not isinstance(oof, dict) or not isinstance(oof_tta, dict):
+        raise PipelineError(f"{cv_path}: damaged CV summary; rewrite it with: python -m pipeline.train "
+                            f"--exp {exp_dir.name} --resume")
+    return {
+        "exp": exp_dir.name, "model": config.get("model"), "epochs": config.get("epochs"),
+        "batch": config.get("batch_size"), "lr": config.get("lr"), "smooth": config.get("label_smoothing"),
+        "folds": f"{len(cv.get('folds_present', []))}/{config.get('n_splits')}",
+        "metric": metric if cv else "-", "cv": _number(oof.get(metric)),
+        "fold_std": _number(cv.get("fold_std", cv.get("fold_accuracy_std"))),
+        "cv_tta": _number(oof_tta.get(metric)), "loss": _number(oof.get("loss", oof.get("log_loss"))),
+        "higher": bool(cv.get("higher_is_better", True)),
+        "train_s": _number(cv.get("train_seconds")),
+        "date": dt.datetime.fromtimestamp((cv_path if cv_path.is_file() else exp_dir / "config.json").stat().st_mtime)
+                  .strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
+
+
+def format_table(table: pd.DataFrame) -> str:
+    shown = table.assign(
+        cv=[f"{c:.5f} +- {s:.5f}" if c == c else "-" for c, s in zip(table["cv"], table["fold_std"])],
+        cv_tta=[f"{v:.5f}" if v == v else "-" for v in table["cv_tta"]],
+        loss=[f"{v:.4f}" if v == v else "-" for v in table["loss"]],
+        train_s=[f"{v:.0f}" if v == v else "-" for v in table["train_s"]],
+    ).drop(columns="fold_std")
+    return shown.to_string(index=False)
+
+
+def paired_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's exact test on per-row correctness of two models over the same rows (pure).
+
+    Only rows where exactly one model is right carry evidence; under 'no difference' each such
+    row favours A or B with probability 1/2.
+    """
+    a_only, b_only = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    p = binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
+
+
+def compare(weights_dir: Path, a: str, b: str) -> dict:
+    probs, labels, folds, task = read_oofs(weights_dir, (a, b))
+    if task.kind != "multiclass":
+        raise PipelineError(f"--compare: the paired test counts rows each model classifies right; {a} and {b} are "
+                            f"{task.kind}: compare their CV with python -m pipeline.runs")
+    correct = probs.argmax(2) == labels  # (2, N)
+    test = paired_test(correct[0], correct[1])
+    per_fold = np.array([correct[1][folds == k].mean() - correct[0][folds == k].mean() for k in np.unique(folds)])
+    diff = correct[1].mean() - correct[0].mean()
+    verdict = ("larger than the noise" if test["p_value"] < 0.05 else "within the noise")
+    print(f"{b} - {a}: OOF accuracy {diff:+.5f} over {len(labels):,} rows; per fold {per_fold.mean():+.5f} "
+          f"+- {per_fold.std():.5f} ({', '.join(f'{d:+.4f}' for d in per_fold)})")
+    print(f"rows only {a} gets right: {test['a_only']}, only {b}: {test['b_only']}; McNemar exact p = "
+          f"{test['p_value']:.4f} -> the difference is {verdict} (threshold p < 0.05)")
+    return test | {"difference": float(diff)}
+
+
+def run(cfg: Config):
+    weights_dir = Path(cfg.weights_dir)
+    if cfg.compare:
+        return compare(weights_dir, *cfg.compare)
+    table = collect(weights_dir)
+    if table.empty:
+        raise PipelineError(f"{weights_dir}/: no experiments yet; train one with: python -m pipeline.train --fold all")
+    print(format_table(table))
+    return table
+
+
+def main(argv=None) -> int:
+    return main_guard(lambda a: run(parse_config(a, "runs", FLAGS, __doc__)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

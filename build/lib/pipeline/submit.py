@@ -1,0 +1,139 @@
+"""Check a submission against sample_submission.csv, then send it with the kaggle client.
+
+    python -m pipeline.submit submissions/digit_cnn.csv -m "digit_cnn 5 folds + tta" --dry-run
+    python -m pipeline.submit submissions/digit_cnn.csv -m "digit_cnn 5 folds + tta"
+    python -m pipeline.submit --kernel alice/cassava-inference --version 3 --competition cassava-leaf-disease-classification -m "5 folds"
+
+Credentials: ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY (kaggle.com -> Settings -> API).
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import data
+from pipeline.config import Config, parse_config
+from pipeline.errors import PipelineError, main_guard
+from pipeline.folds import read_description
+from pipeline.kaggle_client import authenticated, call
+from pipeline.tasks import Task
+
+FLAGS = ["submission", "message", "competition", "data", "dry_run", "exp", "weights_dir", "folds_path", "kernel",
+         "version"]
+
+
+def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, where: str) -> None:
+    """Same header, ids (in order) and row count as the sample; values of the kind its columns ask for."""
+    if list(sub.columns) != list(sample.columns):
+        raise PipelineError(f"{where}: header must be {','.join(map(str, sample.columns))}, "
+                            f"found {','.join(map(str, sub.columns))}")
+    if len(sub) != len(sample):
+        raise PipelineError(f"{where}: expected {len(sample):,} rows (as sample_submission.csv), found {len(sub):,}")
+    id_col = sample.columns[0]
+    ids, want = sub[id_col].astype(str).to_numpy(), sample[id_col].astype(str).to_numpy()
+    if not np.array_equal(ids, want):
+        row = int(np.flatnonzero(ids != want)[0])
+        raise PipelineError(f"{where}: row {row + 1}: {id_col} should be {sample[id_col].iloc[row]}, found {ids[row]}")
+    mode, columns = task.submission_mode(sample)
+    for col in columns:
+        bad, rule = _bad_values(sub[col], mode, task)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise PipelineError(f"{where}: row {row + 1}: {col} must be {rule}, found {_show(sub[col].iloc[row])}")
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _bad_values(values: pd.Series, mode: str, task: Task) -> tuple[np.ndarray, str]:
+    """Which cells break the column's rule, and the rule in words."""
+    if mode in ("probabilities", "positive") or task.kind == "regression":
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        if task.kind == "regression" and mode == "labels":
+            return ~np.isfinite(numbers), "a finite number"
+        return ~(np.isfinite(numbers) & (numbers >= 0) & (numbers <= 1)), "a probability in [0, 1]"
+    names = set(task.classes)
+    text = values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))  # 3.0 is class 3
+    if task.kind == "multilabel":
+        return text.map(lambda v: not v.split() or any(t not in names for t in v.split())).to_numpy(), \
+            f"space-separated names among {', '.join(task.classes[:5])}"
+    return ~text.isin(names).to_numpy(), f"one of the classes {', '.join(task.classes[:10])}"
+
+
+def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Description | None]:
+    """The task a submission answers: --exp's, or its experiment's (submissions/<exp>.csv), else the folds'."""
+    from pipeline.infer import experiment_data
+
+    guess = re.sub(r"_(mean|learned|greedy|rank)$", "", submission.stem).split("+")[0]  # submissions/<exp>[_<method>].csv
+    for name in cfg.exp[:1] or (guess,):
+        exp_dir = Path(cfg.weights_dir) / name
+        if (exp_dir / "config.json").is_file():
+            desc, spec = experiment_data(exp_dir)
+            return spec.task, desc
+    info = read_description(cfg.folds_path).get("data")
+    if info is not None:
+        desc = data.Description.from_dict(info, "folds/folds.json")
+        return desc.task, desc
+    return Task("multiclass", tuple(str(i) for i in range(10))), None  # Digit Recognizer
+
+
+def run(cfg: Config) -> None:
+    if cfg.kernel:  # a code competition: Kaggle runs the pushed notebook; there is no file here to check
+        if cfg.submission:
+            raise PipelineError("--kernel: submits a pushed notebook, not a file; give one or the other")
+        if cfg.dry_run:
+            print(f"dry run: would submit notebook {cfg.kernel} to {cfg.competition}; nothing sent")
+            return
+        if not cfg.message:
+            raise PipelineError("-m/--message: a submission description is required (or use --dry-run)")
+        print(send_kernel(cfg.kernel, cfg.version, cfg.message, cfg.competition))
+        return
+    path = Path(cfg.submission)
+    if not cfg.submission or not path.is_file():
+        raise PipelineError(f"submission file {cfg.submission!r} not found (write one with: python -m pipeline.infer)")
+    sub = data.parse_csv(path.read_bytes(), str(path), text_first=True)  # ids as written: '00042' is not 42
+    task, desc = experiment_task(path, cfg)
+    sample = data.read_sample_submission(data.resolve(cfg.data), desc.root if desc else "")
+    validate_submission(sub, sample, task, str(path))
+    print(f"{path}: valid ({len(sub):,} rows, header {','.join(map(str, sub.columns))}, {task.describe()})")
+    if cfg.dry_run:
+        print("dry run: nothing sent")
+        return
+    if not cfg.message:
+        raise PipelineError("-m/--message: a submission description is required (or use --dry-run)")
+    print(send(path, cfg.message, cfg.competition))
+
+
+def send(path: Path, message: str, competition: str) -> str:
+    """Submit a file through the kaggle client."""
+    api = authenticated()
+    response = call("submission", competition, api.competition_submit, str(path), message, competition, quiet=True)
+    text = getattr(response, "message", "") or "submitted"
+    if text == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+        raise PipelineError(f"kaggle: upload of {path} failed; try again")
+    return f"kaggle: {text}"
+
+
+def send_kernel(kernel: str, version: int, message: str, competition: str) -> str:
+    """A code competition's submission: a pushed notebook's version, run by Kaggle on the hidden test set."""
+    if kernel.count("/") != 1:
+        raise PipelineError(f"--kernel: must be USER/SLUG (the notebook export pushed), got {kernel!r}")
+    api = authenticated()
+    response = call("code submission", competition, api.competition_submit_code, "submission.csv", message,
+                    competition, kernel, version or None, quiet=True)
+    text = getattr(response, "message", "") or "submitted"
+    return f"kaggle: {text} ({kernel}{' version ' + str(version) if version else ', latest version'})"
+
+
+def main(argv=None) -> int:
+    return main_guard(lambda a: run(parse_config(a, "submit", FLAGS, __doc__, positional=("submission",),
+                                                 short={"message": "-m"})), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

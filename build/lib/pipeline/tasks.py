@@ -1,0 +1,207 @@
+"""Task kinds: the one place that knows a target's loss, activation, fold splitter, metric and submission columns.
+
+    multiclass   targets (N,) int class index; softmax + cross-entropy; StratifiedKFold
+    multilabel   targets (N, C) 0/1;          sigmoid + BCE;          MultilabelStratifiedKFold
+    regression   targets (N,) float;          identity + MSE;         StratifiedKFold on target bins
+
+Training, OOF, inference and the ensemble call these methods and never branch on the kind themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from pipeline import metrics
+from pipeline.errors import PipelineError
+
+KINDS = ("multiclass", "multilabel", "regression")
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # multiclass | multilabel | regression
+    classes: tuple[str, ...]  # output names in order: class names, label names, or (target column,) for regression
+    metric: str = ""  # competition metric; '' = the kind's default (accuracy, roc_auc, rmse)
+    threshold: float = 0.5  # multilabel: a label is predicted at probability >= threshold
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise PipelineError(f"--task: must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not self.metric:
+            object.__setattr__(self, "metric", metrics.DEFAULT_METRIC[self.kind])
+        if self.metric not in metrics.METRICS:
+            raise PipelineError(f"--metric: unknown metric {self.metric!r}; valid: {', '.join(metrics.METRICS)}")
+        if self.kind not in metrics.METRICS[self.metric][1]:
+            raise PipelineError(f"--metric: {self.metric} does not apply to a {self.kind} task; valid: "
+                                + ", ".join(m for m, (_, kinds) in metrics.METRICS.items() if self.kind in kinds))
+        if self.kind != "regression" and len(self.classes) < 2:
+            raise PipelineError(f"{self.kind} task: needs at least 2 classes, found {len(self.classes)}")
+
+    # -- shapes and files ---------------------------------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.kind == "regression" else len(self.classes)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return metrics.METRICS[self.metric][0]
+
+    def describe(self) -> str:
+        if self.kind == "regression":
+            return f"regression on {self.classes[0]}, metric {self.metric}"
+        shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
+        return f"{self.kind}, {len(self.classes)} classes ({shown}), metric {self.metric}"
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "task") -> Task:
+        try:
+            return cls(str(d["kind"]), tuple(str(c) for c in d["classes"]), str(d.get("metric", "")),
+                       float(d.get("threshold", 0.5)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PipelineError(f"{where}: not a task description ({type(e).__name__}: {e}); "
+                                "remake the folds with: python -m pipeline.make_folds --overwrite") from None
+
+    def target_columns(self) -> list[str]:
+        """OOF columns holding the truth: label (class index), y0..y{C-1} (0/1), or target (value)."""
+        return {"multiclass": ["label"], "regression": ["target"]}.get(self.kind) or [f"y{c}" for c in range(self.num_outputs)]
+
+    def targets_frame(self, targets: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(targets.reshape(len(targets), -1), columns=self.target_columns())
+
+    def targets_from(self, frame: pd.DataFrame) -> np.ndarray:
+        values = frame[self.target_columns()].to_numpy()
+        return values[:, 0].astype(np.int64) if self.kind == "multiclass" else (
+            values[:, 0].astype(np.float32) if self.kind == "regression" else values.astype(np.float32))
+
+    # -- training -----------------------------------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Training loss on float32 logits; label smoothing here only (validation uses hard targets)."""
+        if self.kind == "multiclass":
+            return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        if self.kind == "multilabel":
+            soft = targets * (1 - label_smoothing) + 0.5 * label_smoothing
+            return F.binary_cross_entropy_with_logits(logits, soft)
+        return F.mse_loss(logits.reshape(-1), targets)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Model outputs -> what metrics and submissions read: probabilities, or values."""
+        if self.kind == "multiclass":
+            return logits.softmax(1)
+        return logits.sigmoid() if self.kind == "multilabel" else logits
+
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training-batch hits for the running accuracy (multiclass); 0 for the other kinds."""
+        if self.kind == "multiclass":
+            return (logits.argmax(1) == targets).sum()
+        return torch.zeros((), dtype=torch.long, device=logits.device)
+
+    def split(self, targets: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+        """Fold (0..n_splits-1) of every row, stratified the way this kind allows."""
+        from pipeline.folds import assign_folds
+
+        if self.kind == "multiclass":
+            counts = np.bincount(targets, minlength=len(self.classes))
+            rare = [c for c, n in zip(self.classes, counts) if 0 < n < n_splits]
+            if rare and groups is None:
+                raise PipelineError(f"--n-splits: {n_splits} stratified folds need >= {n_splits} rows of every class; "
+                                    f"class {rare[0]!r} has {counts[self.classes.index(rare[0])]} (lower --n-splits, "
+                                    "or merge or drop that class)")
+            return assign_folds(targets, n_splits, seed, groups)
+        if self.kind == "regression":
+            return assign_folds(target_bins(targets, n_splits), n_splits, seed, groups)
+        if groups is not None:
+            raise PipelineError("--group-col: grouped folds are not available for multilabel tasks "
+                                "(no maintained multilabel group splitter); drop --group-col")
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        folds = np.full(len(targets), -1, dtype=np.int64)
+        splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        for k, (_, valid) in enumerate(splitter.split(np.zeros(len(targets)), targets)):
+            folds[valid] = k
+        return folds
+
+    # -- scoring ------------------------------------------------------------------------------------------
+    def scores(self, preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """{metric: value, 'loss': value}; multiclass keeps accuracy and log_loss too (Digit Recognizer's figures)."""
+        out = {"loss": metrics.compute(metrics.LOSS_NAME[self.kind], preds, targets, self.kind)}
+        wanted = [self.metric] + (["accuracy"] if self.kind == "multiclass" else [])
+        for name in wanted:
+            out[name] = out["loss"] if name == metrics.LOSS_NAME[self.kind] else \
+                metrics.compute(name, preds, targets, self.kind, self.threshold)
+        if self.kind == "multiclass":
+            out["log_loss"] = out["loss"]
+        return out
+
+    def better(self, new: dict, old: dict | None) -> bool:
+        """Is `new` better than `old` by the metric, ties broken by the lower loss? NaN is never better."""
+        value = new[self.metric]
+        if value != value:
+            return False
+        if old is None:
+            return True
+        key = lambda s: ((s[self.metric] if self.higher_is_better else -s[self.metric]), -s["loss"])  # noqa: E731
+        return key(new) > key(old)
+
+    # -- submissions --------------------------------------------------------------------------------------
+    def submission(self, preds: np.ndarray, sample: pd.DataFrame) -> pd.DataFrame:
+        """sample_submission.csv's frame filled in: its columns decide labels, names or probabilities."""
+        out = sample[[sample.columns[0]]].copy()
+        mode, columns = self.submission_mode(sample)
+        if mode == "probabilities":
+            for col in columns:
+                out[col] = preds[:, self.classes.index(str(col))]
+        elif mode == "positive":
+            out[columns[0]] = preds[:, 1]
+        elif self.kind == "regression":
+            out[columns[0]] = preds.reshape(-1)
+        elif self.kind == "multilabel":
+            out[columns[0]] = [label_string(p, self.classes, self.threshold) for p in preds]
+        else:
+            names = np.array(self.classes, dtype=object)[preds.argmax(1)]
+            out[columns[0]] = pd.array(names.astype(np.int64)) if _all_int(self.classes) else names
+        return out
+
+    def submission_mode(self, sample: pd.DataFrame) -> tuple[str, list[str]]:
+        """'labels' (one column), 'probabilities' (one column per class) or 'positive' (binary, P(class 1))."""
+        columns = [str(c) for c in sample.columns[1:]]
+        if self.kind != "regression" and len(columns) > 1 and set(columns) == set(self.classes):
+            return "probabilities", columns
+        if len(columns) == 1 and self.kind == "multiclass" and len(self.classes) == 2 \
+                and self.metric in ("log_loss", "roc_auc"):
+            return "positive", columns
+        if len(columns) == 1:
+            return "labels", columns
+        raise PipelineError(f"sample_submission.csv: columns {', '.join(columns[:5])} fit neither id + one label column "
+                            f"nor id + one column per class ({', '.join(self.classes[:5])}, ...)")
+
+
+def label_string(probs: np.ndarray, classes: tuple[str, ...], threshold: float) -> str:
+    """Space-separated names at or above the threshold; the most probable one when none is.
+
+    >>> label_string(np.array([0.9, 0.2, 0.6]), ("a", "b", "c"), 0.5)
+    'a c'
+    """
+    picked = [c for c, p in zip(classes, probs) if p >= threshold] or [classes[int(np.argmax(probs))]]
+    return " ".join(picked)
+
+
+def target_bins(values: np.ndarray, n_splits: int) -> np.ndarray:
+    """Quantile bins of a numeric target, as many as keep >= 2 * n_splits rows each (at most 10).
+
+    >>> target_bins(np.arange(40.0), 2).tolist()[:12]
+    [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    """
+    n_bins = int(max(1, min(10, len(values) // (2 * n_splits))))
+    edges = np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.searchsorted(edges, values, side="right").astype(np.int64)
+
+
+def _all_int(names: tuple[str, ...]) -> bool:
+    return all(n.lstrip("-").isdigit() for n in names)
