@@ -49,7 +49,7 @@ class Config:
     lr: float = 3e-3  # peak learning rate after warmup, > 0
     sched: str = "cosine"  # lr schedule (timm's scheduler factory): cosine | step | plateau | constant; cosine, step and constant move every optimizer step, plateau once an epoch on the validation metric
     min_lr: float = 0.0  # lr the cosine decays to, and plateau's floor; sweep and tune keep its ratio to the config's --lr (3e-3 unless set) for each lr they try, 0 <= x < lr
-    warmup_lr: float = 1e-5  # lr at the first warmup step, rising linearly to --lr, 0 <= x < lr
+    warmup_lr: float = 0.0  # lr at the first warmup step, rising linearly to --lr, 0 <= x < lr; 0 = --lr / 100
     decay_epochs: float = 0.0  # step: epochs between decays; plateau: epochs without a better metric before a decay; 0 = auto (step: a third of --epochs, plateau: 2)
     decay_rate: float = 0.1  # step and plateau: the lr is multiplied by this at each decay, 0 < x < 1
     weight_decay: float = 0.05  # weight decay (decoupled for adamw; not on norms and biases), >= 0
@@ -73,6 +73,9 @@ class Config:
     exp: tuple[str, ...] = ()  # experiment name(s) under weights_dir: train takes one, infer several; () = model name
     weights_dir: str = "weights"  # where experiments live: weights/<exp>/
     device: str = "auto"  # auto | cpu | cuda
+    gpus: str = ""  # train: folds in parallel, one process per listed device taking the next untrained fold: 0,1,2,3 (GPUs) or cpu,cpu; '' = one process
+    sync_bn: bool = False  # train under torchrun: BatchNorm statistics synchronised across ranks (SyncBatchNorm)
+    lr_scale: str = "none"  # train under torchrun: none (global batch = --batch-size, split over ranks) | linear (--batch-size per rank, lr x world size)
     precision: str = "auto"  # auto (bf16 where the GPU has it, else fp16 with a gradient scaler; fp32 on CPU) | bf16 | fp16 | fp32
     overwrite: bool = False  # replace existing results: train, the named folds of the experiment; make_folds, the folds file
     resume: bool = False  # train: continue an interrupted experiment
@@ -154,6 +157,9 @@ RULES = {  # field -> (test, rule text)
     "scale": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
+    "gpus": (lambda v: v == "" or re.fullmatch(r"(cpu|\d{1,2})(,(cpu|\d{1,2})){0,63}", v) is not None,
+             "must be a comma-separated list of GPU indices or cpu, e.g. 0,1,2,3 or cpu,cpu"),
+    "lr_scale": (lambda v: v in ("none", "linear"), "must be none or linear"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "must be auto, cpu or cuda"),
     "tta_preset": (lambda v: v in ("", "digits", "hflip", "flips", "d4"), "must be digits, hflip or d4"),
     "opt": (lambda v: re.fullmatch(r"[a-z0-9_]{1,40}", v) is not None, "must be an optimizer name such as adamw or sgd"),
@@ -174,6 +180,8 @@ RULES = {  # field -> (test, rule text)
     "threshold": (lambda v: 0 < v < 1, "must be between 0 and 1"),
     "ensemble": (lambda v: v in ("mean", "learned", "greedy", "rank"), "must be mean, learned, greedy or rank"),
     "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
+    "competition": (lambda v: v == "" or re.fullmatch(r"[a-z0-9][a-z0-9-]{1,99}", v) is not None,
+                    "must be a competition slug as in kaggle.com/competitions/SLUG (lower case, digits, dashes)"),
     "kernel": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,50}/[A-Za-z0-9_-]{1,100}", v) is not None,
                "must be USER/SLUG, the notebook's id on Kaggle"),
     "version": (lambda v: 0 <= v <= 100_000, "must be 0 (latest) or a version number"),
@@ -203,19 +211,20 @@ def _problems(cfg: Config):
     if cfg.resume and cfg.overwrite:
         yield "--resume and --overwrite: choose one"
     for name in ("min_lr", "warmup_lr"):
-        if getattr(cfg, name) >= cfg.lr:
+        if getattr(cfg, name) and getattr(cfg, name) >= cfg.lr:
             yield f"{flag(name)}: must be below --lr ({cfg.lr:g}), got {getattr(cfg, name):g}"
     if cfg.swa_epochs > cfg.epochs:
         yield f"--swa-epochs: at most --epochs ({cfg.epochs}), got {cfg.swa_epochs}"
 
 
 def with_lr(cfg: Config, lr: float) -> Config:
-    """cfg at another peak lr, --min-lr moved with it (same ratio), as the lr x batch-size study asks.
+    """cfg at another peak lr, --min-lr and --warmup-lr moved with it (same ratio), as the lr x batch-size study asks.
 
     >>> with_lr(Config(lr=1e-3, min_lr=1e-5), 4e-3).min_lr
     4e-05
     """
-    return dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr * lr / cfg.lr, warmup_lr=min(cfg.warmup_lr, lr / 10))
+    ratio = lr / cfg.lr
+    return dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr * ratio, warmup_lr=cfg.warmup_lr * ratio)
 
 
 def flag(name: str) -> str:

@@ -10,9 +10,13 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from pipeline.distributed import SINGLE, Ranks, shard
 from pipeline.augment import albumentations_batches, augment, is_albumentations, to_model_input
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
+
+
+BARS = True  # progress bars (off in parallel fold workers, whose bars would overwrite each other)
 
 
 @dataclass(frozen=True)
@@ -145,12 +149,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps: int, higher_is_
 
     plateau = cfg.sched == "plateau"
     decay = cfg.decay_epochs or (2 if plateau else max(1.0, cfg.epochs / 3))
+    warmup_epochs = round(cfg.warmup_epochs) if plateau else cfg.warmup_epochs
+    # plateau warms up once an epoch: from lr/(w+1), so no whole epoch trains at a near-zero lr
+    warmup_lr = cfg.warmup_lr or (cfg.lr / (warmup_epochs + 1) if plateau else cfg.lr / 100)
     with warnings.catch_warnings():  # timm deprecates plateau for not saving its state; train saves it (see snapshot)
         warnings.simplefilter("ignore", FutureWarning)
         scheduler, _ = create_scheduler_v2(
             optimizer, cfg.sched, num_epochs=cfg.epochs, decay_epochs=decay, patience_epochs=round(decay),
-            decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,
-            warmup_epochs=round(cfg.warmup_epochs) if plateau else cfg.warmup_epochs,
+            decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_lr=warmup_lr, warmup_epochs=warmup_epochs,
             plateau_mode="max" if higher_is_better else "min", step_on_epochs=plateau, updates_per_epoch=steps)
     return scheduler
 
@@ -178,12 +184,13 @@ class EpochResult:
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, images: torch.Tensor,
                     rows: torch.Tensor, targets: torch.Tensor, cfg, spec: DataSpec, step: int,
                     generator: torch.Generator, desc: str = "", scaler: torch.amp.GradScaler | None = None,
-                    ema=None, mix=None) -> EpochResult:
+                    ema=None, mix=None, ranks: Ranks = SINGLE) -> EpochResult:
     """One pass over the training `rows` of (N, C, H, W) uint8 `images` (on the device, or in host memory to
     stream batches from); `targets` (N, ...) are on the device.
 
     `scheduler` (make_scheduler, or None for a fixed lr) sets the lr before each optimizer step; label smoothing
-    applies to this loss only.
+    applies to this loss only. Under torchrun every rank draws the same global order and trains on its share of
+    each global batch of cfg.batch_size rows (DistributedDataParallel averages the gradients).
     """
     device, n = targets.device, len(rows)
     batch = min(cfg.batch_size, n)
@@ -194,7 +201,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     correct = torch.zeros((), device=device, dtype=torch.long)
     lrs = []
     model.train()
-    bar = tqdm(range(n_steps), desc=desc, leave=False, unit="step", dynamic_ncols=True, disable=None)
+    bar = tqdm(range(n_steps), desc=desc, leave=False, unit="step", dynamic_ncols=True,
+               disable=None if BARS and ranks.main else True)
     workers = albumentations_batches(images, order, batch, spec.augment, generator) \
         if is_albumentations(spec.augment) else None
     for i in bar:
@@ -202,9 +210,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
             scheduler.step_update(step)
         lr = optimizer.param_groups[0]["lr"]
         lrs.append(lr)
-        idx = order[i * batch:(i + 1) * batch]
+        idx = shard(order[i * batch:(i + 1) * batch], ranks)
         if workers is not None:  # augmented on the CPU by albumentations, in DataLoader workers
-            x = next(workers).to(device, non_blocking=True)
+            x = shard(next(workers), ranks).to(device, non_blocking=True)
         else:  # augmented on the device, in one batch
             x = augment(take(images, idx, device), spec.augment, cfg.rotate, cfg.scale, cfg.shift, generator)
         x = spec.inputs(x, channels_last)
@@ -237,7 +245,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         step += 1
         if i % 25 == 0 or i == n_steps - 1:  # reading the loss syncs the GPU: not every step
             bar.set_postfix(loss=f"{total_loss.item() / (i + 1):.4f}", lr=f"{lr:.2e}")
-    accuracy = correct.item() / (n_steps * batch) if spec.task.kind == "multiclass" else float("nan")
+    accuracy = correct.item() / (n_steps * len(shard(torch.arange(batch), ranks))) if spec.task.kind == "multiclass" else float("nan")
     return EpochResult(total_loss.item() / n_steps, accuracy, step, lrs)
 
 
@@ -253,7 +261,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, spec: DataS
     channels_last = device.type == "cuda"
     out = []
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, unit="batch", disable=None if desc and len(starts) > 1 else True):
+    for start in tqdm(starts, desc=desc, leave=False, unit="batch",
+                      disable=None if BARS and desc and len(starts) > 1 else True):
         x = spec.inputs(images[start:start + batch_size].to(device, non_blocking=True), channels_last)
         with autocast(device, precision):
             logits = model(x)

@@ -92,6 +92,18 @@ def locked(exp_dir: Path):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def tables_locked(exp_dir: Path):
+    """One writer at a time for the shared tables (oof.csv, metrics.csv, ...): folds trained in parallel
+    processes (--gpus) each update them."""
+    fd = os.open(exp_dir / ".tables.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def remove_artifacts(exp_dir: Path) -> None:
     """Delete what the pipeline wrote in exp_dir (never other files, never through a symbolic link)."""
     if exp_dir.is_symlink():
@@ -214,13 +226,15 @@ def append_metrics(exp_dir: Path, row: dict, lrs: list[float]) -> None:
     """
     fold, epoch = row["fold"], row["epoch"]
     first_step = 0
-    schedule = read_table(exp_dir / "schedule.csv")
-    if schedule is not None:
-        schedule = schedule[~((schedule["fold"] == fold) & (schedule["epoch"] >= epoch))]
-        first_step = int((schedule["fold"] == fold).sum())
-    steps = pd.DataFrame({"fold": fold, "epoch": epoch, "step": np.arange(first_step, first_step + len(lrs)), "lr": lrs})
-    _replace_rows(exp_dir / "metrics.csv", pd.DataFrame([row]), fold, epoch)
-    _replace_rows(exp_dir / "schedule.csv", steps, fold, epoch)
+    with tables_locked(exp_dir):
+        schedule = read_table(exp_dir / "schedule.csv")
+        if schedule is not None:
+            schedule = schedule[~((schedule["fold"] == fold) & (schedule["epoch"] >= epoch))]
+            first_step = int((schedule["fold"] == fold).sum())
+        steps = pd.DataFrame({"fold": fold, "epoch": epoch, "step": np.arange(first_step, first_step + len(lrs)),
+                              "lr": lrs})
+        _replace_rows(exp_dir / "metrics.csv", pd.DataFrame([row]), fold, epoch)
+        _replace_rows(exp_dir / "schedule.csv", steps, fold, epoch)
 
 
 def _replace_rows(path: Path, new: pd.DataFrame, fold: int, epoch: int) -> None:
@@ -233,11 +247,12 @@ def _replace_rows(path: Path, new: pd.DataFrame, fold: int, epoch: int) -> None:
 
 def write_selection(exp_dir: Path, row: dict) -> None:
     """Replace fold row["fold"]'s row of selection.csv (best epoch vs SWA: the scores and which was kept)."""
-    old = read_table(exp_dir / "selection.csv")
-    new = pd.DataFrame([row])
-    if old is not None:
-        new = pd.concat([old[old["fold"] != row["fold"]], new], ignore_index=True).sort_values("fold")
-    write_csv(new, exp_dir / "selection.csv")
+    with tables_locked(exp_dir):
+        old = read_table(exp_dir / "selection.csv")
+        new = pd.DataFrame([row])
+        if old is not None:
+            new = pd.concat([old[old["fold"] != row["fold"]], new], ignore_index=True).sort_values("fold")
+        write_csv(new, exp_dir / "selection.csv")
 
 
 def read_selection(exp_dir: Path, folds: list[int]) -> dict:
@@ -255,10 +270,11 @@ def write_oof(exp_dir: Path, ids: np.ndarray, k: int, targets: np.ndarray, preds
     """Replace fold k's rows of oof.csv with the best epoch's validation predictions."""
     rows = pd.concat([pd.DataFrame({"id": ids, "fold": k}), task.targets_frame(targets),
                       pd.DataFrame(preds, columns=prob_columns(preds.shape[1]))], axis=1)
-    old = read_table(exp_dir / "oof.csv")
-    if old is not None:
-        rows = pd.concat([old[old["fold"] != k], rows], ignore_index=True)
-    write_csv(rows.sort_values("id", kind="stable").reset_index(drop=True), exp_dir / "oof.csv")
+    with tables_locked(exp_dir):
+        old = read_table(exp_dir / "oof.csv")
+        if old is not None:
+            rows = pd.concat([old[old["fold"] != k], rows], ignore_index=True)
+        write_csv(rows.sort_values("id", kind="stable").reset_index(drop=True), exp_dir / "oof.csv")
 
 
 def oof_arrays(oof: pd.DataFrame, task: Task, where: str = "oof.csv") -> tuple[np.ndarray, np.ndarray]:

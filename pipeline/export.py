@@ -21,14 +21,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 
 import pipeline
 from pipeline import infer
-from pipeline.checkpoint import read_json
-from pipeline.config import Config, flag, make_config, parse_config
+from pipeline.config import Config, flag, make_config, parse_stage
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import experiment_dir
+from pipeline.experiment import experiment_dir, read_table
 
 FLAGS = ["exp", "weights_dir", "data", "ensemble", "tta", "tta_preset", "with_full", "precision", "competition",
          "dataset", "push", "export_dir", "message", "device", "cache_dir"]
@@ -112,23 +110,40 @@ def fresh_folder(path: Path) -> Path:
     return path
 
 
-def weights_dataset(cfg: Config, out: Path, dataset_id: str) -> list[Path]:
-    """Each experiment's complete set of fold checkpoints and its records, the blend file; dataset-metadata.json."""
-    files = []
+def experiment_files(cfg: Config) -> dict[str, list[Path]]:
+    """Every file each experiment exports, after checking it is finished: all folds trained, none in progress
+    (a fold<k>.last.pth), OOF rows for every fold, full.pth with --with-full. Nothing is built before this."""
+    files = {}
     for e in cfg.exp:
         src = experiment_dir(cfg.weights_dir, e)
         checkpoints = infer.fold_checkpoints(src)  # refuses an experiment with missing folds
-        cv = read_json(src / "cv.json", "CV summary") if (src / "cv.json").is_file() else {}
-        if not cv.get("complete"):
-            raise PipelineError(f"{src}: its CV does not cover every fold (cv.json complete: {cv.get('complete')}); "
-                                f"finish it with: python -m pipeline.train --exp {e} --fold all --resume")
+        busy = sorted(p.name for p in src.glob("fold*.last.pth"))
+        resume = f"finish it with: python -m pipeline.train --exp {e} --fold all --resume"
+        if busy:
+            raise PipelineError(f"{src}: {', '.join(busy)} left by an unfinished training; {resume}")
+        oof = read_table(src / "oof.csv")
+        present = set() if oof is None else set(oof["fold"])
+        missing = [k for k in range(len(checkpoints)) if k not in present]
+        if missing:
+            raise PipelineError(f"{src}/oof.csv: no rows for fold(s) {', '.join(map(str, missing))}; {resume}")
         extra = [src / "full.pth"] if cfg.with_full else []
-        for path in [*checkpoints, *extra, src / "config.json", src / "cv.json", src / "oof.csv"]:
+        files[e] = [*checkpoints, *extra, src / "config.json", src / "cv.json", src / "oof.csv"]
+        for path in files[e]:
             if not path.is_file():
-                raise PipelineError(f"{path}: missing; the export needs it (retrain or resume {e})")
-            (out / e).mkdir(exist_ok=True)
+                raise PipelineError(f"{path}: missing; the export needs it "
+                                    + ("(train it with --fold full)" if path.name == "full.pth" else f"({resume})"))
+    return files
+
+
+def weights_dataset(cfg: Config, files: dict[str, list[Path]], out: Path, dataset_id: str) -> list[Path]:
+    """Each experiment's checked files and the blend file, copied; dataset-metadata.json."""
+    copied = []
+    for e, paths in files.items():
+        (out / e).mkdir()
+        for path in paths:
             shutil.copy2(path, out / e / path.name)
-            files.append(out / e / path.name)
+            copied.append(out / e / path.name)
+    files = copied
     if len(cfg.exp) > 1:
         blend = f"blend_{'+'.join(cfg.exp)}.json"
         source = Path(cfg.weights_dir) / blend
@@ -138,12 +153,19 @@ def weights_dataset(cfg: Config, out: Path, dataset_id: str) -> list[Path]:
                 "subtitle": f"pipeline weights: {', '.join(cfg.exp)}"[:80].ljust(20, "."),
                 "description": "Fold checkpoints, config.json, cv.json and oof.csv written by pipeline.train."}
     (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    return files
+    return copied
 
 
 def code_dataset(out: Path, dataset_id: str) -> list[str]:
     """The pipeline wheel and the wheels of its dependencies the Kaggle image lacks; requirements.txt pins them."""
-    pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(repo_root()), what="building the pipeline wheel")
+    import tempfile
+
+    root = repo_root()
+    with tempfile.TemporaryDirectory() as tmp:  # built from a clean copy: no build/ left in the checkout
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, Path(tmp) / name)
+        shutil.copytree(root / "pipeline", Path(tmp) / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+        pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), tmp, what="building the pipeline wheel")
     wanted = shipped_requirements()
     if wanted:
         pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(out), *wanted,
@@ -195,18 +217,53 @@ def kernel_folder(out: Path, kernel_id: str, competition: str, sources: list[str
     (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def check(cfg: Config, exported_weights: Path, out: Path) -> pd.DataFrame:
-    """infer on the local weights, then the notebook's own command on the exported ones: the same file, or refused."""
-    common = {"data": cfg.data, "device": cfg.device, "cache_dir": cfg.cache_dir, **settings(cfg)}
-    infer.run(make_config(common | {"weights_dir": cfg.weights_dir, "out": str(out / "local.csv")}))
-    exported = infer.run(make_config(common | {"weights_dir": str(exported_weights), "out": str(out / "exported.csv")}))
+def check(cfg: Config, root: Path) -> None:
+    """The written notebook's own cells, run here on the local competition data with its paths pointed at the
+    export, must write the file `infer` writes from the local weights with the same settings."""
+    out = root / "check"
+    local = infer_keeping_test_probs(cfg, out / "local.csv")
+    nb = json.loads((root / "kernel" / "inference.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    cells[0] = local_settings(cells[0], cfg, root, out / "exported.csv")
+    (out / "notebook.py").write_text("\n\n".join(cells) + "\n")
+    done = subprocess.run([sys.executable, str(out / "notebook.py")], capture_output=True, text=True)
     for e in cfg.exp:  # infer's per-experiment test predictions are not part of the dataset
         for name in ("test_probs.npy", "test_probs.json"):
-            (exported_weights / e / name).unlink(missing_ok=True)
-    if (out / "local.csv").read_bytes() != (out / "exported.csv").read_bytes():
-        raise PipelineError(f"export: the exported notebook's command predicts differently from the local weights "
-                            f"({out / 'exported.csv'} vs {out / 'local.csv'}); nothing pushed")
-    return exported
+            (root / "weights" / e / name).unlink(missing_ok=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PipelineError(f"export: the exported notebook fails when run on {cfg.data} ({last[:200]}); nothing pushed")
+    if local.read_bytes() != (out / "exported.csv").read_bytes():
+        raise PipelineError(f"export: the exported notebook predicts differently from infer on the local weights "
+                            f"({out / 'exported.csv'} vs {local}); nothing pushed")
+
+
+def local_settings(cell: str, cfg: Config, root: Path, out: Path) -> str:
+    """The notebook's settings cell with the /kaggle paths replaced by the local data, the export and `out`."""
+    values = {"COMPETITION": cfg.data, "CODE": str((root / "code").resolve()),
+              "WEIGHTS": str((root / "weights").resolve()), "OUT": str(out.resolve())}
+    lines = [f"{line.split(' = ')[0]} = {values[line.split(' = ')[0]]!r}" if line.split(" = ")[0] in values else line
+             for line in cell.splitlines()]
+    return "\n".join(lines + [f"SETTINGS = dict(SETTINGS, device={cfg.device!r}, cache_dir={cfg.cache_dir!r})"])
+
+
+def infer_keeping_test_probs(cfg: Config, out: Path) -> Path:
+    """infer on the local weights with the export's settings, leaving the experiments' own test_probs as they were."""
+    kept = {}
+    for e in cfg.exp:
+        for name in ("test_probs.npy", "test_probs.json"):
+            path = experiment_dir(cfg.weights_dir, e) / name
+            kept[path] = path.read_bytes() if path.is_file() else None
+    try:
+        infer.run(make_config({"data": cfg.data, "device": cfg.device, "cache_dir": cfg.cache_dir,
+                               "weights_dir": cfg.weights_dir, "out": str(out), **settings(cfg)}))
+    finally:
+        for path, content in kept.items():
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(content)
+    return out
 
 
 def run(cfg: Config) -> Path:
@@ -214,14 +271,16 @@ def run(cfg: Config) -> Path:
         raise PipelineError(f"{flag('exp')}: name the experiment(s) to export, e.g. --exp digit_cnn")
     if cfg.ensemble == "rank" or len(cfg.exp) > 1:
         infer.read_oofs(Path(cfg.weights_dir), cfg.exp)  # a blend of different folds files is refused at once
-    for e in cfg.exp:
-        infer.fold_checkpoints(experiment_dir(cfg.weights_dir, e))  # missing folds: refused before any work
+    if not cfg.competition:
+        raise PipelineError("--competition: the competition's slug, as in its address (kaggle.com/competitions/SLUG), "
+                            "e.g. --competition cassava-leaf-disease-classification")
+    files = experiment_files(cfg)  # unfinished experiments: refused before anything is built or replaced
     user, slug, competition = names(cfg)
     ids = {"weights": f"{user}/{slug}", "code": f"{user}/{slug}-code", "kernel": f"{user}/{slug}-inference"}
     root = fresh_folder(Path(cfg.export_dir) / slug)
     print(f"export {', '.join(cfg.exp)} -> {root}/ (datasets {ids['weights']}, {ids['code']}; notebook {ids['kernel']})")
     (root / "weights").mkdir()
-    files = weights_dataset(cfg, root / "weights", ids["weights"])
+    files = weights_dataset(cfg, files, root / "weights", ids["weights"])
     print(f"weights: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:,.1f} MiB")
     (root / "code").mkdir()
     pins = code_dataset(root / "code", ids["code"])
@@ -229,9 +288,11 @@ def run(cfg: Config) -> Path:
     (root / "kernel").mkdir()
     kernel_folder(root / "kernel", ids["kernel"], competition, [ids["weights"], ids["code"]], settings(cfg))
     (root / "check").mkdir()
-    check(cfg, root / "weights", root / "check")
-    print(f"check: the notebook's command on the exported weights reproduces the local predictions exactly "
-          f"({root / 'check' / 'exported.csv'})")
+    check(cfg, root)
+    print(f"check: the exported notebook, run here on {cfg.data}, writes exactly what infer writes from the local "
+          f"weights ({root / 'check' / 'exported.csv'}); on Kaggle, precision {cfg.precision} "
+          + ("is fp16 on a T4 or P100: the probabilities can differ in the last digits" if cfg.precision == "auto"
+             else "is kept"))
     if cfg.push:
         push(root, ids, competition, cfg.message or f"pipeline export of {', '.join(cfg.exp)}")
     else:
@@ -287,7 +348,7 @@ def exists(api, dataset_id: str, competition: str) -> bool:
 
 
 def main(argv=None) -> int:
-    return main_guard(lambda a: run(parse_config(a, "export", FLAGS, __doc__)), argv)
+    return main_guard(lambda a: run(parse_stage(a, "export", FLAGS, __doc__, {"competition": ""})[0]), argv)
 
 
 if __name__ == "__main__":

@@ -154,5 +154,5 @@ def load_pretrained(model: nn.Module, path: str, in_chans: int) -> None:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DataParallel; checkpoints always hold its state dict."""
-    return model.module if isinstance(model, nn.DataParallel) else model
+    """The module inside DataParallel or DistributedDataParallel; checkpoints always hold its state dict."""
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model

@@ -20,14 +20,14 @@ from pipeline.experiment import RECIPE
 FLAGS = [f for f in train.FLAGS if f not in ("exp", "resume", "overwrite", "report", "oof_tta")] + ["trials"]
 
 
-def suggest(trial, max_epochs: int) -> dict:
+def suggest(trial, max_epochs: int, min_epochs: int = 1) -> dict:
     """One point of the search space."""
     return {
         "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 1e-4, 0.2, log=True),
         "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
         "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
-        "epochs": trial.suggest_int("epochs", max(1, max_epochs // 3), max_epochs),
+        "epochs": trial.suggest_int("epochs", max(min_epochs, max_epochs // 3), max_epochs),
     }
 
 
@@ -40,7 +40,7 @@ def run(cfg: Config, extra: dict):
     out_dir = Path(cfg.weights_dir) / "tunes" / check_name(extra["name"], "--name")
 
     def objective(trial):
-        params = suggest(trial, cfg.epochs)
+        params = suggest(trial, cfg.epochs, max(1, cfg.swa_epochs))  # --swa-epochs needs that many epochs
         print(f"== trial {trial.number}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in params.items()))
 
@@ -61,7 +61,8 @@ def run(cfg: Config, extra: dict):
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise PipelineError(f"tune: none of the {cfg.trials} trials completed (all pruned or diverged); "
                             "widen the search or train longer")
-    best = replace(cfg, **study.best_params)
+    best_params = dict(study.best_params)
+    best = replace(with_lr(cfg, best_params.pop("lr")), **best_params)  # the trial's recipe, min-lr moved as it was
     keep = [f for f in RECIPE if f != "seed"] + ["model", "data", "folds_path", "device"]
     write_json({k: getattr(best, k) for k in keep}, out_dir / "best.json")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -149,7 +149,8 @@ def test_push_creates_then_versions_the_datasets_and_pushes_the_kernel(exported,
 def test_push_without_credentials_or_accepted_rules_is_one_line(exported, kaggle_env, capsys, monkeypatch):
     root, comp = exported
     monkeypatch.chdir(root)
-    args = ["--exp", "a", "--data", str(comp), "--dataset", "alice/only-a-weights", "--push"]
+    args = ["--exp", "a", "--data", str(comp), "--dataset", "alice/only-a-weights", "--competition", "digit-recognizer",
+            "--push"]
     with FakeKaggle(accept_rules=False):
         assert export.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -161,14 +162,31 @@ def test_push_without_credentials_or_accepted_rules_is_one_line(exported, kaggle
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {NO_CREDENTIALS}"]
 
 
-def test_export_refuses_an_experiment_with_missing_folds(exported, capsys, monkeypatch):
+def test_export_refuses_unfinished_experiments_before_replacing_anything(exported, capsys, monkeypatch):
+    import shutil
+
     root, comp = exported
     monkeypatch.chdir(root)
+    export_args = ["--data", str(comp), "--competition", "digit-recognizer", "--dataset", "alice/tiny-digits"]
+    before = sorted(p.relative_to(root) for p in (root / "export/tiny-digits").rglob("*"))
     assert train.main(["--data", str(comp), "--epochs", "1", "--batch-size", "32", "--exp", "part", "--fold", "0"]) == 0
     capsys.readouterr()
-    assert export.main(["--exp", "part", "--data", str(comp)]) == 2
+    assert export.main(["--exp", "part", *export_args]) == 2
     assert "weights/part: missing fold weights fold1.pth, fold2.pth, fold3.pth, fold4.pth of 5" in capsys.readouterr().err
-    assert not (root / "export" / "part-weights").exists()  # refused before anything was built
+    shutil.copytree(root / "weights/a", root / "weights/busy")  # every fold's weights, but fold 2 being retrained:
+    (root / "weights/busy/fold2.last.pth").write_bytes(b"snapshot")
+    assert export.main(["--exp", "busy", *export_args]) == 2
+    assert "weights/busy: fold2.last.pth left by an unfinished training" in capsys.readouterr().err
+    (root / "weights/busy/fold2.last.pth").unlink()
+    oof = pd.read_csv(root / "weights/busy/oof.csv")
+    oof[oof["fold"] != 2].to_csv(root / "weights/busy/oof.csv", index=False)  # killed after its rows were removed
+    assert export.main(["--exp", "busy", *export_args]) == 2
+    assert "weights/busy/oof.csv: no rows for fold(s) 2" in capsys.readouterr().err
+    assert export.main(["--exp", "a", "--with-full", *export_args]) == 2
+    assert "weights/a/full.pth: missing; the export needs it (train it with --fold full)" in capsys.readouterr().err
+    assert export.main(["--exp", "a", "--data", str(comp)]) == 2
+    assert "--competition: the competition's slug" in capsys.readouterr().err
+    assert sorted(p.relative_to(root) for p in (root / "export/tiny-digits").rglob("*")) == before  # kept as it was
 
 
 def test_submit_a_pushed_kernel(kaggle_env, capsys):

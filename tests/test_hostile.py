@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import data, experiment, infer, make_folds, runs, sweep, train, tune
+from pipeline import data, experiment, infer, make_folds, recipe, runs, sweep, train, tune
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.tasks import Task
 
@@ -196,15 +196,15 @@ def test_diverging_fold_stops_and_saves_nothing_as_best(project, tmp_path, capsy
 def test_divergence_message_keeps_the_last_good_epoch():
     model = torch.nn.Linear(2, 2)
     ok = np.full((4, 2), 0.5)
-    train.check_finite(0.3, ok, model, 1, 2, 2)  # finite: no error
+    recipe.check_finite(0.3, ok, model, 1, 2, 2)  # finite: no error
     with pytest.raises(TrainingDiverged, match=r"fold 1 epoch 3: the training loss .*fold1.last.pth \(epoch 2"):
-        train.check_finite(float("nan"), ok, model, 1, 2, 2)
+        recipe.check_finite(float("nan"), ok, model, 1, 2, 2)
     with pytest.raises(TrainingDiverged, match="the validation probabilities"):
-        train.check_finite(0.3, np.full((4, 2), np.nan), model, 1, 0, 0)
+        recipe.check_finite(0.3, np.full((4, 2), np.nan), model, 1, 0, 0)
     with torch.no_grad():
         model.weight[0, 0] = float("inf")
     with pytest.raises(TrainingDiverged, match="weights weight became"):
-        train.check_finite(0.3, ok, model, 1, 0, 0)
+        recipe.check_finite(0.3, ok, model, 1, 0, 0)
 
 
 def test_infer_refuses_non_finite_probabilities(project, tmp_path, capsys):
@@ -528,7 +528,8 @@ def test_partial_overwrite_checks_the_kept_checkpoints_too(project, capsys):
 def test_damaged_resume_snapshot_values_are_refused(project, edit, message, capsys):
     args = ["--data", project, "--exp", "r", "--fold", "0", "--epochs", "2", "--batch-size", "32"]
     assert train.main(args) == 0
-    from pipeline.train import fold_setup, snapshot  # a real snapshot of fold 0 after its first epoch
+    from pipeline.recipe import fold_setup
+    from pipeline.resume import snapshot  # a real snapshot of fold 0 after its first epoch
     snap = torch.load("weights/r/fold0.pth", weights_only=True)
     model_state = snap["state_dict"]
     oof = pd.read_csv("weights/r/oof.csv")

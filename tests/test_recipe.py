@@ -59,8 +59,8 @@ def test_step_schedule_multiplies_by_decay_rate_every_decay_epochs():
 
 
 def test_constant_holds_the_lr_after_warmup():
-    lrs = sum(applied_lrs(Config(**BASE, epochs=3, warmup_epochs=1, warmup_lr=0.0, sched="constant"), 3, 4), [])
-    assert lrs[0] == 0.0 and lrs[:4] == sorted(lrs[:4])
+    lrs = sum(applied_lrs(Config(**BASE, epochs=3, warmup_epochs=1, sched="constant"), 3, 4), [])
+    assert lrs[0] == pytest.approx(0.001) and lrs[:4] == sorted(lrs[:4])  # --warmup-lr 0 (default): --lr / 100
     assert lrs[4:] == pytest.approx([0.1] * 8)
 
 
@@ -84,8 +84,15 @@ def test_plateau_decays_only_when_the_metric_stops_improving_and_its_state_resum
     assert lower.lr_scheduler.mode == "min"  # rmse, log loss: lower is better
 
 
+def test_plateau_warms_up_by_epoch_without_a_wasted_epoch():
+    cfg = Config(**BASE, epochs=4, warmup_epochs=1, sched="plateau")
+    assert [e[0] for e in applied_lrs(cfg, 3, 2, metrics=[0.1, 0.2, 0.3])] == pytest.approx([0.05, 0.1, 0.1])
+
+
 def test_lr_flags_are_checked_and_min_lr_moves_with_lr():
-    assert with_lr(Config(lr=1e-3, min_lr=1e-5), 4e-3).min_lr == pytest.approx(4e-5)
+    moved = with_lr(Config(lr=1e-3, min_lr=1e-5, warmup_lr=2e-5), 4e-3)
+    assert (moved.min_lr, moved.warmup_lr) == pytest.approx((4e-5, 8e-5))
+    assert Config(lr=5e-6).warmup_lr == 0  # fine-tuning rates work with the default warmup (lr / 100)
     with pytest.raises(PipelineError, match=r"--min-lr: must be below --lr \(0.001\), got 0.01"):
         Config(lr=1e-3, min_lr=1e-2)
     with pytest.raises(PipelineError, match="--sched: must be cosine, step, plateau or constant, got 'linear'"):
@@ -201,7 +208,7 @@ def test_schedule_flags_end_to_end(tiny_comp, workdir, capsys):
 def test_resume_snapshot_carries_the_plateau_counters_and_the_swa_average(tmp_path):
     from torch.optim.swa_utils import AveragedModel
 
-    from pipeline.train import restore, snapshot
+    from pipeline.resume import restore, snapshot
 
     cfg = Config(**BASE, epochs=8, warmup_epochs=0, sched="plateau", decay_epochs=3)
 

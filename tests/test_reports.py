@@ -44,8 +44,8 @@ def test_train_report_and_oof_tta(experiment, workdir):
     assert len(tta) == 200 and cv["oof_tta"]["accuracy"] == pytest.approx(tta_accuracy)
     schedule = pd.read_csv(exp / "schedule.csv")
     assert len(schedule) == 5 * 2 * (160 // 32)  # every optimizer step of every fold, as applied:
-    first = schedule[schedule["fold"] == 0]["lr"].to_numpy()  # warmup from 1e-5 over 5 steps towards 3e-3, then cosine
-    assert first[:5] == pytest.approx(1e-5 + np.arange(5) * (3e-3 - 1e-5) / 5)
+    first = schedule[schedule["fold"] == 0]["lr"].to_numpy()  # warmup from lr/100 over 5 steps towards 3e-3, then cosine
+    assert first[:5] == pytest.approx(3e-5 + np.arange(5) * (3e-3 - 3e-5) / 5)
     assert all(a > b for a, b in zip(first[5:], first[6:]))
 
 
@@ -81,9 +81,11 @@ def test_sweep_grid(tiny_comp, workdir, capsys):
 def test_tune_writes_a_config_train_accepts(tiny_comp, workdir):
     comp = str(tiny_comp)
     assert make_folds.main(["--data", comp]) == 0
-    assert tune.main(["--data", comp, "--trials", "2", "--epochs", "2"]) == 0
+    assert tune.main(["--data", comp, "--trials", "2", "--epochs", "3", "--min-lr", "2e-3", "--swa-epochs", "2"]) == 0
     best = json.loads(open("weights/tunes/study/best.json").read())
     assert {"lr", "weight_decay", "label_smoothing", "batch_size", "epochs"} <= set(best)
+    assert best["min_lr"] == pytest.approx(2e-3 * best["lr"] / 3e-3)  # moved with the trial's lr, as it trained
+    assert best["epochs"] >= 2  # never fewer epochs than --swa-epochs averages
     assert train.main(["--config", "weights/tunes/study/best.json", "--data", comp, "--fold", "0", "--exp", "tuned"]) == 0
 
 

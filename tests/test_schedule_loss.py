@@ -123,7 +123,7 @@ def test_patience_rule_and_drop_rates_and_determinism():
 
     from pipeline.engine import seed_everything
     from pipeline.models import build_model
-    from pipeline.train import stop_early
+    from pipeline.recipe import stop_early
 
     assert [stop_early(e, 2, 3) for e in (3, 4, 5)] == [False, False, True] and not stop_early(50, 1, 0)
     model = build_model("resnet18", 10, 1, 28, drop_rate=0.25, drop_path_rate=0.1)
@@ -212,7 +212,7 @@ def test_optimizer_and_mixup_flags_end_to_end(tiny_comp, workdir, capsys):
 
 
 def test_opt_builds_the_named_timm_optimizer():
-    from pipeline.train import make_optimizer
+    from pipeline.recipe import make_optimizer
 
     sgd = make_optimizer(torch.nn.Linear(3, 2), Config(opt="sgd", momentum=0.8, lr=0.01))
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8

@@ -1,0 +1,95 @@
+"""Folds in parallel: `python -m pipeline.train --fold all --gpus 0,1,2,3` (or `--gpus cpu,cpu`) runs one process
+per listed device, each taking the next untrained fold until none is left.
+
+Each fold runs `train.train_fold` exactly as a sequential run does (same per-fold seeds, so the same files and,
+with the same thread count, the same numbers); the shared tables are written under experiment.tables_locked.
+A fold that fails, or whose process dies, is reported; the others finish, and --resume completes it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline import train
+from pipeline.checkpoint import read_json
+from pipeline.config import Config, make_config, to_dict
+from pipeline.engine import resolve_device
+from pipeline.errors import PipelineError
+
+
+def parallel_folds(cfg: Config, todo: list[int], devices: list[str], exp_dir: Path) -> dict[int, str]:
+    """--gpus: one process per device, each taking the next untrained fold until none is left. Returns the folds
+    that did not finish, with why (a fold that fails, or whose process dies, does not stop the others)."""
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    folds, results = ctx.Queue(), ctx.Queue()
+    for k in todo:
+        folds.put(k)
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    workers = [ctx.Process(target=fold_worker, args=(to_dict(cfg), i, d, folds, results, threads), daemon=True)
+               for i, d in enumerate(devices)]
+    for w in workers:
+        w.start()
+    running, done, failed = {}, set(), {}
+
+    def drain(timeout: float) -> None:
+        try:
+            while True:
+                kind, k, i, text = results.get(timeout=timeout)
+                if kind == "start":
+                    running[k] = i
+                    print(f"fold {k}: started on {devices[i]} (process {text})", flush=True)
+                elif kind == "done":
+                    done.add(k)
+                    running.pop(k, None)
+                else:
+                    failed[k] = f"fold {k} failed on {devices[i]}: {text}"
+                    running.pop(k, None)
+                    print(f"error: {failed[k]} (the other folds go on)", file=sys.stderr, flush=True)
+                timeout = 0.05
+        except queue.Empty:
+            pass
+    while any(w.is_alive() for w in workers):
+        drain(0.5)
+    for w in workers:
+        w.join()
+    drain(0.05)
+    for k, i in running.items():  # started, never reported: its process died (killed, out of memory)
+        failed[k] = f"fold {k}: its process on {devices[i]} died (exit code {workers[i].exitcode}) mid-fold"
+    for k in todo:
+        if k not in done and k not in failed:
+            failed[k] = f"fold {k}: never started (every fold process stopped)"
+    return dict(sorted(failed.items()))
+
+
+def fold_worker(values: dict, me: int, device_name: str, folds, results, threads: int) -> None:
+    """One --gpus process: train folds from the queue on one device until it is empty; report each fold."""
+    import queue
+
+    from pipeline import engine
+
+    engine.BARS = False
+    torch.set_num_threads(threads)
+    cfg = make_config(values | {"device": device_name, "gpus": ""}, "fold worker")
+    job = train.setup(cfg, quiet=True)
+    device = resolve_device(device_name)
+    resolved = read_json(job.exp_dir / "config.json", "experiment config")
+    images, targets = job.images(device)
+    while True:
+        try:
+            k = folds.get_nowait()
+        except queue.Empty:
+            return
+        results.put(("start", k, me, str(os.getpid())))
+        try:
+            preds = train.train_fold(job.cfg, resolved, job.spec, k, images, targets, job.folds.fold, job.exp_dir, device)
+            job.finish_fold(k, preds)
+            results.put(("done", k, me, ""))
+        except Exception as e:  # noqa: BLE001 - a failed fold is reported, the others go on
+            text = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+            results.put(("failed", k, me, text.splitlines()[0][:300] if text else type(e).__name__))

@@ -1,0 +1,69 @@
+"""The per-epoch resume snapshot of a fold: everything needed to continue after an epoch exactly as if never
+stopped (weights, optimizer, scaler, EMA, SWA average, scheduler counters, random state, best so far)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pipeline.engine import load_scheduler_state, scheduler_state
+from pipeline.errors import PipelineError
+from pipeline.models import unwrap
+
+
+def snapshot(state: dict, model: nn.Module, optimizer, generator: torch.Generator, scaler=None, ema=None,
+             scheduler=None, swa=None) -> dict:
+    """Everything needed to continue after this epoch exactly as if never stopped."""
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    extra = ({"scaler": scaler.state_dict()} if scaler is not None else {}) | (
+        {"ema": ema.module.state_dict()} if ema is not None else {}) | (
+        {"swa": swa.state_dict()} if swa is not None else {}) | (
+        {"scheduler": scheduler_state(scheduler)} if scheduler is not None else {})
+    return extra | {"state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+            "epoch": state["epoch"], "step": state["step"], "best": state["best"], "best_epoch": state["best_epoch"],
+            "best_preds": torch.from_numpy(state["best_preds"])}
+
+
+def restore(saved: dict, model: nn.Module, optimizer, generator: torch.Generator, path: Path, scaler=None,
+            ema=None, scheduler=None, swa=None) -> dict:
+    """Put the model, optimizer and random state back as `snapshot` saved them; a damaged snapshot is refused."""
+    try:
+        model.load_state_dict(saved["state_dict"])
+        if ema is not None:
+            ema.module.load_state_dict(saved["ema"])
+        if swa is not None:
+            swa.load_state_dict(saved["swa"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            load_scheduler_state(scheduler, saved.get("scheduler", {}))
+        if scaler is not None and "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        generator.set_state(saved["rng"]["generator"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        state = {"epoch": int(saved["epoch"]), "step": int(saved["step"]), "best_epoch": int(saved.get("best_epoch", 0)),
+                 "best": {str(m): float(v) for m, v in saved["best"].items()}, "best_preds": saved["best_preds"].numpy()}
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise PipelineError(f"{path}: not a usable resume snapshot ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
+                            "delete it to restart that fold, or retrain with --overwrite") from None
+    return state
+
+
+def check_snapshot(state: dict, preds_shape: tuple[int, int], metric: str, epochs: int, path: Path) -> None:
+    """A resume snapshot must describe this fold: its predictions' shape, finite values, an epoch within the run."""
+    preds, best = state["best_preds"], state["best"]
+    problem = ("best predictions of shape {} instead of {}".format(tuple(preds.shape), preds_shape)
+               if tuple(preds.shape) != preds_shape else
+               "best predictions hold NaN or infinite values" if not np.isfinite(preds).all() else
+               f"best scores lack {metric}" if metric not in best else
+               "best scores are not finite" if not all(np.isfinite(v) for v in best.values()) else
+               f"epoch {state['epoch']} outside 1..{epochs}" if not 1 <= state["epoch"] <= epochs else
+               f"step {state['step']} is negative" if state["step"] < 0 else None)
+    if problem:
+        raise PipelineError(f"{path}: not a usable resume snapshot ({problem}); delete it to restart that fold, "
+                            "or retrain with --overwrite")
