@@ -172,7 +172,7 @@ def run(cfg: Config, extra: dict) -> float:
           + ("epoch 1 is the warm-up, epochs 2.. timed" if cfg.epochs > 1 else "one epoch, timed with no warm-up"))
     seed = report("seed-notebook", seed_notebook_fold(cfg, frame, folds, device, workers), cfg, device)
     fast = report("pipeline", pipeline_fold(cfg, train, folds, device), cfg, device)
-    print(f"speedup: {fast / seed:.1f}x (pipeline {fast:,.0f} img/s vs seed-notebook {seed:,.0f} img/s)")
+    print(f"speedup: {fast / seed:.2f}x (pipeline {fast:,.0f} img/s vs seed-notebook {seed:,.0f} img/s)")
     return fast / seed
 
 

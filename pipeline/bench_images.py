@@ -176,12 +176,12 @@ def run(cfg: Config, n: int, workers: int, device: torch.device) -> float:
           f"cache decode {build_s:.1f}s ({n / build_s:,.0f} img/s, once; 0 if it existed)")
     rates = delivery(files, labels, np.asarray(cache), cfg.img_size, cfg.batch_size, workers, device)
     print(f"delivery       notebook {rates['notebook']:>9,.0f} img/s   pipeline {rates['pipeline']:>9,.0f} img/s   "
-          f"{rates['pipeline'] / rates['notebook']:.1f}x")
+          f"{rates['pipeline'] / rates['notebook']:.2f}x")
     notebook_s = epoch_notebook(cfg, files, labels, workers, device)
     pipeline_s = epoch_pipeline(cfg, np.asarray(cache), labels, device)
     print(f"epoch          notebook {notebook_s:>8.3f} s ({n / notebook_s:,.0f} img/s)   pipeline {pipeline_s:>8.3f} s "
           f"({n / pipeline_s:,.0f} img/s)")
     speedup = notebook_s / pipeline_s
-    print(f"speedup: delivery {rates['pipeline'] / rates['notebook']:.1f}x, epoch {speedup:.1f}x "
+    print(f"speedup: delivery {rates['pipeline'] / rates['notebook']:.2f}x, epoch {speedup:.2f}x "
           f"({cfg.model} at {cfg.img_size}px)")
     return speedup

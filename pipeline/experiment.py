@@ -68,28 +68,40 @@ def experiment_dir(weights_dir: str | Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def locked(exp_dir: Path):
+def locked(exp_dir: Path, fold: int | None = None):
     """Hold exp_dir/.lock for the block; a second writer is refused with the holder's pid, host and command.
 
-    The kernel drops the lock when its process dies (kill -9 included): a lock is never stale.
+    A run of one fold (`--fold K`, e.g. one job of a SLURM array) shares .lock with the other single-fold runs
+    and holds .lock.fold<K> alone: different folds train at once, the same fold or a whole-experiment run is
+    refused. The kernel drops the locks when their process dies (kill -9 included): a lock is never stale.
     """
     exp_dir.mkdir(parents=True, exist_ok=True)
+    shared = fold is not None
     fd = os.open(exp_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fold_fd = os.open(exp_dir / f".lock.fold{fold}", os.O_RDWR | os.O_CREAT, 0o644) if shared else None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "another process"
-            raise PipelineError(f"{exp_dir}: another training is writing to this experiment ({holder}); "
-                                "wait for it to finish, or use another --exp") from None
+        for handle, mode in ((fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX), (fold_fd, fcntl.LOCK_EX)):
+            if handle is None:
+                continue
+            try:
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(handle, 500, 0).decode(errors="replace").strip() or "another process"
+                raise PipelineError(f"{exp_dir}: another training is writing to this experiment"
+                                    f"{' (fold %d)' % fold if handle == fold_fd else ''} ({holder}); "
+                                    "wait for it to finish, or use another --exp") from None
         me = f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}: " \
              f"{' '.join(['python -m pipeline.' + Path(sys.argv[0]).stem, *sys.argv[1:]])[:300]}"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
-        _remove_matching(exp_dir, LITTER)  # temp files of a killed write: nobody else writes here now
+        mine = fold_fd if shared else fd
+        os.ftruncate(mine, 0)
+        os.pwrite(mine, me.encode(), 0)
+        if not shared:
+            _remove_matching(exp_dir, LITTER)  # temp files of a killed write: nobody else writes here now
         yield exp_dir
     finally:
         os.close(fd)
+        if fold_fd is not None:
+            os.close(fold_fd)
 
 
 @contextlib.contextmanager
@@ -135,8 +147,8 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
     """Apply the no-silent-overwrite policy (call while holding the lock); return the folds still to train."""
     saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
     artifacts = sorted(p.name for p in exp_dir.glob("*") if p.name != "config.json" and not p.name.startswith(".")) if exp_dir.is_dir() else []
-    if not artifacts and not resume:
-        return folds
+    if not artifacts and (not resume or saved is None):
+        return folds  # nothing trained yet (--resume on a new experiment, a SLURM job's first fold): start
     if overwrite and len(folds) == config["n_splits"]:
         remove_artifacts(exp_dir)
         return folds

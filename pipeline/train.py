@@ -145,7 +145,8 @@ def run(cfg: Config, on_epoch=None) -> dict:
     if cfg.fold == "full":
         return train_full(cfg, job.resolved, job.spec, job.src, desc, job.train, exp_dir, device, ranks)
     fold_ids = cfg.fold_ids(job.folds.n_splits)
-    with experiment.locked(exp_dir) if ranks.main else contextlib.nullcontext():
+    single = int(cfg.fold) if cfg.fold.isdigit() else None  # one fold: other folds may train at once (SLURM)
+    with experiment.locked(exp_dir, single) if ranks.main else contextlib.nullcontext():
         todo = distributed.agree(experiment.prepare(exp_dir, job.resolved, fold_ids, cfg.resume, cfg.overwrite)
                                  if ranks.main else None, ranks)
         if ranks.main:

@@ -14,7 +14,7 @@ def test_bench_runs_both_paths_and_prints_speedup(sample_dir, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("seed-notebook") and "img/s" in line and "valid acc" in line for line in out)
     assert any(line.startswith("pipeline") and "host RSS" in line for line in out)
-    match = re.fullmatch(r"speedup: (\d+\.\d)x \(pipeline ([\d,]+) img/s vs seed-notebook ([\d,]+) img/s\)", out[-1])
+    match = re.fullmatch(r"speedup: (\d+\.\d\d)x \(pipeline ([\d,]+) img/s vs seed-notebook ([\d,]+) img/s\)", out[-1])
     assert match, out[-1]
     speedup, fast, slow = float(match[1]), *(int(g.replace(",", "")) for g in match.groups()[1:])
     assert fast > 0 and slow > 0 and speedup > 0
@@ -25,9 +25,9 @@ def test_bench_image_files(workdir, capsys):
     assert bench.main(["--images", "48", "--device", "cpu", "--img-size", "32", "--batch-size", "16",
                        "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    delivery = re.search(r"delivery +notebook +([\d,]+) img/s +pipeline +([\d,]+) img/s +(\d+\.\d)x", out)
+    delivery = re.search(r"delivery +notebook +([\d,]+) img/s +pipeline +([\d,]+) img/s +(\d+\.\d\d)x", out)
     epoch = re.search(r"epoch +notebook +([\d.]+) s .* pipeline +([\d.]+) s", out)
-    last = re.fullmatch(r"speedup: delivery (\d+\.\d)x, epoch (\d+\.\d)x \(digit_cnn at 32px\)", out.strip().splitlines()[-1])
+    last = re.fullmatch(r"speedup: delivery (\d+\.\d\d)x, epoch (\d+\.\d\d)x \(digit_cnn at 32px\)", out.strip().splitlines()[-1])
     assert delivery and epoch and last, out
     notebook, pipeline = (int(g.replace(",", "")) for g in delivery.groups()[:2])
     assert notebook > 0 and pipeline > 0 and float(last[1]) == pytest.approx(pipeline / notebook, rel=0.02)

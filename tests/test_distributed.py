@@ -180,3 +180,24 @@ def test_each_rank_trains_on_its_share_of_every_global_batch(rank):
     for i, seen in enumerate(model.rows):
         assert seen.round().long().tolist() == order[i * 8:(i + 1) * 8][rank::2].tolist()
     del MEAN, STD
+
+
+def test_single_fold_jobs_of_one_experiment_run_side_by_side(folds_made, workdir, capsys):
+    """SLURM-array style: --fold K --resume jobs on one experiment train at once; the same fold twice, or a whole
+    experiment run meanwhile, is refused; a final --fold all --resume writes the CV and trains nothing finished."""
+    from pipeline import experiment
+
+    common = ["--data", folds_made, "--epochs", "1", "--batch-size", "32", "--exp", "arr", "--resume"]
+    exp = workdir / "weights/arr"
+    with experiment.locked(exp, 0):  # fold 0's job is running
+        assert train.main([*common, "--fold", "1"]) == 0  # a new experiment's first job: --resume starts it
+        assert train.main([*common, "--fold", "0"]) == 2
+        assert "another training is writing to this experiment (fold 0)" in capsys.readouterr().err
+        assert train.main([*common, "--fold", "all"]) == 2
+        assert "another training is writing to this experiment" in capsys.readouterr().err
+    assert train.main([*common, "--fold", "0"]) == 0
+    capsys.readouterr()
+    assert train.main([*common, "--fold", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "resume: folds 0, 1 already finished" in out and "fold 2 epoch" in out and "fold 0 epoch" not in out
+    assert set(pd.read_csv(exp / "oof.csv")["fold"]) == {0, 1, 2, 3, 4}
