@@ -49,7 +49,7 @@ class Config:
     lr: float = 3e-3  # peak learning rate after warmup, > 0
     sched: str = "cosine"  # lr schedule (timm's scheduler factory): cosine | step | plateau | constant; cosine, step and constant move every optimizer step, plateau once an epoch on the validation metric
     min_lr: float = 0.0  # lr the cosine decays to, and plateau's floor; sweep and tune keep its ratio to the config's --lr (3e-3 unless set) for each lr they try, 0 <= x < lr
-    warmup_lr: float = 0.0  # lr at the first warmup step, rising linearly to --lr, 0 <= x < lr; 0 = --lr / 100
+    warmup_lr: float = 0.0  # lr at the first warmup step, rising linearly to --lr, 0 <= x < lr; 0 = --lr / warmup steps
     decay_epochs: float = 0.0  # step: epochs between decays; plateau: epochs without a better metric before a decay; 0 = auto (step: a third of --epochs, plateau: 2)
     decay_rate: float = 0.1  # step and plateau: the lr is multiplied by this at each decay, 0 < x < 1
     weight_decay: float = 0.05  # weight decay (decoupled for adamw; not on norms and biases), >= 0

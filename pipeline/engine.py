@@ -151,11 +151,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps: int, higher_is_
     decay = cfg.decay_epochs or (2 if plateau else max(1.0, cfg.epochs / 3))
     warmup_epochs = round(cfg.warmup_epochs) if plateau else cfg.warmup_epochs
     # plateau warms up once an epoch: from lr/(w+1), so no whole epoch trains at a near-zero lr
-    warmup_lr = cfg.warmup_lr or (cfg.lr / (warmup_epochs + 1) if plateau else cfg.lr / 100)
+    # (the step schedules: from lr / warmup steps, one step's worth, as a hand-written linear warmup starts)
+    warmup_lr = cfg.warmup_lr or (cfg.lr / (warmup_epochs + 1) if plateau else cfg.lr / max(1, warmup_epochs * steps))
     with warnings.catch_warnings():  # timm deprecates plateau for not saving its state; train saves it (see snapshot)
         warnings.simplefilter("ignore", FutureWarning)
-        scheduler, _ = create_scheduler_v2(
-            optimizer, cfg.sched, num_epochs=cfg.epochs, decay_epochs=decay, patience_epochs=round(decay),
+        scheduler, _ = create_scheduler_v2(  # warmup first, then the schedule over the epochs left (warmup_prefix)
+            optimizer, cfg.sched, num_epochs=cfg.epochs if plateau else max(cfg.epochs - warmup_epochs, 1 / steps),
+            warmup_prefix=not plateau, decay_epochs=decay, patience_epochs=round(decay),
             decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_lr=warmup_lr, warmup_epochs=warmup_epochs,
             plateau_mode="max" if higher_is_better else "min", step_on_epochs=plateau, updates_per_epoch=steps)
     return scheduler
@@ -245,7 +247,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         step += 1
         if i % 25 == 0 or i == n_steps - 1:  # reading the loss syncs the GPU: not every step
             bar.set_postfix(loss=f"{total_loss.item() / (i + 1):.4f}", lr=f"{lr:.2e}")
-    accuracy = correct.item() / (n_steps * len(shard(torch.arange(batch), ranks))) if spec.task.kind == "multiclass" else float("nan")
+    if ranks.distributed and torch.distributed.is_initialized():  # the whole batch's loss on every rank:
+        # a divergence stops all ranks together, not one while the others wait in a collective
+        torch.distributed.all_reduce(total_loss)
+        torch.distributed.all_reduce(correct)
+        total_loss /= ranks.world
+    accuracy = correct.item() / (n_steps * batch) if spec.task.kind == "multiclass" else float("nan")
     return EpochResult(total_loss.item() / n_steps, accuracy, step, lrs)
 
 

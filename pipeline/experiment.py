@@ -86,7 +86,9 @@ def locked(exp_dir: Path, fold: int | None = None):
             try:
                 fcntl.flock(handle, mode | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(handle, 500, 0).decode(errors="replace").strip() or "another process"
+                busy = _busy_folds(exp_dir) if handle == fd and not shared else []
+                holder = (f"single-fold runs of fold(s) {', '.join(busy)}" if busy else
+                          os.pread(handle, 500, 0).decode(errors="replace").strip() or "another process")
                 raise PipelineError(f"{exp_dir}: another training is writing to this experiment"
                                     f"{' (fold %d)' % fold if handle == fold_fd else ''} ({holder}); "
                                     "wait for it to finish, or use another --exp") from None
@@ -102,6 +104,20 @@ def locked(exp_dir: Path, fold: int | None = None):
         os.close(fd)
         if fold_fd is not None:
             os.close(fold_fd)
+
+
+def _busy_folds(exp_dir: Path) -> list[str]:
+    """Folds whose single-fold run holds its lock now."""
+    busy = []
+    for path in sorted(exp_dir.glob(".lock.fold*")):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy.append(path.name.removeprefix(".lock.fold"))
+        finally:
+            os.close(fd)
+    return busy
 
 
 @contextlib.contextmanager
@@ -225,10 +241,11 @@ def forget_fold(exp_dir: Path, k: int) -> None:
     """Remove fold k's checkpoints and rows, leaving the other folds intact."""
     for name in (f"fold{k}.pth", f"fold{k}.last.pth"):
         (exp_dir / name).unlink(missing_ok=True)
-    for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv", "selection.csv"):
-        table = read_table(exp_dir / name)
-        if table is not None:
-            write_csv(table[table["fold"] != k], exp_dir / name)
+    with tables_locked(exp_dir):  # another fold's job may be writing these tables now
+        for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv", "selection.csv"):
+            table = read_table(exp_dir / name)
+            if table is not None:
+                write_csv(table[table["fold"] != k], exp_dir / name)
 
 
 def append_metrics(exp_dir: Path, row: dict, lrs: list[float]) -> None:

@@ -30,12 +30,14 @@ def parallel_folds(cfg: Config, todo: list[int], devices: list[str], exp_dir: Pa
     folds, results = ctx.Queue(), ctx.Queue()
     for k in todo:
         folds.put(k)
+    for _ in devices:
+        folds.put(None)  # one stop sign per process
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    workers = [ctx.Process(target=fold_worker, args=(to_dict(cfg), i, d, folds, results, threads), daemon=True)
-               for i, d in enumerate(devices)]
+    workers = [ctx.Process(target=fold_worker, args=(to_dict(cfg), i, d, folds, results, threads))
+               for i, d in enumerate(devices)]  # not daemons: albumentations runs DataLoader workers inside
     for w in workers:
         w.start()
-    running, done, failed = {}, set(), {}
+    running, done, failed, broken = {}, set(), {}, {}
 
     def drain(timeout: float) -> None:
         try:
@@ -47,6 +49,9 @@ def parallel_folds(cfg: Config, todo: list[int], devices: list[str], exp_dir: Pa
                 elif kind == "done":
                     done.add(k)
                     running.pop(k, None)
+                elif kind == "broken":  # the process could not start training at all
+                    broken[i] = text
+                    print(f"error: fold process on {devices[i]}: {text}", file=sys.stderr, flush=True)
                 else:
                     failed[k] = f"fold {k} failed on {devices[i]}: {text}"
                     running.pop(k, None)
@@ -54,42 +59,55 @@ def parallel_folds(cfg: Config, todo: list[int], devices: list[str], exp_dir: Pa
                 timeout = 0.05
         except queue.Empty:
             pass
-    while any(w.is_alive() for w in workers):
-        drain(0.5)
-    for w in workers:
-        w.join()
+    try:
+        while any(w.is_alive() for w in workers):
+            drain(0.5)
+    finally:
+        for w in workers:
+            if w.is_alive():  # interrupted (Ctrl-C): stop the fold processes with us
+                w.terminate()
+            w.join()
     drain(0.05)
     for k, i in running.items():  # started, never reported: its process died (killed, out of memory)
         failed[k] = f"fold {k}: its process on {devices[i]} died (exit code {workers[i].exitcode}) mid-fold"
     for k in todo:
         if k not in done and k not in failed:
-            failed[k] = f"fold {k}: never started (every fold process stopped)"
+            failed[k] = f"fold {k}: never started ({'; '.join(broken.values()) or 'every fold process stopped'})"
     return dict(sorted(failed.items()))
 
 
 def fold_worker(values: dict, me: int, device_name: str, folds, results, threads: int) -> None:
-    """One --gpus process: train folds from the queue on one device until it is empty; report each fold."""
-    import queue
-
+    """One --gpus process: train folds from the queue on one device until its stop sign; report each fold."""
     from pipeline import engine
 
     engine.BARS = False
     torch.set_num_threads(threads)
-    cfg = make_config(values | {"device": device_name, "gpus": ""}, "fold worker")
-    job = train.setup(cfg, quiet=True)
-    device = resolve_device(device_name)
-    resolved = read_json(job.exp_dir / "config.json", "experiment config")
-    images, targets = job.images(device)
-    while True:
-        try:
-            k = folds.get_nowait()
-        except queue.Empty:
-            return
+    try:
+        if device_name.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device_name))  # this process's GPU only, pinned copies included
+        cfg = make_config(values | {"device": device_name, "gpus": ""}, "fold worker")
+        job = train.setup(cfg, quiet=True)
+        device = resolve_device(device_name)
+        resolved = read_json(job.exp_dir / "config.json", "experiment config")
+        images, targets = job.images(device)
+    except KeyboardInterrupt:
+        return
+    except Exception as e:  # noqa: BLE001 - reported in one line by the parent
+        results.put(("broken", -1, me, one_line(e)))
+        return
+    while (k := folds.get()) is not None:
         results.put(("start", k, me, str(os.getpid())))
         try:
-            preds = train.train_fold(job.cfg, resolved, job.spec, k, images, targets, job.folds.fold, job.exp_dir, device)
+            preds = train.train_fold(job.cfg, resolved, job.spec, k, images, targets, job.folds.fold, job.exp_dir,
+                                     device)
             job.finish_fold(k, preds)
             results.put(("done", k, me, ""))
+        except KeyboardInterrupt:
+            return
         except Exception as e:  # noqa: BLE001 - a failed fold is reported, the others go on
-            text = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-            results.put(("failed", k, me, text.splitlines()[0][:300] if text else type(e).__name__))
+            results.put(("failed", k, me, one_line(e)))
+
+
+def one_line(e: Exception) -> str:
+    text = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+    return text.splitlines()[0][:300] if text else type(e).__name__

@@ -35,7 +35,8 @@ def mixer(cfg: Config, task, batch_size: int):
     if task.kind != "multiclass":
         raise PipelineError(f"--mixup/--cutmix: for multiclass tasks (mixing class labels); this task is {task.kind}")
     if batch_size % 2:
-        raise PipelineError(f"--mixup/--cutmix: the batch size must be even (pairs are mixed), got {batch_size}")
+        raise PipelineError(f"--mixup/--cutmix: the batch size must be even (pairs are mixed), got {batch_size}"
+                            " (under torchrun: per rank)")
     from timm.data import Mixup
 
     return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
@@ -57,7 +58,8 @@ def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = distributed.wrap(model, ranks, device)
     else:
-        net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
+        spread = device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1
+        net = nn.DataParallel(model) if spread else model  # --device cuda: every visible GPU; cuda:1: that one
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed * 1000 + k)

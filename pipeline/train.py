@@ -126,10 +126,44 @@ def for_ranks(cfg: Config, ranks: Ranks, device_name: str) -> Config:
     if cfg.lr_scale == "linear":
         cfg = replace(cfg, batch_size=cfg.batch_size * ranks.world, lr=cfg.lr * ranks.world,
                       min_lr=cfg.min_lr * ranks.world)
-    if cfg.batch_size and cfg.batch_size % ranks.world:
-        raise PipelineError(f"--batch-size {cfg.batch_size}: the global batch must split evenly over the "
-                            f"{ranks.world} ranks")
     return replace(cfg, device=device_name)
+
+
+def check_batch(cfg: Config, ranks: Ranks) -> None:
+    """Under torchrun the global batch (the auto size included) splits evenly over the ranks; pairs per rank."""
+    if ranks.distributed and cfg.batch_size % ranks.world:
+        raise PipelineError(f"--batch-size {cfg.batch_size}: the global batch must split evenly over the "
+                            f"{ranks.world} ranks; give a multiple of {ranks.world}")
+    if ranks.distributed and (cfg.mixup or cfg.cutmix):
+        if (cfg.batch_size // ranks.world) % 2:
+            raise PipelineError(f"--mixup/--cutmix: each rank's share of the batch must be even (pairs are mixed), "
+                                f"got {cfg.batch_size // ranks.world} per rank")
+
+
+def prepared(exp_dir: Path, resolved: dict, fold_ids: list[int], cfg: Config) -> list[int] | str:
+    """The folds still to train, or why not (as text, so rank 0 can tell the other ranks before it stops)."""
+    try:
+        return experiment.prepare(exp_dir, resolved, fold_ids, cfg.resume, cfg.overwrite)
+    except PipelineError as e:
+        return str(e)
+
+
+@contextlib.contextmanager
+def locked_or_message(exp_dir: Path, fold: int | None, ranks: Ranks):
+    """Rank 0 holds the experiment's lock for the block; yields '' or why it could not (for every rank to stop)."""
+    if not ranks.main:
+        yield ""
+        return
+    try:
+        lock = experiment.locked(exp_dir, fold)
+        lock.__enter__()
+    except PipelineError as e:
+        yield str(e)
+        return
+    try:
+        yield ""
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def run(cfg: Config, on_epoch=None) -> dict:
@@ -137,18 +171,22 @@ def run(cfg: Config, on_epoch=None) -> dict:
     ranks, device_name = distributed.from_environment(cfg.device)
     cfg = for_ranks(cfg, ranks, device_name)
     devices = distributed.parse_devices(cfg.gpus) if cfg.gpus else []
-    if len(devices) == 1:
+    if len(devices) == 1 or (devices and cfg.fold.isdigit()):
         cfg = replace(cfg, device=devices[0], gpus="")
     job = setup(cfg, quiet=not ranks.main)
     cfg, exp_dir, desc = job.cfg, job.exp_dir, job.desc
+    check_batch(cfg, ranks)
     device = resolve_device(cfg.device)
     if cfg.fold == "full":
         return train_full(cfg, job.resolved, job.spec, job.src, desc, job.train, exp_dir, device, ranks)
     fold_ids = cfg.fold_ids(job.folds.n_splits)
     single = int(cfg.fold) if cfg.fold.isdigit() else None  # one fold: other folds may train at once (SLURM)
-    with experiment.locked(exp_dir, single) if ranks.main else contextlib.nullcontext():
-        todo = distributed.agree(experiment.prepare(exp_dir, job.resolved, fold_ids, cfg.resume, cfg.overwrite)
-                                 if ranks.main else None, ranks)
+    with locked_or_message(exp_dir, single, ranks) as refused:
+        if distributed.agree(refused, ranks):
+            raise PipelineError(refused)
+        todo = distributed.agree(prepared(exp_dir, job.resolved, fold_ids, cfg) if ranks.main else None, ranks)
+        if isinstance(todo, str):  # rank 0 refused: every rank stops with its one line
+            raise PipelineError(todo)
         if ranks.main:
             write_json(job.resolved, exp_dir / "config.json")
             where = (f"{len(devices)} parallel fold processes on {', '.join(devices)}" if len(devices) > 1 else
@@ -163,6 +201,8 @@ def run(cfg: Config, on_epoch=None) -> dict:
 
             failed = parallel_folds(cfg, todo, devices, exp_dir)
         else:
+            if devices:  # one fold left of a --gpus run: on the first listed device
+                device = resolve_device(devices[0])
             images, targets = job.images(device)
             for k in todo:
                 preds = train_fold(cfg, job.resolved, job.spec, k, images, targets, job.folds.fold, exp_dir, device,
@@ -173,8 +213,9 @@ def run(cfg: Config, on_epoch=None) -> dict:
             return {}
         if failed and len(failed) == len(todo) and not (exp_dir / "oof.csv").is_file():
             raise PipelineError("; ".join(failed.values()))
-        cv = experiment.write_cv(exp_dir, job.folds.n_splits, {"train_seconds": round(time.perf_counter() - started, 1)},
-                                 desc.task)
+        with experiment.tables_locked(exp_dir):  # single-fold jobs may be writing their rows meanwhile
+            cv = experiment.write_cv(exp_dir, job.folds.n_splits,
+                                     {"train_seconds": round(time.perf_counter() - started, 1)}, desc.task)
         print(experiment.format_cv(cv, cfg.exp_name))
         if failed:
             raise PipelineError(f"{len(failed)} of {len(todo)} folds did not finish: " + "; ".join(failed.values())
@@ -270,7 +311,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
             validator = unwrap(judged) if ranks.distributed else judged  # DataParallel validates on every GPU
             distributed.sync_buffers(validator, ranks)  # every rank validates rank 0's weights
             preds = distributed.gather_rows(
-                lambda a, b: predict(validator, x_valid[a:b], 2 * cfg.batch_size, spec, device,
+                lambda a, b: predict(validator, x_valid[a:b], 2 * cfg.batch_size // ranks.world, spec, device,
                                      precision=cfg.precision), len(x_valid), ranks, device)
             check_finite(loss, preds, unwrap(judged), k, epoch, state["epoch"])
             valid = spec.task.scores(preds, valid_targets)

@@ -47,7 +47,8 @@ def test_cosine_warms_up_from_warmup_lr_and_decays_to_min_lr_every_step():
     assert np.diff(lrs[:5]) == pytest.approx([0.018] * 4)  # (0.1 - 0.01) / 5 steps
     assert max(lrs) <= 0.1 + 1e-12 and all(a >= b for a, b in zip(lrs[5:], lrs[6:]))  # then decays every step
     assert len(set(np.round(lrs[5:10], 9))) == 5  # per optimizer step, not per epoch
-    assert lrs[-1] == pytest.approx(0.001 + 0.5 * 0.099 * (1 + np.cos(np.pi * 19 / 20)))  # towards --min-lr
+    assert lrs[5] == pytest.approx(0.1)  # the peak right after warmup: the cosine runs over the 15 steps left
+    assert lrs[-1] == pytest.approx(0.001 + 0.5 * 0.099 * (1 + np.cos(np.pi * 14 / 15)))  # towards --min-lr
 
 
 def test_step_schedule_multiplies_by_decay_rate_every_decay_epochs():
@@ -60,7 +61,7 @@ def test_step_schedule_multiplies_by_decay_rate_every_decay_epochs():
 
 def test_constant_holds_the_lr_after_warmup():
     lrs = sum(applied_lrs(Config(**BASE, epochs=3, warmup_epochs=1, sched="constant"), 3, 4), [])
-    assert lrs[0] == pytest.approx(0.001) and lrs[:4] == sorted(lrs[:4])  # --warmup-lr 0 (default): --lr / 100
+    assert lrs[0] == pytest.approx(0.025) and lrs[:4] == sorted(lrs[:4])  # --warmup-lr 0: --lr / 4 warmup steps
     assert lrs[4:] == pytest.approx([0.1] * 8)
 
 

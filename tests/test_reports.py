@@ -44,8 +44,8 @@ def test_train_report_and_oof_tta(experiment, workdir):
     assert len(tta) == 200 and cv["oof_tta"]["accuracy"] == pytest.approx(tta_accuracy)
     schedule = pd.read_csv(exp / "schedule.csv")
     assert len(schedule) == 5 * 2 * (160 // 32)  # every optimizer step of every fold, as applied:
-    first = schedule[schedule["fold"] == 0]["lr"].to_numpy()  # warmup from lr/100 over 5 steps towards 3e-3, then cosine
-    assert first[:5] == pytest.approx(3e-5 + np.arange(5) * (3e-3 - 3e-5) / 5)
+    first = schedule[schedule["fold"] == 0]["lr"].to_numpy()  # warmup from lr/5 over 5 steps to 3e-3, then cosine
+    assert first[:5] == pytest.approx(6e-4 + np.arange(5) * (3e-3 - 6e-4) / 5) and first[5] == pytest.approx(3e-3)
     assert all(a > b for a, b in zip(first[5:], first[6:]))
 
 

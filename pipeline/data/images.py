@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -152,7 +153,7 @@ def cached_images(src: Source, files: list[str], side: int, channels: int, cache
         except (ValueError, OSError, EOFError):
             pass  # damaged or empty: decode again
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")  # ranks on several nodes
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, side, side))
     try:
         def work(i: int) -> None:
