@@ -34,7 +34,7 @@ from timm.optim import create_optimizer_v2
 from pipeline import data
 from pipeline.augment import MEAN, STD, albumentations_affine
 from pipeline.config import Config, parse_stage, to_dict
-from pipeline.engine import (DataSpec, auto_batch_size, autocast, grad_scaler, make_scheduler, resolve_device,
+from pipeline.engine import (DataSpec, auto_batch_size, autocast, backward_and_step, grad_scaler, make_scheduler, resolve_device,
                              steps_per_epoch)
 from pipeline.errors import main_guard
 from pipeline.folds import assign_folds
@@ -96,14 +96,7 @@ def seed_notebook_fold(cfg: Config, frame: pd.DataFrame, folds: np.ndarray, devi
             with autocast(device, cfg.precision):
                 logits = net(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad()
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_and_step(loss, net, optimizer, scaler)
             step += 1
         net.eval()
         with torch.no_grad(), autocast(device, cfg.precision):

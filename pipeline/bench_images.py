@@ -27,7 +27,7 @@ from pipeline import data
 from pipeline.augment import random_natural, to_model_input
 from pipeline.config import Config
 from pipeline.data import images as img
-from pipeline.engine import DataSpec, autocast, grad_scaler, take, train_one_epoch
+from pipeline.engine import DataSpec, autocast, backward_and_step, grad_scaler, take, train_one_epoch
 from pipeline.models import build_model
 from pipeline.tasks import Task
 
@@ -123,14 +123,7 @@ def epoch_notebook(cfg: Config, files, labels, workers: int, device) -> float:
         with autocast(device, cfg.precision):
             logits = model(x.to(device))
         loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, model, optimizer, scaler)
 
     def one_epoch():
         model.train()

@@ -175,6 +175,25 @@ def load_scheduler_state(scheduler, state: dict) -> None:
         inner.load_state_dict(state)
 
 
+def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None = None, clip_grad: float = 0.0) -> None:
+    """One optimizer step from `loss`: fp16 scales the loss so small gradients survive and unscales before
+    clipping and stepping; bf16 and fp32 step directly."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+
+
 @dataclass
 class EpochResult:
     loss: float  # mean label-smoothed training loss
@@ -227,19 +246,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
             loss = spec.task.loss(logits.float(), soft, 0.0)
         else:
             loss = spec.task.loss(logits.float(), y, cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:  # fp16: scale the loss so small gradients survive, unscale before the step
-            scaler.scale(loss).backward()
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
+        backward_and_step(loss, model, optimizer, scaler, cfg.clip_grad)
         if ema is not None:  # the exponential moving average of the weights, after every optimizer step
             ema.update(model, step=step)
         total_loss += loss.detach()

@@ -98,14 +98,22 @@ def kaggle_username() -> str:
     return user or "your-kaggle-username"
 
 
+PARTS = ("weights", "code", "kernel", "check")  # the folders an export writes, and replaces the next time
+
+
 def fresh_folder(path: Path) -> Path:
-    """An empty export folder: created, or emptied when an earlier export made it (never another folder)."""
+    """The export folder with its parts gone: created, or cleared of what an earlier export wrote (its marker
+    says so); nothing else in it is touched, and a folder the export did not make is refused."""
     if path.exists():
         if not (path / MARKER).is_file():
             raise PipelineError(f"--export-dir: {path} exists and was not made by pipeline.export; "
                                 "choose another --export-dir or --dataset")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+        for part in PARTS:
+            if (path / part).is_symlink():
+                (path / part).unlink()
+            elif (path / part).is_dir():
+                shutil.rmtree(path / part)
+    path.mkdir(parents=True, exist_ok=True)
     (path / MARKER).write_text("made by python -m pipeline.export; replaced by the next export\n")
     return path
 
