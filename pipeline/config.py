@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, cut, one_line, quote
 
 DEFAULT_DATA = "data/digit-recognizer"
 
@@ -131,7 +131,7 @@ def check_name(value: str, what: str) -> str:
     """An experiment, sweep or tune name: one plain folder name that cannot leave its parent folder."""
     if not NAME.fullmatch(value):
         raise PipelineError(f"{what}: must be a folder name of 1-100 letters, digits, _ . + - not starting with "
-                            f"'.' or '-', got {value!r}")
+                            f"'.' or '-', got {quote(value)}")
     return value
 
 
@@ -198,16 +198,16 @@ def _problems(cfg: Config):
     for f in dataclasses.fields(cfg):  # inf and nan pass every range test written as a comparison
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
-            yield f"{flag(f.name)}: must be a finite number, got {value!r}"
+            yield f"{flag(f.name)}: must be a finite number, got {quote(value)}"
             return
         texts = value if isinstance(value, tuple) else (value,)
         if any(isinstance(t, str) and any(ord(ch) < 32 for ch in t) for t in texts):
-            yield f"{flag(f.name)}: must not contain control characters (NUL, newline, ...), got {value!r}"
+            yield f"{flag(f.name)}: must not contain control characters (NUL, newline, ...), got {quote(value)}"
             return
     for name, (ok, rule) in RULES.items():
         value = getattr(cfg, name)
         if not ok(value):
-            yield f"{flag(name)}: {rule}, got {value!r}"
+            yield f"{flag(name)}: {rule}, got {quote(value)}"
     if cfg.resume and cfg.overwrite:
         yield "--resume and --overwrite: choose one"
     for name in ("min_lr", "warmup_lr"):
@@ -280,7 +280,8 @@ def load_config_file(path: str) -> dict:
         else:
             values = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
-        raise PipelineError(f"{path}: not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'} ({e})") from None
+        kind = "YAML" if p.suffix in (".yaml", ".yml") else "JSON"
+        raise PipelineError(f"{cut(path)}: not valid {kind} ({cut(one_line(e))})") from None
     if not isinstance(values, dict):
         raise PipelineError(f"{path}: expected a mapping of field names to values, got {type(values).__name__}")
     return values
@@ -291,7 +292,7 @@ def make_config(values: dict, source: str = "config") -> Config:
     hints = typing.get_type_hints(Config)
     unknown = sorted(repr(k) for k in set(values) - set(hints))
     if unknown:
-        raise PipelineError(f"{source}: unknown field(s) {', '.join(unknown[:5])}; valid: {', '.join(hints)}")
+        raise PipelineError(f"{cut(source)}: unknown field(s) {cut(', '.join(unknown[:5]))}; valid: {', '.join(hints)}")
     typed = {}
     for name, value in values.items():
         if name == "fold" and isinstance(value, int) and not isinstance(value, bool):
@@ -299,7 +300,7 @@ def make_config(values: dict, source: str = "config") -> Config:
         typed[name] = strict_value(hints[name], value)
         if typed[name] is None:
             kind = hints[name]
-            raise PipelineError(f"{source}: {name} must be {_type_name(kind)}, got {value!r} "
+            raise PipelineError(f"{cut(source)}: {name} must be {_type_name(kind)}, got {quote(value)} "
                                 f"({type(value).__name__})")
     return Config(**typed)
 

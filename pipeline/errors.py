@@ -3,7 +3,35 @@ from __future__ import annotations
 
 import errno
 import os
+import reprlib
 import sys
+
+QUOTE_LIMIT = 200  # characters of a quoted value, path or row in a message
+MESSAGE_LIMIT = 1000  # characters of a whole message: a backstop for a value quoted without quote()
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, QUOTE_LIMIT, QUOTE_LIMIT, 60
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 8
+
+
+def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text`, or its first `limit` characters and how long it was.
+
+    >>> cut("x" * 5, 3)
+    'xxx... (5 characters in all)'
+    """
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters in all)"
+
+
+def quote(value, limit: int = QUOTE_LIMIT) -> str:
+    """repr(value) for a message, bounded: reprlib elides long containers without expanding them (a YAML alias
+    that would print as megabytes costs nothing), then the text is cut to `limit` characters."""
+    return cut(_REPR.repr(value), limit)
+
+
+def one_line(text: str) -> str:
+    """Every run of whitespace (line breaks included) as one space: a library's multi-line error as one line."""
+    return " ".join(str(text).split())
 
 
 class PipelineError(Exception):
@@ -14,7 +42,10 @@ class PipelineError(Exception):
     """
 
     def __init__(self, message: str):
-        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+        text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+        if len(text) > MESSAGE_LIMIT:  # keep the start (what is wrong) and the end (what to do about it)
+            text = f"{text[:700]} ... {text[-250:]} (message cut: {len(text):,} characters in all)"
+        super().__init__(text)
 
 
 class TrainingDiverged(PipelineError):

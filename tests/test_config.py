@@ -58,3 +58,37 @@ def test_main_guard_one_line(capsys):
 def test_frozen():
     with pytest.raises(Exception):
         Config().lr = 1.0
+
+
+def nested_aliases(depth: int) -> str:
+    """A YAML value of 10**depth strings built from aliases: a few hundred bytes that print as megabytes."""
+    text = "&a0 [" + ", ".join(["xxxxxxxxxx"] * 10) + "]"
+    for level in range(1, depth):
+        text = f"&a{level} [{text}, " + ", ".join([f"*a{level - 1}"] * 9) + "]"
+    return text
+
+
+def test_a_value_that_prints_as_megabytes_is_quoted_short(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {nested_aliases(5)}\n")  # str(value) is 1.4 MB
+    assert main_guard(lambda a: parse_config(a, "train", FLAGS), ["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "model must be a string, got [[" in err and len(err) < 400
+
+
+def test_yaml_errors_are_one_line_without_escaped_breaks(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: resnet18\nlr: [0.1,\nepochs: 3\n  bad: indent\n")
+    assert main_guard(lambda a: parse_config(a, "train", FLAGS), ["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and "line" in err
+    assert err.count("\n") == 1 and "\\n" not in err
+
+
+def test_every_message_is_bounded_and_says_how_long_it_was():
+    long = PipelineError("data/" + "d" * 1_000_000 + ": not found; check --data")
+    assert len(str(long)) < 1100
+    assert str(long).endswith("(message cut: 1,000,030 characters in all)")
+    assert "check --data" in str(long)  # the advice at the end survives the cut
+    assert str(PipelineError("short")) == "short"
