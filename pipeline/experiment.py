@@ -99,11 +99,34 @@ def locked(exp_dir: Path, fold: int | None = None):
         os.pwrite(mine, me.encode(), 0)
         if not shared:
             _remove_matching(exp_dir, LITTER)  # temp files of a killed write: nobody else writes here now
-        yield exp_dir
+        yield HeldLock([h for h in (fd, fold_fd) if h is not None])
     finally:
         os.close(fd)
         if fold_fd is not None:
             os.close(fold_fd)
+
+
+class HeldLock:
+    """The open lock files of one experiment, as `locked` holds them.
+
+    Pickled into a spawned fold process (--gpus), it travels as duplicates of the same open files: an flock
+    belongs to the open file, so the experiment stays locked until this process and every fold process have
+    exited. A parent killed with kill -9 therefore never frees the experiment for a second writer while one of
+    its fold processes still writes there.
+    """
+
+    def __init__(self, fds: list[int]):
+        self.fds = fds
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        return _adopt_lock, tuple(reduction.DupFd(fd) for fd in self.fds)
+
+
+def _adopt_lock(*dups) -> HeldLock:
+    """In the fold process: keep the inherited descriptors open (so the lock is held) for the process's life."""
+    return HeldLock([d.detach() for d in dups])
 
 
 def _busy_folds(exp_dir: Path) -> list[str]:

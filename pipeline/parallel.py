@@ -7,9 +7,13 @@ A fold that fails, or whose process dies, is reported; the others finish, and --
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import sys
-from pathlib import Path
+import threading
+import time
 
 import torch
 
@@ -18,11 +22,17 @@ from pipeline.checkpoint import read_json
 from pipeline.config import Config, make_config, to_dict
 from pipeline.engine import resolve_device
 from pipeline.errors import PipelineError
+from pipeline.experiment import HeldLock
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def parallel_folds(cfg: Config, todo: list[int], devices: list[str], exp_dir: Path) -> dict[int, str]:
+def parallel_folds(cfg: Config, todo: list[int], devices: list[str], lock: HeldLock) -> dict[int, str]:
     """--gpus: one process per device, each taking the next untrained fold until none is left. Returns the folds
-    that did not finish, with why (a fold that fails, or whose process dies, does not stop the others)."""
+    that did not finish, with why (a fold that fails, or whose process dies, does not stop the others).
+
+    Every fold process holds the experiment's lock with us (`lock` travels as the same open files) and dies with
+    us: killed with kill -9, we leave no process writing to the experiment and nothing that blocks --resume."""
     import multiprocessing as mp
     import queue
 
@@ -33,7 +43,7 @@ def parallel_folds(cfg: Config, todo: list[int], devices: list[str], exp_dir: Pa
     for _ in devices:
         folds.put(None)  # one stop sign per process
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    workers = [ctx.Process(target=fold_worker, args=(to_dict(cfg), i, d, folds, results, threads))
+    workers = [ctx.Process(target=fold_worker, args=(to_dict(cfg), i, d, folds, results, threads, lock, os.getpid()))
                for i, d in enumerate(devices)]  # not daemons: albumentations runs DataLoader workers inside
     for w in workers:
         w.start()
@@ -76,10 +86,13 @@ def parallel_folds(cfg: Config, todo: list[int], devices: list[str], exp_dir: Pa
     return dict(sorted(failed.items()))
 
 
-def fold_worker(values: dict, me: int, device_name: str, folds, results, threads: int) -> None:
-    """One --gpus process: train folds from the queue on one device until its stop sign; report each fold."""
+def fold_worker(values: dict, me: int, device_name: str, folds, results, threads: int, lock: HeldLock,
+                parent: int) -> None:
+    """One --gpus process: train folds from the queue on one device until its stop sign; report each fold.
+    `lock` keeps the experiment locked while this process lives; `parent` is the pid it must not outlive."""
     from pipeline import engine
 
+    die_with(parent)
     engine.BARS = False
     torch.set_num_threads(threads)
     try:
@@ -106,6 +119,25 @@ def fold_worker(values: dict, me: int, device_name: str, folds, results, threads
             return
         except Exception as e:  # noqa: BLE001 - a failed fold is reported, the others go on
             results.put(("failed", k, me, one_line(e)))
+
+
+def die_with(parent: int) -> None:
+    """End this process as soon as `parent` is gone (a parent killed with kill -9 runs no clean-up of its own).
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Elsewhere, and as a
+    backstop, a thread checks every half second whether we were handed to another parent."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def one_line(e: Exception) -> str:

@@ -150,18 +150,19 @@ def prepared(exp_dir: Path, resolved: dict, fold_ids: list[int], cfg: Config) ->
 
 @contextlib.contextmanager
 def locked_or_message(exp_dir: Path, fold: int | None, ranks: Ranks):
-    """Rank 0 holds the experiment's lock for the block; yields '' or why it could not (for every rank to stop)."""
+    """Rank 0 holds the experiment's lock for the block; yields ('', the held lock) or (why it could not, None),
+    so every rank can stop on rank 0's refusal."""
     if not ranks.main:
-        yield ""
+        yield "", None
         return
     try:
         lock = experiment.locked(exp_dir, fold)
-        lock.__enter__()
+        held = lock.__enter__()
     except PipelineError as e:
-        yield str(e)
+        yield str(e), None
         return
     try:
-        yield ""
+        yield "", held
     finally:
         lock.__exit__(None, None, None)
 
@@ -181,7 +182,7 @@ def run(cfg: Config, on_epoch=None) -> dict:
         return train_full(cfg, job.resolved, job.spec, job.src, desc, job.train, exp_dir, device, ranks)
     fold_ids = cfg.fold_ids(job.folds.n_splits)
     single = int(cfg.fold) if cfg.fold.isdigit() else None  # one fold: other folds may train at once (SLURM)
-    with locked_or_message(exp_dir, single, ranks) as refused:
+    with locked_or_message(exp_dir, single, ranks) as (refused, held):
         if distributed.agree(refused, ranks):
             raise PipelineError(refused)
         todo = distributed.agree(prepared(exp_dir, job.resolved, fold_ids, cfg) if ranks.main else None, ranks)
@@ -199,7 +200,7 @@ def run(cfg: Config, on_epoch=None) -> dict:
         if len(devices) > 1 and len(todo) > 1:
             from pipeline.parallel import parallel_folds
 
-            failed = parallel_folds(cfg, todo, devices, exp_dir)
+            failed = parallel_folds(cfg, todo, devices, held)
         else:
             if devices:  # one fold left of a --gpus run: on the first listed device
                 device = resolve_device(devices[0])

@@ -48,20 +48,55 @@ def single_threaded(args: list[str]) -> int:
         torch.set_num_threads(before)
 
 
-def test_parallel_folds_write_the_files_of_a_sequential_run(folds_made, workdir, capsys):
+def same_experiment_files(a: Path, b: Path) -> None:
+    """a and b hold the same files and the same numbers (the epoch times aside)."""
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for name in ("oof.csv", "selection.csv"):  # same seeds and thread count per fold: the same numbers
+        pd.testing.assert_frame_equal(pd.read_csv(a / name), pd.read_csv(b / name), atol=1e-6, rtol=0)
+    ma, mb = (pd.read_csv(d / "metrics.csv").drop(columns="seconds").sort_values(["fold", "epoch"])
+              .reset_index(drop=True) for d in (a, b))
+    pd.testing.assert_frame_equal(ma, mb, atol=1e-6, rtol=0)
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_parallel_folds_match_a_sequential_run_even_when_the_parent_is_killed(folds_made, workdir, capsys):
+    """--gpus cpu,cpu writes the files of a sequential run. Then the parent of such a run is killed with kill -9
+    mid-fold: within seconds no worker is left writing to the experiment, and --resume ends with those files."""
     common = ["--data", folds_made, "--epochs", "2", "--batch-size", "32"]
     assert single_threaded([*common, "--exp", "seq"]) == 0
     assert train.main([*common, "--exp", "par", "--gpus", "cpu,cpu"]) == 0
     out = capsys.readouterr().out
     assert len(re.findall(r"fold \d: started on cpu \(process \d+\)", out)) == 5
     assert len(set(re.findall(r"started on cpu \(process (\d+)\)", out))) == 2  # two processes shared the 5 folds
-    seq, par = workdir / "weights/seq", workdir / "weights/par"
-    assert sorted(p.name for p in seq.iterdir()) == sorted(p.name for p in par.iterdir())
-    for name in ("oof.csv", "selection.csv"):  # same seeds and thread count per fold: the same numbers
-        pd.testing.assert_frame_equal(pd.read_csv(seq / name), pd.read_csv(par / name), atol=1e-6, rtol=0)
-    a, b = (pd.read_csv(d / "metrics.csv").drop(columns="seconds").sort_values(["fold", "epoch"]).reset_index(drop=True)
-            for d in (seq, par))
-    pd.testing.assert_frame_equal(a, b, atol=1e-6, rtol=0)
+    same_experiment_files(workdir / "weights/seq", workdir / "weights/par")
+
+    args = [sys.executable, "-m", "pipeline.train", *common, "--exp", "gk", "--gpus", "cpu,cpu"]
+    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    pids, lines, deadline = set(), [], time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        pids |= {int(p) for p in re.findall(r"started on cpu \(process (\d+)\)", line)}
+        if len(pids) == 2 and re.match(r"fold [1-4] epoch +1/2", line):
+            break
+    assert len(pids) == 2, "".join(lines)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    give_up = time.time() + 5
+    while any(alive(p) for p in pids) and time.time() < give_up:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids), "a fold worker outlived its killed parent"
+    resumed = subprocess.run(args + ["--resume"], cwd=workdir, capture_output=True, text=True, env=env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    same_experiment_files(workdir / "weights/seq", workdir / "weights/gk")
 
 
 def test_devices_flag_is_checked():
@@ -101,6 +136,36 @@ def test_a_killed_worker_leaves_the_other_folds_and_resume_finishes_it(folds_mad
     assert resumed.returncode == 0, resumed.stderr
     assert f"resume: fold {fold} continues after epoch" in resumed.stdout
     assert set(pd.read_csv(exp / "oof.csv")["fold"]) == {0, 1, 2, 3, 4}
+
+
+
+def hold_inherited_lock(lock, ready, release) -> None:
+    ready.set()
+    release.wait(60)
+
+
+def test_a_fold_process_keeps_the_experiment_locked_after_its_parent_lets_go(tmp_path):
+    """The lock travels to a spawned fold process as the same open file: while that process lives, a second
+    writer is refused even though the process that took the lock has closed it."""
+    import multiprocessing as mp
+
+    from pipeline import experiment
+
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    with experiment.locked(tmp_path / "e") as held:
+        child = ctx.Process(target=hold_inherited_lock, args=(held, ready, release))
+        child.start()
+        assert ready.wait(60)
+    try:  # our descriptors are closed now; only the child holds the lock
+        with pytest.raises(PipelineError, match="another training is writing to this experiment"):
+            with experiment.locked(tmp_path / "e"):
+                pass
+    finally:
+        release.set()
+        child.join(60)
+    with experiment.locked(tmp_path / "e"):  # the child is gone: the experiment is free
+        pass
 
 
 def torchrun(workdir, *args, nproc=2, extra=()):
