@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import re
+import shlex
 import sys
 import typing
 from dataclasses import dataclass
@@ -229,6 +230,25 @@ def with_lr(cfg: Config, lr: float) -> Config:
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def command(module: str, cfg: Config, names: list[str], **changes) -> str:
+    """The command line that runs `python -m pipeline.<module>` with cfg's values (those of `names` that differ from
+    the defaults), `changes` applied: a hint the user can paste as printed.
+
+    >>> command("train", Config(exp=("a",), epochs=3), ["exp", "epochs", "fold", "resume"], resume=True)
+    'python -m pipeline.train --exp a --epochs 3 --resume'
+    """
+    values, default, parts = dataclasses.replace(cfg, **changes), Config(), [f"python -m pipeline.{module}"]
+    for name in names:
+        value = getattr(values, name)
+        if value == getattr(default, name):
+            continue
+        if isinstance(value, bool):
+            parts.append(flag(name) if value else f"--no-{flag(name)[2:]}")
+        else:
+            parts += [flag(name), *map(shlex.quote, map(str, value if isinstance(value, tuple) else (value,)))]
+    return " ".join(parts)
 
 
 def _field_help() -> dict[str, str]:

@@ -9,7 +9,10 @@ only says which rank this process is, shards and gathers, and hands folds to wor
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, RankError, cut, one_line
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,44 @@ def from_environment(device_name: str) -> tuple[Ranks, str]:
     cuda = torch.cuda.is_available() and device_name != "cpu"
     if cuda:
         if ranks.local_rank >= torch.cuda.device_count():
-            raise PipelineError(f"torchrun: local rank {ranks.local_rank} but only {torch.cuda.device_count()} GPUs "
+            raise RankError(f"rank {ranks.rank}: torchrun: local rank {ranks.local_rank} but only {torch.cuda.device_count()} GPUs "
                                 "are visible; lower --nproc-per-node")
         torch.cuda.set_device(ranks.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+    signal.signal(signal.SIGTERM, _stopped_by_torchrun)  # torchrun stops the ranks left when one rank ends
     return ranks, f"cuda:{ranks.local_rank}" if cuda else "cpu"
+
+
+class PeerLost(PipelineError):
+    """Another rank of this training ended mid-way (killed, out of memory, its node lost)."""
+
+
+RESUME_HINT = ("the finished folds and the last finished epoch are saved: rerun the same torchrun command with "
+               "--resume to continue (torchrun's summary below names the rank that ended first)")
+
+
+def _stopped_by_torchrun(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second raise would interrupt printing the first
+    raise PeerLost(f"rank {os.environ.get('RANK', '?')}: stopped by torchrun because another rank of this "
+                   f"training ended; {RESUME_HINT}")
+
+
+@contextlib.contextmanager
+def peer_loss_as_one_line(ranks: Ranks):
+    """A collective that fails because a peer is gone (gloo/NCCL errors, tens of lines) becomes one line."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except RuntimeError as e:  # torch.distributed.DistError is one; gloo's lost connections are plain RuntimeErrors
+        text = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\] ", "", one_line(e))  # gloo's source location
+        if not ranks.distributed or not (isinstance(e, dist.DistError) or
+                                         any(w in text for w in ("gloo", "NCCL", "Connection", "connection"))):
+            raise
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's stop signal follows: this line is the one
+        raise PeerLost(f"rank {ranks.rank}: lost contact with another rank mid-training ({cut(text, 120)}); "
+                       f"{RESUME_HINT}") from None
 
 
 def wrap(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:

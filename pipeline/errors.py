@@ -1,6 +1,7 @@
 """One error type for bad input, and the entry-point wrapper that turns it into one line."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import reprlib
@@ -48,6 +49,11 @@ class PipelineError(Exception):
         super().__init__(text)
 
 
+class RankError(PipelineError):
+    """Under torchrun: what one rank alone saw (its GPU is missing, ...). Printed by that rank, whichever it is;
+    every other error is the same on every rank and printed by rank 0 alone."""
+
+
 class TrainingDiverged(PipelineError):
     """A fold's loss, predictions or weights became NaN or infinite; tune counts the trial as failed and goes on."""
 
@@ -64,17 +70,39 @@ def describe_os_error(e: OSError) -> str:
     return f"{where}{also}: {reason}{hint}"
 
 
+def torchrun_rank() -> int:
+    """This process's rank under torchrun (RANK, WORLD_SIZE), 0 otherwise."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def main_guard(run, argv=None) -> int:
-    """Call `run(argv)`; bad input and file-system errors become `error: ...` on stderr and exit 2, Ctrl-C exit 130."""
+    """Call `run(argv)`; bad input and file-system errors become `error: ...` on stderr and exit 2, Ctrl-C exit 130.
+
+    Under torchrun every rank runs this and only rank 0 speaks (notices and its one error line): the ranks agree on
+    every refusal, so N ranks would print N copies. A RankError is printed by the rank that raised it, and a crash's
+    traceback by every rank that crashed."""
+    rank = torchrun_rank()
+    quiet = open(os.devnull, "w") if rank else None  # noqa: SIM115 - closed below
+    say = (lambda text: None) if rank else (lambda text: print(text, file=sys.stderr))
     try:
-        run(argv)
-    except PipelineError as e:
+        with contextlib.ExitStack() as stack:
+            if quiet:  # notices go to stdout or stderr; rank 0 prints them once
+                stack.enter_context(contextlib.redirect_stdout(quiet))
+                stack.enter_context(contextlib.redirect_stderr(quiet))
+            run(argv)
+    except RankError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except PipelineError as e:
+        say(f"error: {e}")
+        return 2
     except OSError as e:  # permissions, a folder where a file belongs, a full disk, a name too long
-        print(f"error: {PipelineError(describe_os_error(e))}", file=sys.stderr)
+        say(f"error: {PipelineError(describe_os_error(e))}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished files are kept; nothing half-written was left behind", file=sys.stderr)
+        say("interrupted: finished files are kept; nothing half-written was left behind")
         return 130
+    finally:
+        if quiet:
+            quiet.close()
     return 0

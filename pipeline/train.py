@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from pipeline import data, distributed, experiment
 from pipeline.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, write_json
 from pipeline.augment import is_albumentations, load_albumentations
-from pipeline.config import Config, parse_config, to_dict
+from pipeline.config import Config, command, parse_config, to_dict
 from pipeline.distributed import SINGLE, Ranks
 from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, make_scheduler, on_device, predict,
                              resolve_device, resolve_precision, steps_per_epoch, train_one_epoch)
@@ -40,6 +40,7 @@ FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_si
          "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix",
          "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
          "gpus", "sync_bn", "lr_scale"]
+REPORT_FLAGS = ["exp", "data", "weights_dir", "cache_dir"]  # what `python -m pipeline.report` needs to find the run
 
 
 def data_description(cfg: Config, src) -> data.Description:
@@ -75,8 +76,9 @@ class Setup:
         (self.exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
 
 
-def setup(cfg: Config, quiet: bool = False) -> Setup:
-    """Read the data and the folds, resolve the recipe, and refuse what cannot work before any training."""
+def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
+    """Read the data and the folds, resolve the recipe, and refuse what cannot work before any training.
+    `world`: the torchrun ranks the batch is split over (an automatic batch size is a multiple of it)."""
     if len(cfg.exp) > 1:
         raise PipelineError(f"--exp: train writes one experiment, got {len(cfg.exp)}: {' '.join(cfg.exp)}")
     say = (lambda *_: None) if quiet else print
@@ -87,7 +89,11 @@ def setup(cfg: Config, quiet: bool = False) -> Setup:
     folds = read_folds(cfg.folds_path, train.train_hash, len(train.targets))
     cfg.fold_ids(folds.n_splits)  # a fold the folds file lacks is refused here
     if cfg.batch_size == 0:
-        cfg = replace(cfg, batch_size=auto_batch_size(int((folds.fold != 0).sum())))
+        size = auto_batch_size(int((folds.fold != 0).sum()))
+        size = max(world, size // world * world)  # under torchrun the global batch splits evenly over the ranks
+        say(f"batch size {size} (chosen automatically{f', a multiple of the {world} ranks' if world > 1 else ''}; "
+            "set it with --batch-size)")
+        cfg = replace(cfg, batch_size=size)
     if desc.task.kind == "regression" and cfg.label_smoothing:
         say(f"notice: --label-smoothing {cfg.label_smoothing} does not apply to regression; ignored")
         cfg = replace(cfg, label_smoothing=0.0)
@@ -170,16 +176,25 @@ def locked_or_message(exp_dir: Path, fold: int | None, ranks: Ranks):
 def run(cfg: Config, on_epoch=None) -> dict:
     """Train the folds named by cfg.fold; `on_epoch(epoch, valid_scores)` is called after every epoch."""
     ranks, device_name = distributed.from_environment(cfg.device)
-    cfg = for_ranks(cfg, ranks, device_name)
-    devices = distributed.parse_devices(cfg.gpus) if cfg.gpus else []
-    if len(devices) == 1 or (devices and cfg.fold.isdigit()):
-        cfg = replace(cfg, device=devices[0], gpus="")
-    job = setup(cfg, quiet=not ranks.main)
+    with distributed.peer_loss_as_one_line(ranks):
+        cfg = for_ranks(cfg, ranks, device_name)
+        devices = distributed.parse_devices(cfg.gpus) if cfg.gpus else []
+        if cfg.fold == "full" and len(devices) > 1:
+            print(f"notice: --gpus {cfg.gpus}: --fold full trains one model in one process; on {devices[0]} only")
+        if len(devices) == 1 or (devices and (cfg.fold.isdigit() or cfg.fold == "full")):
+            cfg, devices = replace(cfg, device=devices[0], gpus=""), devices[:1]
+        job = setup(cfg, quiet=not ranks.main, world=ranks.world)
+        check_batch(job.cfg, ranks)
+        if cfg.fold == "full":
+            return train_full(job.cfg, job.resolved, job.spec, job.src, job.desc, job.train, job.exp_dir,
+                              resolve_device(job.cfg.device), ranks)
+        return train_folds(job, devices, ranks, on_epoch)
+
+
+def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> dict:
+    """The folds of cfg.fold, under the experiment's lock: sequentially, in --gpus processes, or over the ranks."""
     cfg, exp_dir, desc = job.cfg, job.exp_dir, job.desc
-    check_batch(cfg, ranks)
     device = resolve_device(cfg.device)
-    if cfg.fold == "full":
-        return train_full(cfg, job.resolved, job.spec, job.src, desc, job.train, exp_dir, device, ranks)
     fold_ids = cfg.fold_ids(job.folds.n_splits)
     single = int(cfg.fold) if cfg.fold.isdigit() else None  # one fold: other folds may train at once (SLURM)
     with locked_or_message(exp_dir, single, ranks) as (refused, held):
@@ -188,6 +203,10 @@ def run(cfg: Config, on_epoch=None) -> dict:
         todo = distributed.agree(prepared(exp_dir, job.resolved, fold_ids, cfg) if ranks.main else None, ranks)
         if isinstance(todo, str):  # rank 0 refused: every rank stops with its one line
             raise PipelineError(todo)
+        if len(devices) > max(1, len(todo)):  # a process without a fold would start, load the data and idle
+            print(f"notice: --gpus {cfg.gpus}: {len(devices)} processes for {len(todo)} fold(s) to train; "
+                  f"starting {max(1, len(todo))}")
+            devices = devices[:max(1, len(todo))]
         if ranks.main:
             write_json(job.resolved, exp_dir / "config.json")
             where = (f"{len(devices)} parallel fold processes on {', '.join(devices)}" if len(devices) > 1 else
@@ -220,8 +239,8 @@ def run(cfg: Config, on_epoch=None) -> dict:
         print(experiment.format_cv(cv, cfg.exp_name))
         if failed:
             raise PipelineError(f"{len(failed)} of {len(todo)} folds did not finish: " + "; ".join(failed.values())
-                                + f". The others are saved; finish with: python -m pipeline.train --exp {cfg.exp_name} "
-                                "--fold all --resume")
+                                + ". The others are saved; finish with: "
+                                + command("train", cfg, FLAGS, fold="all", resume=True, overwrite=False))
         if cfg.oof_tta or cfg.report:
             images = images if images is not None else job.images(device)[0]
         if cfg.oof_tta:
@@ -230,7 +249,7 @@ def run(cfg: Config, on_epoch=None) -> dict:
             from pipeline.report import write_report
             print(f"report: {write_report(exp_dir, images)}")
         else:
-            print(f"figures: python -m pipeline.report --exp {cfg.exp_name}")
+            print(f"figures: {command('report', cfg, REPORT_FLAGS, exp=(cfg.exp_name,))}")
     return cv
 
 
@@ -239,6 +258,9 @@ def train_full(cfg: Config, resolved: dict, spec: DataSpec, src, desc, train, ex
     """--fold full: every row for the same epochs, no validation (so no CV, no best epoch): the last epoch is saved."""
     if ranks.distributed:
         raise PipelineError("--fold full: trains in one process; run it without torchrun")
+    if cfg.resume:  # it would silently start over
+        raise PipelineError("--resume: --fold full keeps no per-epoch snapshot, so there is nothing to resume; run it "
+                            "without --resume (add --overwrite to replace an existing full.pth)")
     with experiment.locked(exp_dir):
         experiment.prepare_full(exp_dir, resolved, cfg.overwrite)
         if not (exp_dir / "config.json").exists():

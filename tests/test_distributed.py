@@ -2,6 +2,7 @@
 through torchrun (gloo), two torchrun "nodes" on loopback, and a worker killed mid-fold."""
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -132,7 +133,9 @@ def test_a_killed_worker_leaves_the_other_folds_and_resume_finishes_it(folds_mad
     finished = set(pd.read_csv(exp / "oof.csv")["fold"])
     assert finished == {0, 1, 2, 3, 4} - {fold}  # the other worker took every remaining fold
     assert (exp / f"fold{fold}.last.pth").is_file()  # the killed fold's snapshot is kept for --resume
-    resumed = subprocess.run(args + ["--resume"], cwd=workdir, capture_output=True, text=True, env=env())
+    hint = shlex.split(err.split("finish with: ", 1)[1].splitlines()[0])  # the command, run as printed
+    assert hint[:3] == ["python", "-m", "pipeline.train"] and "--resume" in hint
+    resumed = subprocess.run([sys.executable, *hint[1:]], cwd=workdir, capture_output=True, text=True, env=env())
     assert resumed.returncode == 0, resumed.stderr
     assert f"resume: fold {fold} continues after epoch" in resumed.stdout
     assert set(pd.read_csv(exp / "oof.csv")["fold"]) == {0, 1, 2, 3, 4}
@@ -191,6 +194,40 @@ def test_torchrun_two_ranks_match_one_process_and_only_rank_0_writes(sample_dir,
     resumed = torchrun(workdir, *common, "--exp", "ddp", "--resume",
                        extra=["--master-port", str(free_port())])
     assert resumed.returncode == 0 and "resume: folds 0 already finished" in resumed.stdout, resumed.stderr[-2000:]
+    again = torchrun(workdir, *common, "--exp", "ddp", extra=["--master-port", str(free_port())])
+    ours = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and "experiment exists" in ours[0], again.stderr[-2000:]  # printed by rank 0 alone
+    assert again.stderr.count("exitcode  : 2 ") == 2  # both ranks refused with our exit status for bad input
+
+
+def test_torchrun_notices_print_once_and_the_automatic_batch_splits_over_the_ranks(workdir):
+    assert make_folds.main([]) == 0  # no competition data here: the bundled sample, with its notice
+    done = torchrun(workdir, "--fold", "0", "--epochs", "1", "--exp", "three", nproc=3,
+                    extra=["--master-port", str(free_port())])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("notice: no competition data") == 1
+    assert done.stdout.count("batch size 63 (chosen automatically, a multiple of the 3 ranks") == 1
+
+
+def test_a_lost_rank_is_one_line_and_resume_continues(folds_made, workdir):
+    args = [TORCHRUN, "--nproc-per-node=2", f"--master-port={free_port()}", "-m", "pipeline.train", "--data",
+            folds_made, "--fold", "1", "--epochs", "4", "--batch-size", "32", "--exp", "lost"]
+    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    lines, deadline = [], time.time() + 300
+    while time.time() < deadline and not (lines and re.match(r"fold 1 epoch +1/4", lines[-1])):
+        lines.append(proc.stdout.readline())
+    assert re.match(r"fold 1 epoch +1/4", lines[-1]), "".join(lines)
+    rank1 = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+             .stdout.split()]
+    children = {pid: open(f"/proc/{pid}/environ", "rb").read() for pid in rank1}
+    victim = next(pid for pid, environ in children.items() if b"\0RANK=1\0" in b"\0" + environ)
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    ours = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and ours[0].startswith("error: rank 0: ") and "--resume" in ours[0], err[-3000:]
+    assert "pipeline/" not in err  # no traceback through our code, from any rank
+    resumed = subprocess.run(args + ["--resume"], cwd=workdir, capture_output=True, text=True, env=env(), timeout=600)
+    assert resumed.returncode == 0 and "resume: fold 1 continues after epoch" in resumed.stdout, resumed.stderr[-2000:]
 
 
 def test_two_torchrun_nodes_on_loopback(folds_made, workdir):
