@@ -4,16 +4,21 @@
     python -m pipeline.export --exp a b --ensemble learned --tta --dataset alice/cassava-r50 --push
 
 Builds under --export-dir (git-ignored), for the weights dataset USER/SLUG:
+  SLUG/export.json what the folder holds (experiments, settings, dataset id); an export of others is never replaced
   SLUG/weights/    <exp>/fold<k>.pth, config.json, cv.json, oof.csv; the blend file; dataset-metadata.json
   SLUG/code/       the pipeline wheel, the wheels the Kaggle image lacks, requirements.txt; dataset-metadata.json
   SLUG/kernel/     inference.ipynb (notebooks/kaggle_inference.ipynb, the settings written in); kernel-metadata.json
-  SLUG/check/      local.csv (infer on the local weights) and exported.csv (the notebook's command on the export)
-Refuses experiments with missing folds; the two check files must be identical before anything is pushed.
+  SLUG/check/      local.csv (infer) and exported.csv (the notebook's command), both on a copy of SLUG/weights/
+Refuses experiments with missing folds or named twice; the two check files must be identical before anything is
+pushed. Nothing is written under --weights-dir. The default SLUG is the experiments' names and -weights
+(r50-effb3-weights), with a hash of the exact names where lower-casing or shortening them loses anything
+(E2 -> e2-713a5bb2-weights), so that two sources never share a folder or a Kaggle dataset.
 --push creates the datasets (or adds a version) and pushes the notebook through the kaggle client, then prints
 its address and the command that submits it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import pipeline
 from pipeline import infer
+from pipeline.checkpoint import write_json
 from pipeline.config import Config, flag, make_config, parse_stage
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import experiment_dir, read_table
@@ -35,7 +41,8 @@ FLAGS = ["exp", "weights_dir", "data", "ensemble", "tta", "tta_preset", "with_fu
 # dependency of the pipeline is shipped as a wheel in the code dataset.
 KAGGLE_IMAGE = {"torch", "torchvision", "timm", "scikit-learn", "pandas", "numpy", "albumentations", "kaggle", "six",
                 "tqdm", "matplotlib", "pyyaml", "pillow"}
-MARKER = ".pipeline-export"  # an export folder holds this; only such a folder is ever replaced
+MANIFEST = "export.json"  # what an export folder holds; only a folder holding the same experiments is replaced
+LEGACY_MARKER = ".pipeline-export"  # what exports made before the manifest hold instead
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "kaggle_inference.ipynb"
 SETTINGS_CELL = "# settings: written by `python -m pipeline.export`"
 
@@ -79,8 +86,32 @@ def names(cfg: Config) -> tuple[str, str, str]:
     if cfg.dataset:
         user, slug = cfg.dataset.split("/")
         return user, slug, cfg.competition
-    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(cfg.exp).lower()).strip("-")[:32] + "-weights"
-    return kaggle_username(), slug if len(slug) >= 6 else f"pipeline-{slug}", cfg.competition
+    return kaggle_username(), default_slug(cfg.exp), cfg.competition
+
+
+def default_slug(exps: tuple[str, ...]) -> str:
+    """The weights dataset's slug: the names and -weights when they read back exactly, else a readable prefix and
+    a hash of the exact names, so that e2/E2 or (a, b_c)/(a_b, c) never share a folder or a Kaggle dataset.
+    Always 9-40 lower-case letters, digits and single dashes (what --dataset accepts).
+
+    >>> default_slug(("r50", "effb3")), default_slug(("E2",))
+    ('r50-effb3-weights', 'e2-713a5bb2-weights')
+    """
+    joined = "-".join(exps)
+    # Dash-free lower-case names joined by dashes split back into themselves. A name of 8 hex digits takes the
+    # hashed form, whose part before -weights is always 8 hex digits: the two forms cannot meet.
+    if len(joined) <= 32 and all(re.fullmatch(r"[a-z0-9]+", e) and not re.fullmatch(r"[0-9a-f]{8}", e) for e in exps):
+        return f"{joined}-weights"
+    readable = re.sub(r"[^a-z0-9]+", "-", joined.lower()).strip("-")[:23].strip("-")
+    digest = hashlib.sha256("\0".join(exps).encode()).hexdigest()[:8]  # names hold no NUL: one text per tuple
+    return "-".join(part for part in (readable, digest, "weights") if part)
+
+
+def check_distinct(exps: tuple[str, ...]) -> None:
+    """A blend of an experiment with itself would weigh it twice and ship one folder for two names."""
+    twice = next((e for i, e in enumerate(exps) if e in exps[:i]), None)
+    if twice:
+        raise PipelineError(f"{flag('exp')}: {twice} is named twice; a blend takes each experiment once")
 
 
 def kaggle_username() -> str:
@@ -101,21 +132,50 @@ def kaggle_username() -> str:
 PARTS = ("weights", "code", "kernel", "check")  # the folders an export writes, and replaces the next time
 
 
-def fresh_folder(path: Path) -> Path:
-    """The export folder with its parts gone: created, or cleared of what an earlier export wrote (its marker
-    says so); nothing else in it is touched, and a folder the export did not make is refused."""
-    if path.exists():
-        if not (path / MARKER).is_file():
-            raise PipelineError(f"--export-dir: {path} exists and was not made by pipeline.export; "
-                                "choose another --export-dir or --dataset")
+def fresh_folder(path: Path, manifest: dict) -> Path:
+    """The export folder with its parts gone and `manifest` in it: created, or cleared of what an earlier export of
+    the same experiments wrote; nothing else in it is touched. An empty folder (a kill -9 right after creating it)
+    is taken as new; one holding other experiments, or not made by the export, is refused."""
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        held = held_experiments(path)
+        if sorted(held) != sorted(manifest["experiments"]):
+            raise PipelineError(f"{path}: holds the export of {', '.join(held)} ({MANIFEST}), not of "
+                                f"{', '.join(manifest['experiments'])}; choose another --dataset or --export-dir")
         for part in PARTS:
             if (path / part).is_symlink():
                 (path / part).unlink()
             elif (path / part).is_dir():
                 shutil.rmtree(path / part)
     path.mkdir(parents=True, exist_ok=True)
-    (path / MARKER).write_text("made by python -m pipeline.export; replaced by the next export\n")
+    write_json(manifest, path / MANIFEST)  # atomic: the folder always says what it holds, old or new
+    (path / LEGACY_MARKER).unlink(missing_ok=True)
     return path
+
+
+def held_experiments(path: Path) -> list[str]:
+    """The experiments an existing export folder holds, from its manifest; any other folder is refused."""
+    file = path / MANIFEST
+    again = "choose another --dataset or --export-dir"
+    if not path.is_dir() or file.is_symlink() or not file.is_file():
+        if (path / LEGACY_MARKER).is_file():
+            raise PipelineError(f"{path}: made by an earlier pipeline.export that did not record its experiments "
+                                f"(no {MANIFEST}); remove it (rm -r {path}) or {again}")
+        raise PipelineError(f"{path}: exists and was not made by pipeline.export (no {MANIFEST}); {again}")
+    try:
+        held = json.loads(file.read_text())["experiments"]
+    except (ValueError, KeyError, TypeError, OSError):
+        held = None
+    if not isinstance(held, list) or not held or not all(isinstance(e, str) for e in held):
+        raise PipelineError(f"{file}: expected a JSON object whose experiments is a list of names; remove {path} "
+                            f"or {again}")
+    return held
+
+
+def manifest(cfg: Config, dataset_id: str) -> dict:
+    """What an export folder holds, written into it first: its experiments, the settings and the dataset id."""
+    return {"experiments": list(cfg.exp), "dataset": dataset_id, "competition": cfg.competition,
+            **{k: v for k, v in settings(cfg).items() if k != "exp"},
+            "weights_dir": str(Path(cfg.weights_dir).resolve()), "pipeline": pipeline.__version__}
 
 
 def experiment_files(cfg: Config) -> dict[str, list[Path]]:
@@ -227,17 +287,26 @@ def kernel_folder(out: Path, kernel_id: str, competition: str, sources: list[str
 
 def check(cfg: Config, root: Path) -> None:
     """The written notebook's own cells, run here on the local competition data with its paths pointed at the
-    export, must write the file `infer` writes from the local weights with the same settings."""
+    export, must write the file `infer` writes with the same settings.
+
+    Both run on check/weights, a copy of the weights dataset: infer writes test_probs and the blend file beside
+    the weights it reads, and neither --weights-dir nor the dataset may change (a kill -9 there would leave them
+    half-done)."""
     out = root / "check"
-    local = infer_keeping_test_probs(cfg, out / "local.csv")
-    nb = json.loads((root / "kernel" / "inference.ipynb").read_text())
-    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    cells[0] = local_settings(cells[0], cfg, root, out / "exported.csv")
-    (out / "notebook.py").write_text("\n\n".join(cells) + "\n")
-    done = subprocess.run([sys.executable, str(out / "notebook.py")], capture_output=True, text=True)
-    for e in cfg.exp:  # infer's per-experiment test predictions are not part of the dataset
-        for name in ("test_probs.npy", "test_probs.json"):
-            (root / "weights" / e / name).unlink(missing_ok=True)
+    weights = shutil.copytree(root / "weights", out / "weights")
+    try:
+        local = out / "local.csv"
+        infer.run(make_config({"data": cfg.data, "device": cfg.device, "cache_dir": cfg.cache_dir,
+                               "weights_dir": str(weights), "out": str(local), **settings(cfg)}))
+        nb = json.loads((root / "kernel" / "inference.ipynb").read_text())
+        cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+        paths = {"COMPETITION": cfg.data, "CODE": str((root / "code").resolve()), "WEIGHTS": str(weights.resolve()),
+                 "OUT": str((out / "exported.csv").resolve())}
+        cells[0] = local_settings(cells[0], cfg, paths)
+        (out / "notebook.py").write_text("\n\n".join(cells) + "\n")
+        done = subprocess.run([sys.executable, str(out / "notebook.py")], capture_output=True, text=True)
+    finally:
+        shutil.rmtree(weights, ignore_errors=True)  # a copy: the next export replaces check/ anyway
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise PipelineError(f"export: the exported notebook fails when run on {cfg.data} ({last[:200]}); nothing pushed")
@@ -246,37 +315,17 @@ def check(cfg: Config, root: Path) -> None:
                             f"({out / 'exported.csv'} vs {local}); nothing pushed")
 
 
-def local_settings(cell: str, cfg: Config, root: Path, out: Path) -> str:
-    """The notebook's settings cell with the /kaggle paths replaced by the local data, the export and `out`."""
-    values = {"COMPETITION": cfg.data, "CODE": str((root / "code").resolve()),
-              "WEIGHTS": str((root / "weights").resolve()), "OUT": str(out.resolve())}
-    lines = [f"{line.split(' = ')[0]} = {values[line.split(' = ')[0]]!r}" if line.split(" = ")[0] in values else line
+def local_settings(cell: str, cfg: Config, paths: dict) -> str:
+    """The notebook's settings cell with its /kaggle paths replaced by `paths` (COMPETITION, CODE, WEIGHTS, OUT)."""
+    lines = [f"{line.split(' = ')[0]} = {paths[line.split(' = ')[0]]!r}" if line.split(" = ")[0] in paths else line
              for line in cell.splitlines()]
     return "\n".join(lines + [f"SETTINGS = dict(SETTINGS, device={cfg.device!r}, cache_dir={cfg.cache_dir!r})"])
-
-
-def infer_keeping_test_probs(cfg: Config, out: Path) -> Path:
-    """infer on the local weights with the export's settings, leaving the experiments' own test_probs as they were."""
-    kept = {}
-    for e in cfg.exp:
-        for name in ("test_probs.npy", "test_probs.json"):
-            path = experiment_dir(cfg.weights_dir, e) / name
-            kept[path] = path.read_bytes() if path.is_file() else None
-    try:
-        infer.run(make_config({"data": cfg.data, "device": cfg.device, "cache_dir": cfg.cache_dir,
-                               "weights_dir": cfg.weights_dir, "out": str(out), **settings(cfg)}))
-    finally:
-        for path, content in kept.items():
-            if content is None:
-                path.unlink(missing_ok=True)
-            else:
-                path.write_bytes(content)
-    return out
 
 
 def run(cfg: Config) -> Path:
     if not cfg.exp:
         raise PipelineError(f"{flag('exp')}: name the experiment(s) to export, e.g. --exp digit_cnn")
+    check_distinct(cfg.exp)
     if cfg.ensemble == "rank" or len(cfg.exp) > 1:
         infer.read_oofs(Path(cfg.weights_dir), cfg.exp)  # a blend of different folds files is refused at once
     if not cfg.competition:
@@ -285,7 +334,7 @@ def run(cfg: Config) -> Path:
     files = experiment_files(cfg)  # unfinished experiments: refused before anything is built or replaced
     user, slug, competition = names(cfg)
     ids = {"weights": f"{user}/{slug}", "code": f"{user}/{slug}-code", "kernel": f"{user}/{slug}-inference"}
-    root = fresh_folder(Path(cfg.export_dir) / slug)
+    root = fresh_folder(Path(cfg.export_dir) / slug, manifest(cfg, ids["weights"]))
     print(f"export {', '.join(cfg.exp)} -> {root}/ (datasets {ids['weights']}, {ids['code']}; notebook {ids['kernel']})")
     (root / "weights").mkdir()
     files = weights_dataset(cfg, files, root / "weights", ids["weights"])

@@ -1,13 +1,16 @@
 """pipeline.export: the weights and code datasets and the inference notebook of a code competition, pushed through
 the real kaggle client to the stand-in server, and the notebook reproducing the local predictions offline."""
+import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -21,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, sample_dir):
-    """Two experiments on a tiny competition, exported once (wheels built) as alice/tiny-digits."""
+    """Two experiments on a tiny competition, exported once (wheels built) as alice/tiny-digits; with the files of
+    weights/ that the export changed (it must change none)."""
     root = tmp_path_factory.mktemp("export")
     comp = root / "comp"
     comp.mkdir()
@@ -34,13 +38,64 @@ def exported(tmp_path_factory, sample_dir):
         assert make_folds.main(["--data", str(comp)]) == 0
         for exp, lr in (("a", "3e-3"), ("b", "1e-3")):
             assert train.main(["--data", str(comp), "--epochs", "1", "--batch-size", "32", "--lr", lr, "--exp", exp]) == 0
+        stale_side_files(root / "weights")
+        before = file_states(root / "weights")
         assert export.main(["--exp", "a", "b", "--ensemble", "learned", "--tta", "--data", str(comp),
                             "--dataset", "alice/tiny-digits", "--competition", "digit-recognizer"]) == 0
-    return root, comp
+        after = file_states(root / "weights")
+    return root, comp, sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def stale_side_files(weights: Path) -> None:
+    """What an earlier `infer --exp a b --ensemble mean` (no TTA) leaves in weights/: each experiment's test
+    predictions and the blend file of another method."""
+    for e in ("a", "b"):
+        np.save(weights / e / "test_probs.npy", np.full((40, 10), 0.1, dtype=np.float32))
+        (weights / e / "test_probs.json").write_text('{"tta": false, "tta_preset": null, "folds": 5, "rows": 40}\n')
+    (weights / "blend_a+b.json").write_text('{"experiments": ["a", "b"], "method": "mean", "weights": [0.5, 0.5]}\n')
+
+
+def file_states(folder: Path) -> dict[str, tuple]:
+    """Each file under folder: the hash of its bytes, its inode and modification time (a rewrite of the same bytes,
+    or one put back afterwards, still shows)."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_ino,
+                                         p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def test_export_writes_nothing_under_weights(exported):
+    """The check infers on the export's own copies: a kill -9 during it can leave nothing half-done in weights/
+    (test predictions without TTA beside a test_probs.json saying tta, a blend file of another method)."""
+    assert exported[2] == []
+
+
+def test_export_refuses_a_blend_of_one_experiment_with_itself(exported, capsys, monkeypatch):
+    root, comp, _ = exported
+    monkeypatch.chdir(root)
+    assert export.main(["--exp", "a", "b", "a", "--data", str(comp), "--competition", "digit-recognizer",
+                        "--dataset", "alice/twice-a"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --exp: a is named twice; a blend takes each experiment once"]
+    assert not (root / "export/twice-a").exists()
+
+
+def test_export_refuses_to_replace_the_export_of_other_experiments(exported, capsys, monkeypatch):
+    """A slug another export holds (here alice/tiny-digits' folder, copied) is refused, not rebuilt for other
+    experiments (and, with --push, versioned on Kaggle as theirs)."""
+    root, comp, _ = exported
+    monkeypatch.chdir(root)
+    shutil.copytree(root / "export/tiny-digits", root / "export/shared-slug", symlinks=True)
+    before = file_states(root / "export/shared-slug")
+    assert export.main(["--exp", "a", "--data", str(comp), "--competition", "digit-recognizer",
+                        "--dataset", "alice/shared-slug"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: export/shared-slug: holds the export of a, b (export.json), not of a; "
+        "choose another --dataset or --export-dir"]
+    assert file_states(root / "export/shared-slug") == before
 
 
 def test_export_builds_the_datasets_and_the_kernel(exported):
-    root, _ = exported
+    root, _, _ = exported
     out = root / "export" / "tiny-digits"
     weights = json.loads((out / "weights/dataset-metadata.json").read_text())
     assert weights["id"] == "alice/tiny-digits" and weights["licenses"] == [{"name": "CC0-1.0"}]
@@ -67,7 +122,7 @@ def test_every_listed_wheel_is_there_and_installs_offline_into_a_fresh_venv(expo
     """A Kaggle-like interpreter (this environment's packages minus what the code dataset ships) installs the wheels
     with the notebook's own cell, offline, then runs the notebook on the local files: the predictions are those of
     the local infer."""
-    root, comp = exported
+    root, comp, _ = exported
     out = root / "export" / "tiny-digits"
     pins = (out / "code/requirements.txt").read_text().split()
     wheels = {p.name.split("-")[0].replace("_", "-").lower(): p.name.split("-")[1] for p in (out / "code").glob("*.whl")}
@@ -116,7 +171,7 @@ def kaggle_like_venv(tmp_path: Path, shipped: set[str]) -> Path:
 
 
 def test_push_creates_then_versions_the_datasets_and_pushes_the_kernel(exported, kaggle_env, capsys, monkeypatch):
-    root, comp = exported
+    root, comp, _ = exported
     monkeypatch.chdir(root)
     args = ["--exp", "a", "b", "--ensemble", "learned", "--tta", "--data", str(comp), "--dataset", "alice/tiny-digits",
             "--competition", "digit-recognizer", "--push"]
@@ -147,7 +202,7 @@ def test_push_creates_then_versions_the_datasets_and_pushes_the_kernel(exported,
 
 
 def test_push_without_credentials_or_accepted_rules_is_one_line(exported, kaggle_env, capsys, monkeypatch):
-    root, comp = exported
+    root, comp, _ = exported
     monkeypatch.chdir(root)
     args = ["--exp", "a", "--data", str(comp), "--dataset", "alice/only-a-weights", "--competition", "digit-recognizer",
             "--push"]
@@ -163,9 +218,7 @@ def test_push_without_credentials_or_accepted_rules_is_one_line(exported, kaggle
 
 
 def test_export_refuses_unfinished_experiments_before_replacing_anything(exported, capsys, monkeypatch):
-    import shutil
-
-    root, comp = exported
+    root, comp, _ = exported
     monkeypatch.chdir(root)
     export_args = ["--data", str(comp), "--competition", "digit-recognizer", "--dataset", "alice/tiny-digits"]
     before = sorted(p.relative_to(root) for p in (root / "export/tiny-digits").rglob("*"))
