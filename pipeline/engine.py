@@ -148,8 +148,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps: int, higher_is_
     from timm.scheduler import create_scheduler_v2
 
     plateau = cfg.sched == "plateau"
-    decay = cfg.decay_epochs or (2 if plateau else max(1.0, cfg.epochs / 3))
     warmup_epochs = round(cfg.warmup_epochs) if plateau else cfg.warmup_epochs
+    # step's default: a third of the epochs after warmup (the schedule's own length), so it decays twice however
+    # few the epochs (a third of --epochs, at least 1, never decayed at all with --epochs 2)
+    decay = cfg.decay_epochs or (2 if plateau else max((cfg.epochs - warmup_epochs) / 3, 1 / steps))
     # plateau warms up once an epoch: from lr/(w+1), so no whole epoch trains at a near-zero lr
     # (the step schedules: from lr / warmup steps, one step's worth, as a hand-written linear warmup starts)
     warmup_lr = cfg.warmup_lr or (cfg.lr / (warmup_epochs + 1) if plateau else cfg.lr / max(1, warmup_epochs * steps))

@@ -59,6 +59,23 @@ def test_step_schedule_multiplies_by_decay_rate_every_decay_epochs():
     assert [e[0] for e in auto] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])  # auto: a third of --epochs
 
 
+def test_step_default_decays_even_with_two_epochs():
+    """The default interval is a third of the epochs after warmup: with --epochs 2 (1 of warmup) the lr still
+    decays twice in the second epoch (a third of --epochs, at least 1, never decayed at all)."""
+    lrs = applied_lrs(Config(**BASE, epochs=2, warmup_epochs=1, sched="step", decay_rate=0.5), 2, 6)[1]
+    assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+
+
+def test_warmup_as_long_as_the_run_is_said(tiny_comp, workdir, capsys):
+    from pipeline import make_folds, train
+
+    assert make_folds.main(["--data", str(tiny_comp)]) == 0
+    assert train.main(["--data", str(tiny_comp), "--fold", "0", "--epochs", "1", "--batch-size", "32"]) == 0
+    assert "notice: --warmup-epochs 1 >= --epochs 1: the whole run warms up" in capsys.readouterr().out
+    assert train.main(["--data", str(tiny_comp), "--fold", "0", "--epochs", "2", "--batch-size", "32", "--exp", "b"]) == 0
+    assert "notice: --warmup-epochs" not in capsys.readouterr().out
+
+
 def test_constant_holds_the_lr_after_warmup():
     lrs = sum(applied_lrs(Config(**BASE, epochs=3, warmup_epochs=1, sched="constant"), 3, 4), [])
     assert lrs[0] == pytest.approx(0.025) and lrs[:4] == sorted(lrs[:4])  # --warmup-lr 0: --lr / 4 warmup steps
