@@ -7,7 +7,9 @@
 """
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,11 +19,11 @@ import torch
 
 from pipeline import data
 from pipeline.checkpoint import check_fold_config, load_checkpoint, read_json, write_csv, write_json, write_npy
-from pipeline.config import Config, parse_config
+from pipeline.config import Config, flag, parse_config
 from pipeline.engine import DataSpec, on_device, predict, resolve_device
 from pipeline.ensemble import blend, combine, honest_scores, rank_average
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
+from pipeline.experiment import RECIPE, cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
 from pipeline.tasks import Task
 from pipeline.models import build_model
 
@@ -39,23 +41,27 @@ def run(cfg: Config) -> pd.DataFrame:
         if experiment_data(d)[1].task != spec.task:
             raise PipelineError(f"--exp: {d.name} was trained for another task than {exp_dirs[0].name} "
                                 f"({experiment_data(d)[1].task.describe()} vs {spec.task.describe()})")
-    if len(exps) > 1:
-        read_oofs(Path(cfg.weights_dir), exps)  # refuse a blend of different folds files before any inference
+    if len(exps) == 1 and cfg.ensemble != "mean":
+        print(f"notice: --ensemble {cfg.ensemble}: one experiment ({exps[0]}) has nothing to blend; "
+              "the flag is ignored", file=sys.stderr)
+    # fitted on OOF before any inference, so a refused blend (other folds files, rank without AUC) costs nothing
+    weights = ensemble_weights(Path(cfg.weights_dir), exps, cfg.ensemble) if len(exps) > 1 else None
     src = data.resolve(cfg.data)
     test, sample = data.read_test(src, desc, spec.img_size, cfg.cache_dir)
     submission_shape = spec.task.submission_mode(sample)  # refuse a sample this task cannot fill, before inference
     check_replaceable(out, sample, src)
+    before = previous_settings(out)
     device = resolve_device(cfg.device)
     images = on_device(test, device)  # (N, C, H, W) uint8, on the GPU when it fits
     preset = cfg.tta_preset or desc.tta_preset
     test_probs = np.stack([predict_experiment(d, images, cfg, preset, device) for d in exp_dirs])
-    if len(exps) == 1:
+    if weights is None:
         final = test_probs[0]
     else:
-        weights = ensemble_weights(Path(cfg.weights_dir), exps, cfg.ensemble)
         final = rank_average(test_probs) if cfg.ensemble == "rank" else blend(test_probs, weights)
     submission = spec.task.submission(final, sample)
     write_csv(submission, out)
+    record_settings(out, submission_settings(cfg, exps, preset), before)
     print(f"wrote {out}: {len(submission):,} rows, {submission_shape[0]} in {', '.join(submission_shape[1][:3])}"
           f"{', ...' if len(submission_shape[1]) > 3 else ''}; {prediction_summary(final, spec.task)}")
     return submission
@@ -115,6 +121,50 @@ def check_replaceable(out: Path, sample: pd.DataFrame, src: data.Source) -> None
                             f"{','.join(map(str, sample.columns))}); refusing to replace it: choose another --out")
 
 
+def settings_path(out: Path) -> Path:
+    """Where the settings that made a submission are kept: submissions/a.csv -> submissions/a.csv.json."""
+    return out.with_name(f"{out.name}.json")
+
+
+def submission_settings(cfg: Config, exps: tuple[str, ...], preset: str) -> dict:
+    """What decides a submission's predictions, beside the experiments' weights."""
+    return {"written_by": "pipeline.infer", "exp": list(exps), "ensemble": cfg.ensemble if len(exps) > 1 else None,
+            "tta": preset if cfg.tta else None, "with_full": cfg.with_full}
+
+
+def previous_settings(out: Path) -> dict | None:
+    """The settings recorded beside an existing --out (None: no earlier submission, or one made before they were
+    recorded); a file in the record's place that infer did not write is never replaced."""
+    path = settings_path(out)
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        saved = None
+    if not isinstance(saved, dict) or saved.get("written_by") != "pipeline.infer":
+        raise PipelineError(f"--out: {path} exists and is not the settings record infer writes beside {out.name}; "
+                            "refusing to replace it: move it or choose another --out")
+    return saved if out.is_file() else None
+
+
+def describe_settings(settings: dict) -> str:
+    """'exp a + b, learned blend, TTA digits, with full.pth' (pure)."""
+    parts = [f"exp {' + '.join(map(str, settings.get('exp') or ['?']))}"]
+    parts += [f"{settings['ensemble']} blend"] if settings.get("ensemble") else []
+    parts += [f"TTA {settings['tta']}" if settings.get("tta") else "no TTA"]
+    parts += ["with full.pth"] if settings.get("with_full") else []
+    return ", ".join(parts)
+
+
+def record_settings(out: Path, settings: dict, before: dict | None) -> None:
+    """Save the settings beside the submission; replacing one made otherwise is said, old vs new."""
+    write_json(settings, settings_path(out))
+    if before is not None and describe_settings(before) != describe_settings(settings):
+        print(f"notice: replaced {out}, made with {describe_settings(before)}, by one made with "
+              f"{describe_settings(settings)}", file=sys.stderr)
+
+
 def experiment_config(exp_dir: Path) -> dict:
     """config.json of a trained experiment, checked for what inference and blending rely on."""
     if not (exp_dir / "config.json").exists():
@@ -129,15 +179,35 @@ def experiment_config(exp_dir: Path) -> dict:
     return config
 
 
-def fold_checkpoints(exp_dir: Path) -> list[Path]:
-    """The k fold checkpoints of an experiment, refusing a partial set."""
+def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
+    """The k fold checkpoints of an experiment, refusing a partial set (cfg: the --data and --weights-dir in use)."""
     n_splits = experiment_config(exp_dir)["n_splits"]
     paths = [exp_dir / f"fold{k}.pth" for k in range(n_splits)]
-    missing = [p.name for p in paths if not p.is_file()]
+    missing = [k for k, p in enumerate(paths) if not p.is_file()]
     if missing:
-        raise PipelineError(f"{exp_dir}: missing fold weights {', '.join(missing)} of {n_splits}; train them with: "
-                            f"python -m pipeline.train --exp {exp_dir.name} --fold all --resume")
+        oof = read_table(exp_dir / "oof.csv")
+        finished = set(oof["fold"].astype(int)) if oof is not None and "fold" in oof else set()
+        if finished.isdisjoint(missing):  # unfinished folds (an interrupted run): --resume trains them
+            how = train_command(exp_dir, cfg or Config(), "--fold all --resume")
+        else:  # finished folds whose weights are gone: --resume would keep them as done, so each is retrained
+            how = " && ".join(train_command(exp_dir, cfg or Config(), f"--fold {k} --overwrite") for k in missing)
+        raise PipelineError(f"{exp_dir}: missing fold weights {', '.join(paths[k].name for k in missing)} of "
+                            f"{n_splits}; train them with: {how}")
     return paths
+
+
+def train_command(exp_dir: Path, cfg: Config, what: str) -> str:
+    """The train command that adds to an experiment (`what`: --fold full, --fold all --resume): its data, folds and
+    recipe as saved in config.json, since train refuses to add to an experiment with another recipe."""
+    config, defaults = experiment_config(exp_dir), Config()
+    words = ["python -m pipeline.train --exp", shlex.quote(exp_dir.name), what]
+    where = {"data": cfg.data, "weights_dir": cfg.weights_dir, "folds_path": config.get("folds_path")}
+    for name in ["pretrained", *where, *RECIPE]:
+        value = where[name] if name in where else config.get(name)
+        if value is None or value == getattr(defaults, name):
+            continue
+        words += [flag(name)] if value is True else [flag(name), shlex.quote(str(value))]
+    return " ".join(words)
 
 
 def load_fold_model(path: Path, device: torch.device, experiment: dict | None = None) -> tuple[torch.nn.Module, DataSpec]:
@@ -170,12 +240,12 @@ def load_fold_model(path: Path, device: torch.device, experiment: dict | None = 
 
 def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, preset: str, device: torch.device) -> np.ndarray:
     """Mean of the k fold models' test predictions (N, C); saved as weights/<exp>/test_probs.npy."""
-    paths = fold_checkpoints(exp_dir)
+    paths = fold_checkpoints(exp_dir, cfg)
     config = experiment_config(exp_dir)
     if cfg.with_full:
         if not (exp_dir / "full.pth").is_file():
-            raise PipelineError(f"--with-full: {exp_dir} has no full.pth; train it with: python -m pipeline.train "
-                                f"--exp {exp_dir.name} --fold full")
+            raise PipelineError(f"--with-full: {exp_dir} has no full.pth; train it with: "
+                                f"{train_command(exp_dir, cfg, '--fold full')}")
         paths = [*paths, exp_dir / "full.pth"]
     total = None
     for k, path in enumerate(paths):

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def run(cfg: Config) -> Path:
 
     desc = experiment_data(exp_dir)[0]
     src = data.resolve(cfg.data)
-    train = data.read_train_as(src, desc, cfg.data, str(exp_dir / "config.json"))
+    train = data.read_train_as(src, desc, cfg.data, str(exp_dir / "config.json"), new_folds=False)
     trained_on = config.get("train_hash")
     if trained_on != train.train_hash:
         raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "
@@ -193,6 +194,17 @@ def run(cfg: Config) -> Path:
     path = write_report(exp_dir, data.train_images(src, desc, train, int(config.get("img_size", 28)), cfg.cache_dir))
     print(f"wrote {path} and its figures in {path.parent}/")
     return path
+
+
+def report_command(exp: str, weights_dir: str, data_flag: str) -> str:
+    """The report command for an experiment trained with these --weights-dir and --data, as it must be typed."""
+    defaults = Config()
+    words = ["python -m pipeline.report --exp", shlex.quote(exp)]
+    if weights_dir != defaults.weights_dir:
+        words += ["--weights-dir", shlex.quote(weights_dir)]
+    if data_flag != defaults.data:
+        words += ["--data", shlex.quote(data_flag)]
+    return " ".join(words)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Every experiment in weights/ as one table, sorted by local CV; a paired test between two.
+"""Every experiment in weights/, one table per competition and metric, sorted by local CV; a paired test between two.
 
     python -m pipeline.runs
     python -m pipeline.runs --compare digit_cnn r18
@@ -13,29 +13,49 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from pipeline import data
 from pipeline.checkpoint import read_json
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
-from pipeline.infer import read_oofs
+from pipeline.engine import DataSpec
+from pipeline.experiment import experiment_dir
+from pipeline.infer import experiment_config, read_oofs
+
+UNREADABLE = "unreadable experiments"
 
 FLAGS = ["weights_dir", "compare"]
 
 
 def collect(weights_dir: Path) -> pd.DataFrame:
-    """One row per experiment; one whose files are damaged is listed as such, never stopping the table."""
+    """One row per experiment, with its group (competition and metric); one whose files are damaged is listed as
+    such, never stopping the table. Rows are sorted best first within each group."""
     rows = []
     for config_path in sorted(weights_dir.glob("*/config.json")):
         try:
             rows.append(summarise(config_path.parent))
         except PipelineError as e:
             print(f"warning: {e}", file=sys.stderr)
-            rows.append({"exp": config_path.parent.name, "model": "(unreadable)", "higher": True}
+            rows.append({"exp": config_path.parent.name, "model": "(unreadable)", "higher": True, "group": UNREADABLE}
                         | dict.fromkeys(["cv", "fold_std", "cv_tta", "loss", "train_s"], np.nan))
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
     rank = table["cv"].where(table["higher"].fillna(True).astype(bool), -table["cv"])  # best first, whatever the direction
-    return table.assign(rank=rank).sort_values("rank", ascending=False, na_position="last").drop(columns=["rank", "higher"])
+    order = [g for g in dict.fromkeys(table["group"]) if g != UNREADABLE] + [UNREADABLE]
+    position = table["group"].map({g: i for i, g in enumerate(order)})
+    return (table.assign(rank=rank, position=position).sort_values(["position", "rank"], ascending=[True, False],
+                                                                   na_position="last")
+            .drop(columns=["rank", "higher", "position"]).reset_index(drop=True))
+
+
+def group_of(config: dict, where: str) -> str:
+    """What makes two experiments' CVs comparable: the same train data (its hash) judged by the same metric."""
+    spec = DataSpec.from_config(config, where)
+    described = config.get("data")
+    what = (data.Description.from_dict(described, where).summary() if isinstance(described, dict)
+            else spec.task.describe())
+    direction = "higher" if spec.task.higher_is_better else "lower"
+    return f"{what}; train hash {config.get('train_hash', '?')} ({direction} is better)"
 
 
 def summarise(exp_dir: Path) -> dict:
@@ -55,6 +75,7 @@ def _summary(exp_dir: Path) -> dict:
         raise PipelineError(f"{cv_path}: damaged CV summary; rewrite it with: python -m pipeline.train "
                             f"--exp {exp_dir.name} --resume")
     return {
+        "group": group_of(config, str(exp_dir / "config.json")),
         "exp": exp_dir.name, "model": config.get("model"), "epochs": config.get("epochs"),
         "batch": config.get("batch_size"), "lr": config.get("lr"), "smooth": config.get("label_smoothing"),
         "folds": f"{len(cv.get('folds_present', []))}/{config.get('n_splits')}",
@@ -70,6 +91,15 @@ def _summary(exp_dir: Path) -> dict:
 
 def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
+
+
+def format_groups(table: pd.DataFrame) -> str:
+    """One table per competition and metric (a header line above each when there are several): an accuracy and an
+    RMSE, or two competitions' accuracies, are never ranked against each other."""
+    groups = list(dict.fromkeys(table["group"]))
+    if len(groups) == 1 or (len(groups) == 2 and UNREADABLE in groups):
+        return format_table(table.drop(columns="group"))
+    return "\n\n".join(f"== {g}\n{format_table(table[table['group'] == g].drop(columns='group'))}" for g in groups)
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -93,7 +123,26 @@ def paired_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
 
 
+def check_comparable(weights_dir: Path, a: str, b: str) -> None:
+    """The paired test needs both experiments' OOF predictions of the same rows, split the same way, judged alike;
+    refuse with whichever of those fails first."""
+    configs = {e: experiment_config(experiment_dir(weights_dir, e)) for e in (a, b)}
+    specs = {e: DataSpec.from_config(c, str(weights_dir / e / "config.json")) for e, c in configs.items()}
+    if configs[a].get("train_hash") != configs[b].get("train_hash"):
+        raise PipelineError(f"--compare: {a} and {b} were trained on different data (train hash "
+                            f"{configs[a].get('train_hash')!r} vs {configs[b].get('train_hash')!r}); the paired test "
+                            "compares two experiments' predictions of the same rows: compare within one competition")
+    if specs[a].task != specs[b].task:
+        raise PipelineError(f"--compare: {a} is {specs[a].task.describe()}, {b} is {specs[b].task.describe()}; the "
+                            "paired test compares experiments of one task judged by one metric")
+    if configs[a].get("folds_hash") != configs[b].get("folds_hash"):
+        raise PipelineError(f"--compare: {a} and {b} were trained on different folds files (hash "
+                            f"{configs[a].get('folds_hash')!r} vs {configs[b].get('folds_hash')!r}); the per-fold "
+                            "differences need the same folds: retrain one on the other's folds file")
+
+
 def compare(weights_dir: Path, a: str, b: str) -> dict:
+    check_comparable(weights_dir, a, b)
     probs, labels, folds, task = read_oofs(weights_dir, (a, b))
     if task.kind != "multiclass":
         raise PipelineError(f"--compare: the paired test counts rows each model classifies right; {a} and {b} are "
@@ -117,7 +166,7 @@ def run(cfg: Config):
     table = collect(weights_dir)
     if table.empty:
         raise PipelineError(f"{weights_dir}/: no experiments yet; train one with: python -m pipeline.train --fold all")
-    print(format_table(table))
+    print(format_groups(table))
     return table
 
 

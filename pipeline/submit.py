@@ -37,7 +37,8 @@ def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, whe
     ids, want = sub[id_col].astype(str).to_numpy(), sample[id_col].astype(str).to_numpy()
     if not np.array_equal(ids, want):
         row = int(np.flatnonzero(ids != want)[0])
-        raise PipelineError(f"{where}: row {row + 1}: {id_col} should be {sample[id_col].iloc[row]}, found {ids[row]}")
+        # quoted: an id differing by a space or a leading zero ('00042' vs '42') must show the difference
+        raise PipelineError(f"{where}: row {row + 1}: {id_col} should be {str(want[row])!r}, found {str(ids[row])!r}")
     mode, columns = task.submission_mode(sample)
     for col in columns:
         bad, rule = _bad_values(sub[col], mode, task)

@@ -66,6 +66,10 @@ def run(cfg: Config, extra: dict) -> pd.DataFrame:
     print(f"wrote {out_dir / 'sweep.csv'} and {out_dir / 'sweep.png'}")
     print(f"best: lr {best['lr']:g}, batch size {int(best['batch_size'])} -> valid {metric} "
           f"{best['valid_score']:.5f} (loss {best['valid_loss']:.4f})")
+    from pipeline.report import report_command  # matplotlib only once a sweep has run
+
+    best_cell = list(cells)[int(best.name)]  # rows follow the cells' order
+    print(f"figures of the best cell: {report_command(best_cell, str(out_dir), cfg.data)}")
     return table
 
 

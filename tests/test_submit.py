@@ -20,7 +20,7 @@ def test_valid_submission_passes():
 @pytest.mark.parametrize("sub, message", [
     (pd.DataFrame({"id": [1, 2, 3], "Label": [1, 2, 3]}), "header must be ImageId,Label, found id,Label"),
     (pd.DataFrame({"ImageId": [1, 2], "Label": [1, 2]}), "expected 3 rows .* found 2"),
-    (pd.DataFrame({"ImageId": [1, 3, 2], "Label": [1, 2, 3]}), "row 2: ImageId should be 2, found 3"),
+    (pd.DataFrame({"ImageId": [1, 3, 2], "Label": [1, 2, 3]}), "row 2: ImageId should be '2', found '3'"),
     (pd.DataFrame({"ImageId": [1, 2, 3], "Label": [1, 10, 3]}), "row 2: Label must be one of the classes 0, 1, 2, .* found 10"),
     (pd.DataFrame({"ImageId": [1, 2, 3], "Label": [1, 2.5, 3]}), "row 2: Label must be one of the classes .* found 2.5"),
 ])
@@ -80,3 +80,11 @@ def test_submit_finds_the_experiment_from_the_file_name(tmp_path, monkeypatch):
     for file in ("digit_cnn.csv", "lr0.001_bs64.csv", "digit_cnn+other_greedy.csv"):
         task, _ = submit.experiment_task(tmp_path / file, cfg)
         assert task.classes == ("x", "y", "z"), file
+
+
+def test_an_id_with_a_leading_space_is_shown_quoted():
+    """' 2' and '2' print alike unquoted: the message must show which one the file holds."""
+    sub = pd.DataFrame({"ImageId": ["1", " 2", "3"], "Label": [1, 2, 3]})
+    with pytest.raises(PipelineError) as e:
+        validate_submission(sub, SAMPLE, DIGITS, "s.csv")
+    assert str(e.value) == "s.csv: row 2: ImageId should be '2', found ' 2'"

@@ -10,8 +10,11 @@ stage reads through that Description, so no stage branches on a layout.
 from __future__ import annotations
 
 import io
+import re
+import shlex
+import sys
 from dataclasses import asdict, dataclass, replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -229,10 +232,8 @@ def _images_and_ids(frame: pd.DataFrame, folders: dict, image_dir: str, id_col: 
 def _checked_test_side(src: Source, root: str, task: Task, train_dir: str, folders: dict) -> str:
     """The test image folder, found now so a sample whose ids name no image, or whose columns this task cannot fill,
     is refused before any training."""
-    sample = read_sample_submission(src, root, required=False)
+    sample = read_sample_submission(src, root, required=True)  # infer cannot write a submission without it
     preferred = img.pick_folder({k: v for k, v in folders.items() if not k.startswith(train_dir)}, img.TEST_DIRS, "test")
-    if sample is None:
-        return preferred or ""
     task.submission_mode(sample)
     files = test_files(src, root, sample, preferred or "")
     return str(PurePosixPath(files[0][len(root):]).parent)
@@ -278,6 +279,10 @@ def _describe_class_folders(src, image_dir, probed, task, metric, threshold, gro
         raise PipelineError("--group-col: class-folders data has no columns to group by")
     frame = pd.DataFrame({"label": labels})
     the_task = infer_task(frame, f"{class_root}/", task or "multiclass", metric, threshold)
+    if not probed:  # said once, when make_folds detects the classes
+        for name in img.empty_class_folders(src, class_root, labels):
+            print(f"notice: {src.label(class_root + '/' + name)}/ holds no images; it is not a class (the classes are "
+                  f"the {len(set(labels))} folders with images)", file=sys.stderr)
     folders = img.image_folders(src, root)
     test_dir = probed.get("test_dir") if probed else _checked_test_side(src, root, the_task, train_dir, folders)
     desc = Description("class-folders", the_task, root=root, target_cols=(), image_dir=train_dir,
@@ -302,14 +307,31 @@ def read_train(src: Source, desc: Description | None = None) -> TrainSet:
     return train
 
 
-def read_train_as(src: Source, desc: Description, data_flag: str, described_by: str) -> TrainSet:
-    """read_train, where data of another shape than `described_by` says is named as such, with what to do."""
+def read_train_as(src: Source, desc: Description, data_flag: str, described_by: str,
+                  new_folds: bool = True) -> TrainSet:
+    """read_train, where data of another shape than `described_by` says is named as such, with what to do.
+
+    new_folds: `described_by` is a folds description, so folds made for this data are a way out (train's case).
+    """
     try:
         return read_train(src, desc)
     except PipelineError as e:
+        remedy = "pass the --data it was made from"
+        if new_folds:  # the command last, so that it can be copied as it stands
+            other = shlex.quote(str(other_folds_path(described_by, data_flag)))
+            remedy += (f", or train on folds made for this data: add --folds-path {other} to this command, after "
+                       f"making them with: python -m pipeline.make_folds --data {shlex.quote(data_flag)} "
+                       f"--folds-path {other}")
         raise PipelineError(f"--data {data_flag} does not fit {described_by}, which describes {desc.summary()} "
-                            f"({str(e)[:150]}); pass the --data it was made from, or make folds for this data with: "
-                            f"python -m pipeline.make_folds --data {data_flag} --folds-path OTHER.csv") from None
+                            f"({e}); {remedy}") from None
+
+
+def other_folds_path(described_by: str, data_flag: str) -> Path:
+    """A folds file for other data beside the current one: folds/folds.json + 'sample-images' -> folds/sample-images.csv."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", PurePosixPath(data_flag.rstrip("/")).name.removesuffix(".zip")).strip(".-")
+    current = Path(described_by).with_suffix(".csv")
+    path = current.with_name(f"{slug or 'other'}.csv")
+    return path.with_name(f"{path.stem}-2.csv") if path == current else path
 
 
 def train_images(src: Source, desc: Description, train: TrainSet, img_size: int, cache_dir: str) -> np.ndarray:
@@ -324,7 +346,8 @@ def read_sample_submission(src: Source, root: str = "", required: bool = True) -
     rel = src.find(name)
     if rel is None:
         if required:
-            raise PipelineError(f"{src.label(root + name)}: not found; it fixes the submission's ids and columns")
+            raise PipelineError(f"{src.label(root + name)}: not found; infer needs it: it fixes the submission's "
+                                "ids, columns and test images (Kaggle ships it with the competition data)")
         return None
     sample = parse_csv(src.read_file(rel), src.label(rel), text_first=True)
     if len(sample.columns) < 2:

@@ -177,3 +177,10 @@ def files_hash(src: Source, files: list[str], labels: list[str]) -> str:
     for rel, label in zip(files, labels):
         h.update(f"{rel}|{label}|{src.stat(rel)[0]}\n".encode())
     return h.hexdigest()[:16]
+
+
+def empty_class_folders(src: Source, class_root: str, labels: list[str]) -> list[str]:
+    """Sub-folders of the class root that hold no image file (empty, or other files only): no class comes from them."""
+    prefix = f"{class_root}/"
+    children = {f[len(prefix):].split("/", 1)[0] for f in src.folders() if f.startswith(prefix)}
+    return sorted(children - set(labels))

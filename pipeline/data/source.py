@@ -43,6 +43,16 @@ class Source:
             self._zip.files = cached
         return cached
 
+    def folders(self) -> set[str]:
+        """Every folder, relative and '/'-separated, empty ones included (files() cannot show those)."""
+        if self.is_zip:
+            names = self._zipfile().namelist()
+            found = {m.rstrip("/") for m in names if m.endswith("/")}
+            found |= {str(p) for f in self.files() for p in PurePosixPath(f).parents if str(p) != "."}
+            return found
+        return {str(PurePosixPath(Path(root).relative_to(self.path), d))
+                for root, dirs, _ in os.walk(self.path, followlinks=False) for d in dirs}
+
     def find(self, name: str) -> str | None:
         """The shallowest file called `name` (a Kaggle zip may nest everything one folder down)."""
         hits = [f for f in self.files() if PurePosixPath(f).name == name]
