@@ -3,13 +3,14 @@
     python -m pipeline.bench --data data/digit-recognizer.zip --device cuda --model resnet18 --batch-size 256
     python -m pipeline.bench --data data/digit-recognizer.zip --device cpu --limit 4000
     python -m pipeline.bench --images 2000 --model resnet18 --img-size 64 --device cpu   # image files (bench_images)
+    python -m pipeline.bench --table 100000 --epochs 3 --device cpu                       # tables (bench_tables)
 
 Both train fold 0 with the same model, batch size, optimizer (timm AdamW), timm schedule, precision option
 (--precision), label smoothing, augmentation law and ranges, input side (--img-size) and epochs, in one process,
 one after the other; they differ only in the data path:
 1. seed notebook: a Dataset reading one pandas row per item, albumentations Affine (and Resize) on CPU,
    DataLoader worker processes, torch.nn.DataParallel;
-2. pipeline: `pipeline.train.train_fold`, the exact code `train` runs (device-resident data, GPU augmentation).
+2. pipeline: `pipeline.trainer.train_fold`, the exact code `train` runs (device-resident data, GPU augmentation).
 Each side builds its model outside the timer, and its first epoch is the warm-up (worker start, cuDNN autotuning,
 allocator): throughput is timed over epochs 2.. (training and validation, checkpoint writes apart). With --epochs 1
 the one epoch is timed and the line says so. Figures are printed, never asserted. The last line is the speedup.
@@ -41,11 +42,11 @@ from pipeline.folds import assign_folds
 from pipeline.metrics import accuracy
 from pipeline.models import build_model
 from pipeline.tasks import Task
-from pipeline.train import train_fold
+from pipeline.trainer import train_fold
 
 DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
-FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed", "img_size", "cache_dir", "precision"]
+FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed", "img_size", "cache_dir", "precision", "hidden"]
 
 
 class RowDataset(torch.utils.data.Dataset):
@@ -151,6 +152,9 @@ def run(cfg: Config, extra: dict) -> float:
     if extra["images"]:
         from pipeline import bench_images
         return bench_images.run(cfg, extra["images"], workers, device)
+    if extra["table"]:
+        from pipeline import bench_tables
+        return bench_tables.run(cfg, extra["table"], device)
     src = data.resolve(cfg.data)
     train = data.read_train(src)
     if limit:
@@ -175,7 +179,10 @@ def main(argv=None) -> int:
                          "help": "seed-notebook DataLoader worker processes"},
              "images": {"type": int, "default": 0,
                         "help": "image-file mode: write N 384px JPEGs once and compare the notebook's per-item loader "
-                                "with the decode-once cache (see pipeline/bench_images.py)"}}
+                                "with the decode-once cache (see pipeline/bench_images.py)"},
+             "table": {"type": int, "default": 0,
+                       "help": "table mode: a table of N rows x 100 features; the MLP's DataLoader loop vs the "
+                               "device-resident path, and plain 5-fold LightGBM vs the pipeline's (pipeline/bench_tables.py)"}}
     return main_guard(lambda a: run(*parse_stage(a, "bench", FLAGS, __doc__, {"epochs": 3}, extra)), argv)
 
 

@@ -35,14 +35,19 @@ class Config:
     target_col: tuple[str, ...] = ()  # make_folds: target column(s) of the train CSV; () = detect
     image_dir: str = ""  # make_folds: folder of the train images (class-folders: of the class folders); '' = detect
     task: str = ""  # make_folds: multiclass | multilabel | regression; '' = detect from the targets
-    metric: str = ""  # make_folds: accuracy | macro_f1 | micro_f1 | roc_auc | log_loss | rmse | qwk; '' = the task's default
+    metric: str = ""  # make_folds: accuracy | macro_f1 | micro_f1 | roc_auc | log_loss | rmse | mse | mae | qwk; '' = the task's default
     threshold: float = 0.5  # multilabel: a label is predicted at probability >= threshold, 0 < x < 1
     cache_dir: str = ".cache"  # decoded image files, reused by every fold, experiment and inference run
+    features: tuple[str, ...] = ()  # make_folds, tables: the feature columns to use; () = every column but the id and target(s)
+    drop_cols: tuple[str, ...] = ()  # make_folds, tables: columns to leave out (an id-like column the guess kept, a leak)
     # model
     model: str = "digit_cnn"  # any timm model name; digit_cnn is the pipeline's own CNN for 28x28 digits
     pretrained: bool = False  # start from timm's pretrained weights (downloaded from the hub: needs internet)
     pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
     img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
+    hidden: str = ""  # mlp: comma-separated hidden layer sizes, e.g. 512,256; '' = 256,128
+    select_features: int = 0  # tables: keep the K best columns by univariate score (scikit-learn SelectKBest), fitted per fold on its training rows; 0 = all
+    gbm_params: str = ""  # lightgbm: JSON/YAML file of LightGBM parameters over the defaults (learning_rate 0.05, num_leaves 31, ...)
     # training
     fold: str = "all"  # 'all', one fold index 0..n_splits-1, or 'full' (every row, no validation: full.pth, no CV)
     epochs: int = 15  # passes over the fold's training rows, >= 1
@@ -172,12 +177,14 @@ RULES = {  # field -> (test, rule text)
     "drop_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "drop_path_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "ema": (lambda v: v == 0 or 0.5 <= v < 1, "must be 0 (off) or in [0.5, 1)"),
+    "select_features": (lambda v: 0 <= v <= 100_000, "must be 0 (all) or a number of columns"),
     "aug": (lambda v: v in ("", "digits", "natural", "none") or v.endswith((".json", ".yaml", ".yml")),
             "must be digits, natural, none or an albumentations .json/.yaml file"),
-    "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders"), "must be pixels, csv-images or class-folders"),
+    "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders", "table"),
+               "must be pixels, csv-images, class-folders or table"),
     "task": (lambda v: v in ("", "multiclass", "multilabel", "regression"), "must be multiclass, multilabel or regression"),
-    "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "qwk"),
-               "must be accuracy, macro_f1, micro_f1, roc_auc, log_loss, rmse or qwk"),
+    "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "mse", "mae", "qwk"),
+               "must be accuracy, macro_f1, micro_f1, roc_auc, log_loss, rmse, mse, mae or qwk"),
     "threshold": (lambda v: 0 < v < 1, "must be between 0 and 1"),
     "ensemble": (lambda v: v in ("mean", "learned", "greedy", "rank"), "must be mean, learned, greedy or rank"),
     "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),

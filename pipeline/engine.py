@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from pipeline.distributed import SINGLE, Ranks, shard
-from pipeline.augment import albumentations_batches, augment, is_albumentations, to_model_input
+from pipeline.augment import albumentations_batches, is_albumentations
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
@@ -21,19 +21,32 @@ BARS = True  # progress bars (off in parallel fold workers, whose bars would ove
 
 @dataclass(frozen=True)
 class DataSpec:
-    """How a model sees the data: the task, the input side and normalisation, the training augmentation law."""
+    """How a model sees the data: the task, the input kind and its settings, the training augmentation law."""
     task: Task
-    img_size: int  # side the model sees
-    mean: tuple[float, ...]  # per-channel normalisation on the 0..1 scale
+    img_size: int  # image: side the model sees (0 for other kinds)
+    mean: tuple[float, ...]  # image: per-channel normalisation on the 0..1 scale
     std: tuple[float, ...]
-    augment: str = "digits"  # digits | natural | none
+    augment: str = "digits"  # image: digits | natural | none | an albumentations file
+    kind: str = "image"  # input kind (pipeline.inputs): image | table
+    features: dict = field(default_factory=dict, hash=False)  # table: names, categorical indices, cardinalities
+
+    @property
+    def input_kind(self):
+        from pipeline.inputs import input_kind
+
+        return input_kind(self.kind)
 
     def inputs(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        return to_model_input(x, self.img_size, channels_last, self.mean, self.std)
+        """A batch of rows as the model consumes it (normalised images, preprocessed features)."""
+        return self.input_kind.model_input(x, self, channels_last)
+
+    def train_batch(self, x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
+        """A batch of training rows, augmented the kind's way (before `inputs`)."""
+        return self.input_kind.train_batch(x, self, cfg, generator)
 
     def to_dict(self) -> dict:
         return {"task": self.task.to_dict(), "img_size": self.img_size, "mean": list(self.mean),
-                "std": list(self.std), "augment": self.augment}
+                "std": list(self.std), "augment": self.augment, "kind": self.kind, "features": self.features}
 
     @classmethod
     def from_config(cls, config: dict, where: str) -> DataSpec:
@@ -46,8 +59,12 @@ class DataSpec:
         try:
             if not isinstance(spec, dict) or not isinstance(spec.get("task"), dict):
                 raise TypeError(f"expected a mapping with a task, found {type(spec).__name__}")
+            features = spec.get("features", {})
+            if not isinstance(features, dict):
+                raise TypeError(f"features: expected a mapping, found {type(features).__name__}")
             return cls(Task.from_dict(spec["task"], where), int(spec["img_size"]), tuple(map(float, spec["mean"])),
-                       tuple(map(float, spec["std"])), str(spec.get("augment", "digits")))
+                       tuple(map(float, spec["std"])), str(spec.get("augment", "digits")),
+                       str(spec.get("kind", "image")), features)
         except (KeyError, TypeError, ValueError) as e:
             raise PipelineError(f"{where}: damaged data_spec ({type(e).__name__}: {e}); retrain with --overwrite") from None
 
@@ -237,7 +254,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         if workers is not None:  # augmented on the CPU by albumentations, in DataLoader workers
             x = shard(next(workers), ranks).to(device, non_blocking=True)
         else:  # augmented on the device, in one batch
-            x = augment(take(images, idx, device), spec.augment, cfg.rotate, cfg.scale, cfg.shift, generator)
+            x = spec.train_batch(take(images, idx, device), cfg, generator)
         x = spec.inputs(x, channels_last)
         y = targets[idx.to(device)]
         if mix is not None:  # timm's Mixup: mixed images, soft targets that already carry the label smoothing

@@ -27,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
 # Fields that define what an experiment trains; --resume refuses a run that changes one of them.
-RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", "weight_decay",
+RECIPE = ["model", "pretrained_path", "img_size", "hidden", "select_features", "gbm_params", "epochs", "batch_size", "lr", "weight_decay",
           "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
           "mixup", "cutmix", "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
           "drop_rate", "drop_path_rate", "seed"]
@@ -35,7 +35,7 @@ RECIPE = ["model", "pretrained_path", "img_size", "epochs", "batch_size", "lr", 
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
 _NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
-         r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth"
+         r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth|fold\d+\.prep\.json|full\.prep\.json|fold\d+\.txt|full\.txt"
 ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
 LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
 _REPORT = r"report\.md|curves\.png|lr\.png|confusion\.png|confusion\.csv|per_class\.csv|wrong\.png"
@@ -262,7 +262,7 @@ def _what(field: str) -> str:
 
 def forget_fold(exp_dir: Path, k: int) -> None:
     """Remove fold k's checkpoints and rows, leaving the other folds intact."""
-    for name in (f"fold{k}.pth", f"fold{k}.last.pth"):
+    for name in (f"fold{k}.pth", f"fold{k}.last.pth", f"fold{k}.prep.json", f"fold{k}.txt"):
         (exp_dir / name).unlink(missing_ok=True)
     with tables_locked(exp_dir):  # another fold's job may be writing these tables now
         for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv", "selection.csv"):
@@ -286,7 +286,8 @@ def append_metrics(exp_dir: Path, row: dict, lrs: list[float]) -> None:
         steps = pd.DataFrame({"fold": fold, "epoch": epoch, "step": np.arange(first_step, first_step + len(lrs)),
                               "lr": lrs})
         _replace_rows(exp_dir / "metrics.csv", pd.DataFrame([row]), fold, epoch)
-        _replace_rows(exp_dir / "schedule.csv", steps, fold, epoch)
+        if lrs:  # a boosting fold has no optimizer steps
+            _replace_rows(exp_dir / "schedule.csv", steps, fold, epoch)
 
 
 def _replace_rows(path: Path, new: pd.DataFrame, fold: int, epoch: int) -> None:

@@ -39,7 +39,7 @@ FLAGS = ["exp", "weights_dir", "data", "ensemble", "tta", "tta_preset", "with_fu
 
 # The one list of what the Kaggle GPU image already has (import names as pip knows them); every other
 # dependency of the pipeline is shipped as a wheel in the code dataset.
-KAGGLE_IMAGE = {"torch", "torchvision", "timm", "scikit-learn", "pandas", "numpy", "albumentations", "kaggle", "six",
+KAGGLE_IMAGE = {"torch", "torchvision", "timm", "scikit-learn", "pandas", "numpy", "albumentations", "kaggle", "six", "lightgbm",
                 "tqdm", "matplotlib", "pyyaml", "pillow"}
 MANIFEST = "export.json"  # what an export folder holds; only a folder holding the same experiments is replaced
 LEGACY_MARKER = ".pipeline-export"  # what exports made before the manifest hold instead
@@ -195,7 +195,8 @@ def experiment_files(cfg: Config) -> dict[str, list[Path]]:
         if missing:
             raise PipelineError(f"{src}/oof.csv: no rows for fold(s) {', '.join(map(str, missing))}; {resume}")
         extra = [src / "full.pth"] if cfg.with_full else []
-        files[e] = [*checkpoints, *extra, src / "config.json", src / "cv.json", src / "oof.csv"]
+        preps = sorted(src.glob("fold*.prep.json")) + sorted(src.glob("full.prep.json") if cfg.with_full else [])
+        files[e] = [*checkpoints, *extra, *preps, src / "config.json", src / "cv.json", src / "oof.csv"]
         for path in files[e]:
             if not path.is_file():
                 raise PipelineError(f"{path}: missing; the export needs it "

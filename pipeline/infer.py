@@ -25,6 +25,7 @@ from pipeline.ensemble import blend, combine, honest_scores, rank_average
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import RECIPE, cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
 from pipeline.tasks import Task
+from pipeline.inputs import input_kind, model_form
 from pipeline.models import build_model
 
 FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size", "cache_dir",
@@ -54,6 +55,8 @@ def run(cfg: Config) -> pd.DataFrame:
     device = resolve_device(cfg.device)
     images = on_device(test, device)  # (N, C, H, W) uint8, on the GPU when it fits
     preset = cfg.tta_preset or desc.tta_preset
+    if cfg.tta:
+        input_kind(desc.kind).tta_check(preset)  # a kind without TTA refuses it in one line
     test_probs = np.stack([predict_experiment(d, images, cfg, preset, device) for d in exp_dirs])
     if weights is None:
         final = test_probs[0]
@@ -181,8 +184,9 @@ def experiment_config(exp_dir: Path) -> dict:
 
 def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
     """The k fold checkpoints of an experiment, refusing a partial set (cfg: the --data and --weights-dir in use)."""
-    n_splits = experiment_config(exp_dir)["n_splits"]
-    paths = [exp_dir / f"fold{k}.pth" for k in range(n_splits)]
+    config = experiment_config(exp_dir)
+    n_splits, suffix = config["n_splits"], model_suffix(config)
+    paths = [exp_dir / f"fold{k}{suffix}" for k in range(n_splits)]
     missing = [k for k, p in enumerate(paths) if not p.is_file()]
     if missing:
         oof = read_table(exp_dir / "oof.csv")
@@ -194,6 +198,42 @@ def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
         raise PipelineError(f"{exp_dir}: missing fold weights {', '.join(paths[k].name for k in missing)} of "
                             f"{n_splits}; train them with: {how}")
     return paths
+
+
+def model_suffix(config: dict) -> str:
+    """A fold's model file: fold<k>.pth (torch), fold<k>.txt (a boosting library's text model)."""
+    from pipeline.learners.boosted import SUFFIX
+
+    return SUFFIX if model_form(str(config.get("model", ""))) == "gbm" else ".pth"
+
+
+def fold_input(path: Path, rows: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    """Rows as the fold at `path` sees them: its own saved preprocessing applied (tables), or as they are."""
+    kind = spec.input_kind
+    if not kind.has_preprocessing:
+        return rows
+    prep = path.with_name(path.name.split(".")[0] + ".prep.json")
+    if not prep.is_file():
+        raise PipelineError(f"{prep}: missing (the preprocessing {path.name} was trained with); retrain with --overwrite")
+    from pipeline import preprocess
+
+    return kind.apply_fold(preprocess.load(prep), rows)
+
+
+def fold_predictions(path: Path, rows: torch.Tensor, cfg: Config, config: dict, preset: str, device: torch.device,
+                     desc: str) -> np.ndarray:
+    """One fold's predictions (N, outputs) for raw rows, by its learner, through its own preprocessing."""
+    spec = DataSpec.from_config(config, str(path.parent / "config.json"))
+    if model_form(str(config.get("model", ""))) == "gbm":
+        from pipeline.learners import boosted
+
+        return boosted.predict_fold(path, rows.cpu().numpy(), spec, str(config["model"]))
+    model, spec = load_fold_model(path, device, config)
+    if cfg.tta:
+        from pipeline.tta import with_tta  # ttach is needed only with --tta
+        model = with_tta(model, preset)
+    return predict(model, fold_input(path, rows, spec), cfg.batch_size or 1024, spec, device, desc=desc,
+                   precision=cfg.precision)
 
 
 def train_command(exp_dir: Path, cfg: Config, what: str) -> str:
@@ -227,7 +267,11 @@ def load_fold_model(path: Path, device: torch.device, experiment: dict | None = 
         if saved.get(key) != want:
             raise PipelineError(f"{path}: checkpoint has {key}={saved.get(key)!r}, the data needs {want}")
     spec = DataSpec.from_config(saved, str(path))
-    model = build_model(saved["model"], saved["num_classes"], saved["in_chans"], saved["img_size"], pretrained=False)
+    n_features = fold_input(path, torch.zeros(0, len(spec.features.get("names", []))), spec).shape[1] \
+        if spec.input_kind.has_preprocessing else 0  # the width the fold's preprocessing gives
+    model = build_model(saved["model"], saved["num_classes"], saved["in_chans"], saved["img_size"], pretrained=False,
+                        n_features=n_features, hidden=str(saved.get("hidden", "")))
+    model = spec.task.output_head(model)  # regression: its mean and std come with the weights
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
@@ -249,12 +293,8 @@ def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, preset:
         paths = [*paths, exp_dir / "full.pth"]
     total = None
     for k, path in enumerate(paths):
-        model, spec = load_fold_model(path, device, config)
-        if cfg.tta:
-            from pipeline.tta import with_tta  # ttach is needed only with --tta
-            model = with_tta(model, preset)
-        probs = predict(model, images, cfg.batch_size or 1024, spec, device,
-                        desc=f"{exp_dir.name} fold {k}{' tta' if cfg.tta else ''}", precision=cfg.precision)
+        probs = fold_predictions(path, images, cfg, config, preset, device,
+                                 f"{exp_dir.name} fold {k}{' tta' if cfg.tta else ''}")
         if not np.isfinite(probs).all():
             raise PipelineError(f"{path}: the model predicts NaN or infinite probabilities; "
                                 "this fold is unusable: retrain it with --overwrite")

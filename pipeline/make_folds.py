@@ -24,13 +24,13 @@ from pipeline.errors import PipelineError, main_guard
 from pipeline.folds import description_path, folds_frame, read_description
 
 FLAGS = ["data", "folds_path", "n_splits", "seed", "group_col", "layout", "id_col", "target_col", "image_dir", "task",
-         "metric", "threshold", "overwrite"]
+         "metric", "threshold", "overwrite", "features", "drop_cols"]
 
 
 def run(cfg: Config) -> np.ndarray:
     src = data.resolve(cfg.data)
     desc, train = data.describe(src, cfg.layout, cfg.id_col, cfg.target_col, cfg.image_dir, cfg.task, cfg.metric,
-                                cfg.threshold, cfg.group_col)
+                                cfg.threshold, cfg.group_col, features=cfg.features, drop_cols=cfg.drop_cols)
     print(desc.summary())
     folds = desc.task.split(train.targets, cfg.n_splits, cfg.seed, train.groups)
     frame = folds_frame(train.ids, train.targets, folds, train.train_hash)

@@ -64,6 +64,10 @@ def compute(name: str, preds: np.ndarray, targets: np.ndarray, kind: str, thresh
         return log_loss(preds, targets) if kind == "multiclass" else bce(preds, targets)
     if name == "rmse":
         return rmse(preds, targets)
+    if name == "mse":  # HW1's metric
+        return rmse(preds, targets) ** 2
+    if name == "mae":
+        return float(np.mean(np.abs(preds.reshape(-1) - targets.reshape(-1))))
     if name == "roc_auc":
         return mean_roc_auc(preds, _onehot(targets, preds.shape[1]))
     hard = _hard(preds, kind, threshold)
@@ -86,6 +90,8 @@ METRICS = {
     "roc_auc": (True, ("multiclass", "multilabel")),
     "log_loss": (False, ("multiclass", "multilabel")),
     "rmse": (False, ("regression",)),
+    "mse": (False, ("regression",)),
+    "mae": (False, ("regression",)),
     "qwk": (True, ("multiclass", "regression")),
 }
 DEFAULT_METRIC = {"multiclass": "accuracy", "multilabel": "roc_auc", "regression": "rmse"}

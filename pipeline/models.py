@@ -12,6 +12,7 @@ from timm.models import register_model
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import PipelineError
+from pipeline.nets import NETS, build_net
 
 OFFLINE = ("download them once where there is internet (torch.save(timm.create_model(NAME, pretrained=True)"
            ".state_dict(), FILE)) and pass --pretrained-path FILE (.pth or .safetensors)")
@@ -56,10 +57,17 @@ def digit_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1
 
 def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
                 pretrained: bool = False, pretrained_path: str = "", drop_rate: float = 0.0,
-                drop_path_rate: float = 0.0) -> nn.Module:
-    """A timm model for (B, in_chans, img_size, img_size) inputs, checked with one forward pass."""
+                drop_path_rate: float = 0.0, n_features: int = 0, hidden: str = "") -> nn.Module:
+    """A timm model for (B, in_chans, img_size, img_size) inputs, checked with one forward pass; or one of the
+    project's networks (pipeline.nets) for vectors of `n_features` (0: a flattened image)."""
+    if name in NETS:
+        if pretrained or pretrained_path:
+            raise PipelineError(f"--pretrained: {name} has no published weights; train it from scratch")
+        if drop_path_rate:
+            raise PipelineError(f"--drop-path-rate: {name} has no stochastic depth; leave it at 0")
+        return build_net(name, num_classes, n_features or in_chans * img_size * img_size, hidden, drop_rate)
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        close = difflib.get_close_matches(name, [*NETS, "lightgbm", *timm.list_models()], n=3)
         raise PipelineError(f"--model: unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
                                                                   "; see timm.list_models()"))
     kwargs = {k: v for k, v in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if v}

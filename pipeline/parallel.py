@@ -1,7 +1,7 @@
 """Folds in parallel: `python -m pipeline.train --fold all --gpus 0,1,2,3` (or `--gpus cpu,cpu`) runs one process
 per listed device, each taking the next untrained fold until none is left.
 
-Each fold runs `train.train_fold` exactly as a sequential run does (same per-fold seeds, so the same files and,
+Each fold runs `trainer.fit_fold` exactly as a sequential run does (same per-fold seeds, so the same files and,
 with the same thread count, the same numbers); the shared tables are written under experiment.tables_locked.
 A fold that fails, or whose process dies, is reported; the others finish, and --resume completes it.
 """
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from pipeline import train
+from pipeline import trainer
 from pipeline.checkpoint import read_json
 from pipeline.config import Config, make_config, to_dict
 from pipeline.engine import resolve_device
@@ -99,7 +99,7 @@ def fold_worker(values: dict, me: int, device_name: str, folds, results, threads
         if device_name.startswith("cuda"):
             torch.cuda.set_device(torch.device(device_name))  # this process's GPU only, pinned copies included
         cfg = make_config(values | {"device": device_name, "gpus": ""}, "fold worker")
-        job = train.setup(cfg, quiet=True)
+        job = trainer.setup(cfg, quiet=True)
         device = resolve_device(device_name)
         resolved = read_json(job.exp_dir / "config.json", "experiment config")
         images, targets = job.images(device)
@@ -111,7 +111,7 @@ def fold_worker(values: dict, me: int, device_name: str, folds, results, threads
     while (k := folds.get()) is not None:
         results.put(("start", k, me, str(os.getpid())))
         try:
-            preds = train.train_fold(job.cfg, resolved, job.spec, k, images, targets, job.folds.fold, job.exp_dir,
+            preds = trainer.fit_fold(job.cfg, resolved, job.spec, k, images, targets, job.folds.fold, job.exp_dir,
                                      device)
             job.finish_fold(k, preds)
             results.put(("done", k, me, ""))

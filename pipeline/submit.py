@@ -99,7 +99,7 @@ def run(cfg: Config) -> None:
         raise PipelineError(f"submission file {cfg.submission!r} not found (write one with: python -m pipeline.infer)")
     sub = data.parse_csv(path.read_bytes(), str(path), text_first=True)  # ids as written: '00042' is not 42
     task, desc = experiment_task(path, cfg)
-    sample = data.read_sample_submission(data.resolve(cfg.data), desc.root if desc else "")
+    sample = data.submission_sample(data.resolve(cfg.data), desc)
     validate_submission(sub, sample, task, str(path))
     print(f"{path}: valid ({len(sub):,} rows, header {','.join(map(str, sub.columns))}, {task.describe()})")
     if cfg.dry_run:

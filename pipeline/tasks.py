@@ -90,6 +90,16 @@ class Task:
             return F.binary_cross_entropy_with_logits(logits, soft)
         return F.mse_loss(logits.reshape(-1), targets)
 
+    def output_head(self, model: torch.nn.Module, targets: np.ndarray | None = None) -> torch.nn.Module:
+        """The model as this task trains it. Regression: the network learns standardised targets and answers in the
+        target's units (mean and std of `targets`, the fold's training rows; None: filled in by a checkpoint);
+        a price in the thousands is otherwise far from where a fresh network's outputs start."""
+        if self.kind != "regression":
+            return model
+        values = np.asarray(targets, dtype=np.float64).reshape(-1) if targets is not None else np.zeros(2)
+        std = float(values.std()) if targets is not None and values.std() > 0 else 1.0
+        return Standardized(model, float(values.mean()) if targets is not None else 0.0, std)
+
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Model outputs -> what metrics and submissions read: probabilities, or values."""
         if self.kind == "multiclass":
@@ -180,6 +190,25 @@ class Task:
             return "labels", columns
         raise PipelineError(f"sample_submission.csv: columns {', '.join(columns[:5])} fit neither id + one label column "
                             f"nor id + one column per class ({', '.join(self.classes[:5])}, ...)")
+
+
+class Standardized(torch.nn.Module):
+    """A regression network's output in the target's units: net(x) * target_std + target_mean (buffers, saved with
+    the weights). Checkpoints from before it hold the bare network: `load_state_dict` takes both."""
+
+    def __init__(self, net: torch.nn.Module, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.target_std + self.target_mean
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if "target_mean" not in state_dict:  # saved before regression outputs were standardised: mean 0, std 1
+            return self.net.load_state_dict(state_dict, strict, assign)
+        return super().load_state_dict(state_dict, strict, assign)
 
 
 def label_string(probs: np.ndarray, classes: tuple[str, ...], threshold: float) -> str:

@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import train
+from pipeline import data, train, trainer
 from pipeline.checkpoint import write_json
 from pipeline.config import Config, check_name, parse_stage, with_lr
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
@@ -53,7 +53,7 @@ def run(cfg: Config, extra: dict):
         cell = replace(with_lr(cfg, params.pop("lr")), **params, exp=(f"trial{trial.number}",), weights_dir=str(out_dir), overwrite=True)
         return train.run(cell, on_epoch=report)["oof"][metric]
 
-    task = train.data_description(cfg, train.data.resolve(cfg.data)).task
+    task = trainer.data_description(cfg, data.resolve(cfg.data)).task
     metric = task.metric
     study = optuna.create_study(direction="maximize" if task.higher_is_better else "minimize",
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed), pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))

@@ -40,3 +40,16 @@ def test_bench_image_files(workdir, capsys):
 def test_bench_on_gpu(sample_dir, capsys):
     assert bench.main(["--data", str(sample_dir), "--device", "cuda", "--epochs", "1"]) == 0
     assert "peak GPU memory" in capsys.readouterr().out
+
+
+def test_bench_table_prints_both_sides_and_ratios(capsys):
+    assert bench.main(["--table", "1500", "--epochs", "2", "--device", "cpu", "--batch-size", "128"]) == 0
+    out = capsys.readouterr().out
+    sides = dict(re.findall(r"^mlp (seed-notebook|pipeline) +([\d,]+) rows/s", out, flags=re.M))
+    walls = dict(re.findall(r"^lightgbm (plain 5-fold loop|pipeline) +([\d.]+) s", out, flags=re.M))
+    last = re.fullmatch(r"speedup: mlp (\d+\.\d\d)x \(rows/s, pipeline vs seed-notebook\); lightgbm wall (\d+\.\d\d)x "
+                        r"of the plain loop", out.strip().splitlines()[-1])
+    assert len(sides) == 2 and len(walls) == 2 and last, out
+    fast, slow = (int(sides[k].replace(",", "")) for k in ("pipeline", "seed-notebook"))
+    assert float(last[1]) == pytest.approx(fast / slow, rel=0.02)  # the printed ratios are the printed figures'
+    assert float(last[2]) == pytest.approx(float(walls["pipeline"]) / float(walls["plain 5-fold loop"]), rel=0.1)

@@ -197,7 +197,9 @@ def test_torchrun_two_ranks_match_one_process_and_only_rank_0_writes(sample_dir,
     again = torchrun(workdir, *common, "--exp", "ddp", extra=["--master-port", str(free_port())])
     ours = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and "experiment exists" in ours[0], again.stderr[-2000:]  # printed by rank 0 alone
-    assert again.stderr.count("exitcode  : 2 ") == 2  # both ranks refused with our exit status for bad input
+    # our exit status for bad input; torchrun lists the ranks that had ended when it noticed the first (one or both)
+    codes = re.findall(r"exitcode  : (-?\d+)", again.stderr)
+    assert codes and set(codes) == {"2"}, again.stderr[-2000:]
 
 
 def test_torchrun_notices_print_once_and_the_automatic_batch_splits_over_the_ranks(workdir):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from pipeline import data, experiment, infer, make_folds, recipe, runs, sweep, train, tune
+from pipeline.engine import DataSpec
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.tasks import Task
 
@@ -535,7 +536,7 @@ def test_damaged_resume_snapshot_values_are_refused(project, edit, message, caps
     oof = pd.read_csv("weights/r/oof.csv")
     preds = torch.tensor(oof[[f"p{c}" for c in range(10)]].to_numpy(), dtype=torch.float32)
     cfg = train.Config(epochs=2, batch_size=32)
-    spec = train.DataSpec(Task("multiclass", tuple(str(i) for i in range(10))), 28, (0.1,), (0.3,))
+    spec = DataSpec(Task("multiclass", tuple(str(i) for i in range(10))), 28, (0.1,), (0.3,))
     model, _, optimizer, generator = fold_setup(cfg, spec, 1, 0, torch.device("cpu"))
     model.load_state_dict(model_state)
     state = snapshot({"epoch": 1, "step": 5, "best_epoch": 1, "best": {"accuracy": 0.5, "loss": 1.0, "log_loss": 1.0},

@@ -3,6 +3,7 @@
     pixels          train.csv = label, pixel0..pixelN (N+1 a square); test.csv        (Digit Recognizer)
     csv-images      a train CSV (id/file column + target column(s)) and an image folder  (cassava, pawpularity)
     class-folders   train/<class name>/*, test/*                                           (food-11, ImageFolder)
+    table           *train*.csv + *test*.csv of numeric and text columns                   (Titanic, HW1 COVID)
 
 `describe` detects the layout and the task once (make_folds saves the result beside the folds); every later
 stage reads through that Description, so no stage branches on a layout.
@@ -13,7 +14,7 @@ import io
 import re
 import shlex
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -22,19 +23,21 @@ import pandas as pd
 from pipeline.config import DEFAULT_DATA
 from pipeline.data import images as img
 from pipeline.data import pixels
+from pipeline.data import table as tab
 from pipeline.data.pixels import LABEL, PIXELS, SIDE  # noqa: F401 - the Digit Recognizer constants
-from pipeline.data.sample import write_sample, write_sample_images  # noqa: F401
+from pipeline.data.sample import write_sample, write_sample_images, write_sample_table  # noqa: F401
 from pipeline.data.source import DOWNLOAD, Source, parse_csv  # noqa: F401
 from pipeline.data.source import resolve as _resolve
 from pipeline.data.targets import encode, infer_task
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
-LAYOUTS = ("pixels", "csv-images", "class-folders")
+LAYOUTS = ("pixels", "csv-images", "class-folders", "table")
 TRAIN_CSVS = ("train.csv", "labels.csv", "train_labels.csv")
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # digits, on the 0..1 scale
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NUM_CLASSES = 10  # Digit Recognizer's, for the benchmark and the tests
+SAMPLES = {"sample": write_sample, "sample-images": write_sample_images, "sample-table": write_sample_table}
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,27 @@ class Description:
     side: int = 0  # pixels: the images' side; image files: 0 (decoded at --img-size)
     group_col: str = ""  # rows sharing a value share a fold
     n_images: int = 0  # train rows
+    table: dict = field(default_factory=dict, hash=False)  # table: what data.table found (Columns as a dict)
+
+    @property
+    def kind(self) -> str:
+        """The input kind (pipeline.inputs) of this layout's rows."""
+        return "table" if self.layout == "table" else "image"
+
+    @property
+    def columns(self) -> tab.Columns:
+        return tab.Columns.from_dict(self.table)
+
+    @property
+    def spec_features(self) -> dict:
+        """What the input kind needs to know of the columns ({} for images)."""
+        return self.columns.spec_features() if self.table else {}
 
     def summary(self) -> str:
+        if self.layout == "table":
+            c = self.columns
+            return (f"table: id {c.id_col or '(row number)'}, target {', '.join(c.target_cols)} ({self.task.describe()}), "
+                    f"{len(c.numeric)} numeric + {len(c.categorical)} categorical features, {self.n_images:,} rows")
         targets = ", ".join(self.target_cols) if len(self.target_cols) < 4 else f"{len(self.target_cols)} columns"
         where = (f"{self.n_images:,} images in {self.image_dir}/" if self.layout != "pixels"
                  else f"{self.n_images:,} images of {self.side}x{self.side}")
@@ -63,14 +85,16 @@ class Description:
 
     @property
     def tta_preset(self) -> str:
-        return "digits" if self.layout == "pixels" else "hflip"
+        return {"pixels": "digits", "table": ""}.get(self.layout, "hflip")
 
     @property
     def augment(self) -> str:
-        return "digits" if self.layout == "pixels" else "natural"
+        return {"pixels": "digits", "table": "none"}.get(self.layout, "natural")
 
     @property
     def normalize(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.layout == "table":
+            return (0.0,), (1.0,)
         if self.layout == "pixels":
             return MNIST_MEAN, MNIST_STD
         return (IMAGENET_MEAN, IMAGENET_STD) if self.channels == 3 else ((0.5,), (0.5,))
@@ -108,14 +132,15 @@ class TrainSet:
 
 
 def resolve(data: str) -> Source:
-    return _resolve(data, DEFAULT_DATA, write_sample, write_sample_images)
+    return _resolve(data, DEFAULT_DATA, SAMPLES)
 
 
 # -- detection -----------------------------------------------------------------------------------------------
 
 def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple[str, ...] = (), image_dir: str = "",
              task: str = "", metric: str = "", threshold: float = 0.5, group_col: str = "",
-             known: Description | None = None) -> tuple[Description, TrainSet]:
+             known: Description | None = None, features: tuple[str, ...] = (),
+             drop_cols: tuple[str, ...] = ()) -> tuple[Description, TrainSet]:
     """Detect the layout and the task (flags override each guess) and read the train targets.
 
     known: the saved description when re-reading; its channels and test folder are taken as they are (make_folds
@@ -125,8 +150,10 @@ def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple
     root = str(PurePosixPath(train_csv).parent) + "/" if train_csv and "/" in train_csv else ""
     frame = parse_csv(src.read_file(train_csv), src.label(train_csv)) if train_csv else None
     if not layout:
-        layout = ("pixels" if frame is not None and pixels.is_pixels(frame) else "csv-images" if frame is not None
-                  else "class-folders" if _class_root(src) is not None else "")
+        layout = ("pixels" if frame is not None and pixels.is_pixels(frame) else "table" if _is_table(src, frame)
+                  else "csv-images" if frame is not None else "class-folders" if _class_root(src) is not None else "")
+    if layout == "table":
+        return _describe_table(src, id_col, target_cols, features, drop_cols, task, metric, threshold, group_col, known)
     if layout not in LAYOUTS:
         raise PipelineError(f"--data: {src.path}: no known layout (expected train.csv with pixel columns, a train CSV "
                             f"with an image column and an image folder, or train/<class>/ folders); found "
@@ -145,6 +172,37 @@ def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple
     if layout == "csv-images":
         return _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image_dir, probed, **options)
     return _describe_class_folders(src, image_dir, probed, **options)
+
+
+def _is_table(src: Source, frame: pd.DataFrame | None) -> bool:
+    """A *train*.csv / *test*.csv pair and no image anywhere: a table competition."""
+    return tab.find_files(src) is not None and not any(img.is_image(f) for f in src.files())
+
+
+def _describe_table(src, id_col, target_cols, features, drop_cols, task, metric, threshold, group_col, known):
+    """The table layout (data.table): its columns detected once, or re-read as `known` saved them."""
+    found = tab.find_files(src)
+    if found is None:
+        raise PipelineError(f"--layout table: {src.path} has no *train*.csv and *test*.csv pair")
+    train_file, test_file = found
+    train = tab.read_csv(src, train_file)
+    where = src.label(train_file)
+    if known is not None:
+        cols = known.columns
+    else:
+        test = tab.read_csv(src, test_file)
+        cols = tab.detect(src, train_file, test_file, train, test, read_sample_submission(src, required=False),
+                          id_col, target_cols, features, drop_cols, group_col)
+    missing = [c for c in (*cols.features, *cols.target_cols) if c not in train.columns]
+    if missing:
+        raise PipelineError(f"{where}: no column {missing[0]!r}, which the folds' description names; remake the folds")
+    the_task = known.task if known is not None else infer_task(train[list(cols.target_cols)], where, task, metric,
+                                                                threshold)
+    desc = Description("table", the_task, train_file=train_file, id_col=cols.id_col, target_cols=cols.target_cols,
+                       group_col=group_col, n_images=len(train), table=cols.to_dict())
+    return desc, TrainSet(encode(train[list(cols.target_cols)], the_task, where), np.arange(len(train), dtype=np.int64),
+                          _groups(train, group_col, where), _hash(src.read_file(train_file)),
+                          images=tab.matrix(train, cols))
 
 
 def _csv_or_folders(src: Source, root: str, frame: pd.DataFrame, layout: str) -> str:
@@ -341,6 +399,16 @@ def train_images(src: Source, desc: Description, train: TrainSet, img_size: int,
     return img.cached_images(src, list(train.files), img_size, desc.channels, cache_dir, "train")
 
 
+def submission_sample(src: Source, desc: Description | None) -> pd.DataFrame:
+    """What a submission must look like: sample_submission.csv, or for a table competition that ships none (a
+    class competition such as HW1), the test ids and the target's name."""
+    if desc is not None and desc.layout == "table":
+        sample = read_sample_submission(src, desc.root, required=False)
+        return sample if sample is not None else tab.default_sample(tab.read_csv(src, desc.columns.test_file),
+                                                                     desc.columns)
+    return read_sample_submission(src, desc.root if desc else "")
+
+
 def read_sample_submission(src: Source, root: str = "", required: bool = True) -> pd.DataFrame | None:
     name = "sample_submission.csv"
     rel = src.find(name)
@@ -359,7 +427,10 @@ def read_sample_submission(src: Source, root: str = "", required: bool = True) -
 
 
 def read_test(src: Source, desc: Description, img_size: int, cache_dir: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """Test images (N, C, H, W) uint8 in the order of sample_submission.csv's ids, and that sample."""
+    """Test rows in the order of sample_submission.csv's ids, and that sample: images (N, C, H, W) uint8, or a
+    table's raw features (N, F) float32."""
+    if desc.layout == "table":
+        return _table_test(src, desc)
     if desc.layout == "pixels":
         test_csv = src.find("test.csv")
         if test_csv is None:
@@ -372,6 +443,23 @@ def read_test(src: Source, desc: Description, img_size: int, cache_dir: str) -> 
     sample = read_sample_submission(src, desc.root)
     files = test_files(src, desc.root, sample, desc.test_dir)
     return img.cached_images(src, files, img_size, desc.channels, cache_dir, "test"), sample
+
+
+def _table_test(src: Source, desc: Description) -> tuple[np.ndarray, pd.DataFrame]:
+    """The test table's features in the sample's id order; without a sample, the test ids and the target's name."""
+    cols = desc.columns
+    test = tab.read_csv(src, cols.test_file)
+    where = src.label(cols.test_file)
+    missing = [c for c in cols.features if c not in test.columns]
+    if missing:
+        raise PipelineError(f"{where}: no column {missing[0]!r}; the model was trained on it")
+    for col in cols.numeric:
+        tab.check_test_type(test[col], col, where)
+    sample = read_sample_submission(src, desc.root, required=False)
+    if sample is None:
+        sample = tab.default_sample(test, cols)
+    rows = tab.test_rows(test, sample, cols, src.label("sample_submission.csv"))
+    return tab.matrix(test.iloc[rows].reset_index(drop=True), cols), sample
 
 
 def test_files(src: Source, root: str, sample: pd.DataFrame, preferred: str = "") -> list[str]:

@@ -2,6 +2,7 @@
 
     --data sample          pixels layout (Digit Recognizer's format) in data/sample-digits/
     --data sample-images   csv-images layout: PNG files, class names, in data/sample-digit-images/
+    --data sample-table    table layout (HW1's shape): load_diabetes (442 patients) in data/sample-diabetes/
 20% is held out as the test set; its labels are in solution.csv, which Kaggle would not give you.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pipeline.data.pixels import LABEL, PIXELS
 
 SAMPLE_DIR = "data/sample-digits"
 SAMPLE_IMAGES_DIR = "data/sample-digit-images"
+SAMPLE_TABLE_DIR = "data/sample-diabetes"
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -80,4 +82,26 @@ def write_sample_images(root: str = SAMPLE_IMAGES_DIR) -> Path:
     write_csv(pd.DataFrame({"image_id": name(test_idx), "label": NAMES[0]}), root_path / "sample_submission.csv")
     write_csv(pd.DataFrame({"image_id": name(test_idx), "label": [NAMES[t] for t in target[test_idx]]}),
               root_path / "solution.csv")
+    return root_path
+
+
+def write_sample_table(root: str = SAMPLE_TABLE_DIR) -> Path:
+    """The table layout as HW1 ships it: diabetes_train.csv (id, 10 features, target: disease progression after a
+    year), diabetes_test.csv (id, features), sample_submission.csv (id,target); scikit-learn's real 442 patients."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    from pipeline.checkpoint import write_csv
+
+    root_path = Path(root)
+    names = ("diabetes_train.csv", "diabetes_test.csv", "sample_submission.csv", "solution.csv")
+    if _complete(root_path, names):
+        return root_path
+    frame = load_diabetes(as_frame=True, scaled=False).frame  # age, sex, bmi, bp, s1..s6, target
+    frame.insert(0, "id", np.arange(len(frame)))
+    train, test = train_test_split(frame, test_size=0.2, random_state=0)
+    write_csv(train.reset_index(drop=True), root_path / names[0])
+    write_csv(test.drop(columns="target").reset_index(drop=True), root_path / names[1])
+    write_csv(pd.DataFrame({"id": test["id"].to_numpy(), "target": 0.0}), root_path / names[2])
+    write_csv(test[["id", "target"]].reset_index(drop=True), root_path / names[3])
     return root_path

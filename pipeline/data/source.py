@@ -141,13 +141,12 @@ def read_zip_member(zf: zipfile.ZipFile, path: Path, rel: str) -> bytes:
     return raw
 
 
-def resolve(data: str, default: str, write_sample, write_sample_images) -> Source:
-    """--data as given ('sample' and 'sample-images' are the bundled offline samples); the default path falls
-    back to the bundled sample with a one-line notice."""
-    if data == "sample":
-        return Source(write_sample())
-    if data == "sample-images":
-        return Source(write_sample_images())
+def resolve(data: str, default: str, samples: dict) -> Source:
+    """--data as given (`samples`: name -> the function writing that bundled offline sample, e.g. 'sample',
+    'sample-images', 'sample-table'); the default path falls back to 'sample' with a one-line notice."""
+    if data in samples:
+        return Source(samples[data]())
+    write_sample = samples["sample"]
     path = Path(data)
     if path.exists():
         if path.is_dir() and not any(path.iterdir()) and path.with_suffix(".zip").is_file():

@@ -13,7 +13,7 @@ MAX_CLASS_INDEX = 100_000  # integer labels 0..K are classes 0..K; beyond this t
 def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = "", threshold: float = 0.5) -> Task:
     """The task these target columns describe; `kind` overrides the guess.
 
-    One column: numbers with more than 30 distinct values or fractions -> regression; strings with
+    One column: numbers with more than 30 distinct values, or written as floats (6.0) -> regression; strings with
     space-separated names -> multilabel; otherwise multiclass. Several 0/1 columns -> multilabel.
     """
     _no_missing(frame, where)
@@ -29,8 +29,8 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
         return Task("multilabel", tuple(cols), metric, threshold)
     values = frame.iloc[:, 0]
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    if not kind:
-        fractional = numeric and not np.allclose(values, np.round(values))
+    if not kind:  # numbers written as floats (6.0) are values to regress on, however few distinct ones there are
+        fractional = numeric and (pd.api.types.is_float_dtype(values) or not np.allclose(values, np.round(values)))
         kind = ("regression" if numeric and (fractional or values.nunique() > 30) else
                 "multilabel" if not numeric and _label_sets(values) else "multiclass")
     if kind == "regression":

@@ -1,0 +1,194 @@
+"""The table layout: a train CSV and a test CSV of numeric and categorical columns (Titanic, the Playground Series,
+house prices, the course's HW1 `covid_train.csv` / `covid_test.csv`).
+
+    train: id?, features..., target(s)      test: id, features...      sample_submission.csv: id, target(s)
+
+The target(s) are the train columns the test file lacks; the id is the sample's first column (or the test's `id`).
+HW1 repeats its feature names once per day: pandas reads `tested_positive`, `tested_positive.1`,
+`tested_positive.2`; the target is the last (absent from test), written back under the sample's header (or its
+name without pandas' `.2` when no sample is shipped). Features become one float32 matrix: numbers as they are
+(NaN = missing), categorical (string) columns as codes into the train file's sorted vocabulary (NaN = missing or
+a value train never had). Empty, constant, nearly-all-distinct text and id-like columns are left out with a notice.
+"""
+from __future__ import annotations
+
+import io
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data.source import Source
+from pipeline.errors import PipelineError, cut
+
+ID_NAMES = ("id", "Id", "ID", "PassengerId", "row_id")
+DISTINCT_TEXT = 0.5  # a text column with distinct values on more than half of its rows is a name, not a category
+MANGLED = re.compile(r"^(.*)\.(\d+)$")  # pandas' name for a repeated header: wage, wage.1, wage.2
+
+
+@dataclass(frozen=True)
+class Columns:
+    """What the table layout found; saved (as a dict) in the data description beside the folds."""
+    test_file: str
+    id_col: str  # in test and in the sample ('' = the test's row number)
+    target_cols: tuple[str, ...]  # as pandas names them in the train file
+    submission_cols: tuple[str, ...]  # as the submission writes them
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    categories: dict = field(default_factory=dict)  # categorical column -> its sorted train values
+    dropped: dict = field(default_factory=dict)  # column -> why it was left out
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def spec_features(self) -> dict:
+        """What the input kind needs: feature names, categorical indices and their cardinalities."""
+        n = len(self.numeric)
+        return {"names": self.features, "categorical": list(range(n, n + len(self.categorical))),
+                "cardinalities": [len(self.categories[c]) for c in self.categorical]}
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Columns:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def find_files(src: Source) -> tuple[str, str] | None:
+    """(train CSV, test CSV): `train.csv`/`test.csv`, else the one `*train*.csv` / `*test*.csv` pair."""
+    csvs = [f for f in src.files() if f.lower().endswith(".csv") and "sample" not in PurePosixPath(f).name.lower()]
+    by_depth = sorted(csvs, key=lambda f: (f.count("/"), PurePosixPath(f).name.lower() not in ("train.csv", "test.csv"), f))
+    train = [f for f in by_depth if "train" in PurePosixPath(f).name.lower()]
+    test = [f for f in by_depth if "test" in PurePosixPath(f).name.lower()]
+    return (train[0], test[0]) if train and test else None
+
+
+def read_csv(src: Source, rel: str) -> pd.DataFrame:
+    """A table as pandas reads it (repeated headers renamed .1, .2); empty or header-only is one line."""
+    where = src.label(rel)
+    try:
+        frame = pd.read_csv(io.BytesIO(src.read_file(rel)), low_memory=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{where}: not a readable CSV ({cut(str(e).strip(), 100)})") from None
+    if frame.empty:
+        raise PipelineError(f"{where}: no rows (a header only); expected one row per {'test' if 'test' in rel else 'train'} item")
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, test: pd.DataFrame,
+           sample: pd.DataFrame | None, id_col: str = "", target_cols: tuple[str, ...] = (),
+           features: tuple[str, ...] = (), drop_cols: tuple[str, ...] = (), group_col: str = "") -> Columns:
+    """The id, target(s) and features of a table competition; each guess overridden by its flag."""
+    where, test_where = src.label(train_file), src.label(test_file)
+    id_col = id_col or _guess_id(test, sample)
+    if id_col and id_col not in test.columns:
+        raise PipelineError(f"--id-col: {test_where} has no column {id_col!r} (found {cut(', '.join(test.columns[:6]))})")
+    targets = list(target_cols) or [c for c in train.columns if c not in test.columns and c not in (id_col, group_col)]
+    missing = [c for c in targets if c not in train.columns]
+    if missing or not targets:
+        raise PipelineError(f"--target-col: {where} has {'no column ' + repr(missing[0]) if missing else 'no column that ' + test_where + ' lacks'}"
+                            f"; name the target with --target-col (columns: {cut(', '.join(train.columns[:8]))})")
+    if train[targets].isna().any().any():
+        col = next(c for c in targets if train[c].isna().any())
+        raise PipelineError(f"{where}: row {int(np.flatnonzero(train[col].isna())[0]) + 1}, column {col}: missing "
+                            "target value (drop such rows, or fill them)")
+    if id_col and test[id_col].duplicated().any():
+        raise PipelineError(f"{test_where}: id {cut(str(test[id_col][test[id_col].duplicated()].iloc[0]))!r} in column "
+                            f"{id_col} appears twice; one row per id")
+    names = _submission_names(targets, sample)
+    chosen = list(features) or [c for c in train.columns if c not in (*targets, id_col, group_col, *drop_cols)]
+    numeric, categorical, categories, dropped = [], [], {}, {}
+    for col in chosen:
+        if col not in train.columns or col not in test.columns:
+            raise PipelineError(f"--features: column {col!r} is not in both {where} and {test_where}")
+        why = _leave_out(train[col], col)
+        if why:
+            dropped[col] = why
+        elif _is_numeric(train[col]):
+            check_test_type(test[col], col, test_where)
+            numeric.append(col)
+        else:
+            categorical.append(col)
+            categories[col] = sorted(train[col].dropna().astype(str).unique().tolist())
+    if not numeric and not categorical:
+        raise PipelineError(f"{where}: no usable feature column (left out: {cut(', '.join(dropped))}); name them with --features")
+    for col, why in dropped.items():
+        print(f"notice: {where}: column {cut(col)} left out ({why}); keep it with --features", file=sys.stderr)
+    return Columns(test_file, id_col, tuple(targets), names, tuple(numeric), tuple(categorical), categories, dropped)
+
+
+def _guess_id(test: pd.DataFrame, sample: pd.DataFrame | None) -> str:
+    if sample is not None and str(sample.columns[0]) in test.columns:
+        return str(sample.columns[0])
+    return next((c for c in ID_NAMES if c in test.columns), "")
+
+
+def _submission_names(targets: list[str], sample: pd.DataFrame | None) -> tuple[str, ...]:
+    """The sample's target header; without a sample, the train name without pandas' .1/.2 for a repeated header."""
+    if sample is not None and len(sample.columns) - 1 == len(targets):
+        return tuple(str(c) for c in sample.columns[1:])
+    return tuple(MANGLED.sub(r"\1", t) for t in targets)
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
+
+
+def _leave_out(values: pd.Series, col: str) -> str:
+    """Why a column is no feature ('' = keep it)."""
+    present = values.dropna()
+    if present.empty:
+        return "entirely empty"
+    if present.nunique() == 1 and not values.isna().any():
+        return "constant"
+    if not _is_numeric(values) and present.nunique() > DISTINCT_TEXT * len(values) and present.nunique() > 20:
+        return f"text with {present.nunique():,} distinct values in {len(values):,} rows: a name or a code, not a category"
+    integral = _is_numeric(values) and np.allclose(present, np.round(present))
+    if integral and col.lower().endswith("id") and present.is_unique and len(present) > 20:
+        return "an id: every row has its own value"
+    return ""
+
+
+def check_test_type(values: pd.Series, col: str, where: str) -> None:
+    if not _is_numeric(values) and values.notna().any():
+        bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()].iloc[0]
+        raise PipelineError(f"{where}: column {cut(col)} holds text ({cut(str(bad))!r}) where the train file has numbers")
+
+
+def matrix(frame: pd.DataFrame, cols: Columns) -> np.ndarray:
+    """(N, F) float32: numeric columns as they are, categorical as codes into the train vocabulary (NaN unseen)."""
+    out = np.empty((len(frame), len(cols.features)), dtype=np.float32)
+    for j, col in enumerate(cols.numeric):
+        out[:, j] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
+    for j, col in enumerate(cols.categorical, start=len(cols.numeric)):
+        index = {v: i for i, v in enumerate(cols.categories[col])}
+        text = frame[col].astype(str).where(frame[col].notna(), None)
+        out[:, j] = text.map(index).to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def default_sample(test: pd.DataFrame, cols: Columns) -> pd.DataFrame:
+    """Where a class competition ships no sample submission: the test ids and the target's name (HW1's
+    `id,tested_positive`)."""
+    ids = test[cols.id_col] if cols.id_col else pd.Series(np.arange(len(test)), name="id")
+    return pd.DataFrame({ids.name: ids.to_numpy(), **{c: 0 for c in cols.submission_cols}})
+
+
+def test_rows(test: pd.DataFrame, sample: pd.DataFrame, cols: Columns, where: str) -> np.ndarray:
+    """The test row of every sample id, in the sample's order."""
+    if not cols.id_col:
+        if len(sample) != len(test):
+            raise PipelineError(f"{where}: {len(sample):,} ids but the test file has {len(test):,} rows and no id column")
+        return np.arange(len(test))
+    position = pd.Series(np.arange(len(test)), index=test[cols.id_col].astype(str).to_numpy())
+    ids = sample.iloc[:, 0].astype(str)
+    unknown = ~ids.isin(position.index)
+    if unknown.any():
+        raise PipelineError(f"{where}: id {cut(ids[unknown].iloc[0])!r} is not in the test file's {cols.id_col} column")
+    return position.loc[ids.to_numpy()].to_numpy()

@@ -1,0 +1,51 @@
+"""The table input kind: (N, F) float32 raw features; each fold fits its own preprocessing on its training rows.
+
+The raw matrix holds numbers with NaN for missing cells and categorical columns as codes (the index of the value
+in the train file's vocabulary). A fold's preprocessing (median imputation, standardisation, one-hot with a slot for
+categories its training rows never saw, optional feature selection) is fitted on that fold's training rows only,
+saved beside the fold as JSON, and applied to its validation rows and, at inference, to the test rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline import preprocess
+from pipeline.errors import PipelineError
+
+
+class TableInput:
+    name = "table"
+    has_preprocessing = True
+    forms = ("vector", "gbm")  # mlp (the neural learner) or lightgbm (the gbm learner)
+    default_model = "lightgbm"
+
+    def train_batch(self, x: torch.Tensor, spec, cfg, generator: torch.Generator) -> torch.Tensor:
+        """Rows are preprocessed already; tables have no augmentation preset."""
+        return x
+
+    def model_input(self, x: torch.Tensor, spec, channels_last: bool) -> torch.Tensor:
+        return x.float()
+
+    def tta_check(self, preset: str) -> None:
+        raise PipelineError("--tta: tables have no test-time augmentation; infer without --tta")
+
+    def fit_fold(self, data: torch.Tensor, train_rows: torch.Tensor, targets: torch.Tensor, spec,
+                 select_k: int = 0) -> tuple[torch.Tensor, dict]:
+        """The fold's preprocessing fitted on `train_rows` only; every row transformed with it (on data's device)."""
+        raw = data.cpu().numpy()
+        rows = train_rows.cpu().numpy()
+        state = preprocess.fit(raw[rows], list(spec.features.get("categorical", [])),
+                               list(spec.features.get("cardinalities", [])), list(spec.features.get("names", [])),
+                               y=targets[train_rows.to(targets.device)].cpu().numpy(), task_kind=spec.task.kind,
+                               select_k=select_k)
+        return self.apply_fold(state, data), state
+
+    def apply_fold(self, state: dict, data) -> torch.Tensor:
+        """Raw rows (a tensor on any device, or a numpy array) -> the fold's model input, (N, F') float32."""
+        raw = data.cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data, dtype=np.float32)
+        out = torch.from_numpy(np.ascontiguousarray(preprocess.apply(state, raw), dtype=np.float32))
+        return out.to(data.device) if isinstance(data, torch.Tensor) else out
+
+    def n_features(self, in_chans: int, img_size: int, state: dict | None) -> int:
+        return len(preprocess.output_names(state))

@@ -1,0 +1,69 @@
+"""The gbm learner's fold: what train and infer call for `--model lightgbm` (and any library in GBM_LEARNERS).
+
+Per fold: the table's preprocessing fitted on the fold's training rows (feature selection, categories the fold
+never saw -> missing), the booster fitted with early stopping on the fold's validation rows in the competition
+metric, saved as `fold<k>.txt` (the library's text model at its best iteration) beside `fold<k>.prep.json`; its
+validation predictions are the fold's OOF rows. metrics.csv gets one row per fold (epoch = the best iteration),
+so runs, report and the CV read it as they read a neural fold.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import experiment, preprocess
+from pipeline.errors import PipelineError
+from pipeline.learners import gbm_learner
+
+SUFFIX = ".txt"  # the fold's model file: fold<k>.txt
+
+
+def train_fold(cfg, resolved: dict, spec, k: int, data: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
+               exp_dir: Path, main: bool = True) -> np.ndarray:
+    """Fit fold k; save its model and preprocessing; return its validation predictions (n_valid, outputs)."""
+    library = gbm_learner(cfg.model)
+    raw, y = data.cpu().numpy(), targets.cpu().numpy()
+    train_rows, valid_rows = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+    features = spec.features
+    state = preprocess.fit(raw[train_rows], list(features.get("categorical", [])),
+                           list(features.get("cardinalities", [])), list(features.get("names", [])),
+                           y=y[train_rows], task_kind=spec.task.kind, select_k=cfg.select_features)
+    x_train, x_valid = preprocess.gbm_apply(state, raw[train_rows]), preprocess.gbm_apply(state, raw[valid_rows])
+    params = library.load_params(cfg.gbm_params) if cfg.gbm_params else {}
+    if not any(alias in params for alias in ("num_threads", "num_thread", "nthread", "nthreads", "n_jobs")):
+        # the threads this process was given (a --gpus cpu,cpu worker has its share): LightGBM's own default takes
+        # every core, and OpenMP threads spinning against another process's cost ten times their work
+        params = params | {"num_threads": torch.get_num_threads()}
+    started = time.perf_counter()
+    booster, best, preds = library.fit_fold(x_train, y[train_rows], x_valid, y[valid_rows],
+                                            preprocess.gbm_categorical(state), spec.task, params, cfg.seed + k)
+    seconds = time.perf_counter() - started
+    valid = spec.task.scores(preds, y[valid_rows])
+    if main:
+        preprocess.save(state, exp_dir / f"fold{k}.prep.json")
+        library.save(booster, exp_dir / f"fold{k}{SUFFIX}", best)
+        row = {"fold": k, "epoch": best, "train_loss": float("nan"), "train_accuracy": float("nan"),
+               "valid_loss": valid["loss"]} | {f"valid_{m}": v for m, v in valid.items() if m != "loss"} \
+            | {"lr": float("nan"), "seconds": round(seconds, 3)}
+        experiment.append_metrics(exp_dir, row, [])
+        experiment.write_selection(exp_dir, {"fold": k, "best_epoch": best, f"best_epoch_{spec.task.metric}":
+                                             valid[spec.task.metric], "swa_epochs": 0,
+                                             f"swa_{spec.task.metric}": float("nan"), "kept": "best_epoch"})
+    top = ", ".join(name for name, _ in library.feature_importance(booster, preprocess.gbm_names(state))[:3])
+    print(f"fold {k}: {cfg.model} best iteration {best}  valid {spec.task.metric} {valid[spec.task.metric]:.5f}  "
+          f"valid loss {valid['loss']:.4f}  {seconds:.1f}s  (top features: {top})", flush=True)
+    return preds
+
+
+def predict_fold(path: Path, raw: np.ndarray, spec, model_name: str) -> np.ndarray:
+    """A saved fold's predictions (n, outputs) for raw table rows, through the fold's own preprocessing."""
+    prep = path.with_name(path.name.removesuffix(SUFFIX) + ".prep.json")
+    if not prep.is_file():
+        raise PipelineError(f"{prep}: missing (the preprocessing fold {path.name} was trained with); retrain with "
+                            "--overwrite")
+    library = gbm_learner(model_name)
+    state = preprocess.load(prep)
+    return library.predict(library.load(path), preprocess.gbm_apply(state, raw), spec.task)

@@ -1,0 +1,273 @@
+"""The LightGBM learner: one fold fit with early stopping on the competition metric; predict, save, load.
+
+Every gradient-boosting library is one module with these functions (pipeline.learners names them):
+
+    fit_fold(x_train, y_train, x_valid, y_valid, categorical, task, params, seed)
+        -> (booster, best_iteration, valid_preds)
+    predict(booster, x, task) -> (n, outputs) float32        save(booster, path, best_iteration)    load(path)
+    load_params(path) -> dict                                  feature_importance(booster, names) -> [(name, gain)]
+
+Rows are preprocess.gbm_apply's: the raw kept columns, NaN = missing, categorical columns as codes (LightGBM's own
+categorical splits). Predictions have the task's form: (n, C) class probabilities for multiclass (binary too, though
+trained with the "binary" objective), (n, 1) values for regression. Multilabel tasks are refused for now.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.checkpoint import atomic_path
+from pipeline.errors import PipelineError, cut, one_line, quote
+
+DEFAULTS = {"learning_rate": 0.05, "num_leaves": 31, "feature_fraction": 0.9, "bagging_fraction": 0.8,
+            "bagging_freq": 1, "verbosity": -1, "num_threads": 0}  # num_threads 0 = LightGBM's default, all cores
+NUM_BOOST_ROUND = 2000  # most trees per class; early stopping usually ends far sooner
+EARLY_STOPPING_ROUNDS = 100  # rounds without a better competition metric on the validation rows before stopping
+# LightGBM's names for one parameter (its Parameters page): a user's alias replaces our default instead of being
+# ignored beside it (LightGBM keeps the main name when both are given).
+ALIASES = {
+    "num_iterations": ("num_iterations", "num_iteration", "n_iter", "num_tree", "num_trees", "num_round", "num_rounds",
+                       "nrounds", "num_boost_round", "n_estimators", "max_iter"),
+    "early_stopping_round": ("early_stopping_round", "early_stopping_rounds", "early_stopping", "n_iter_no_change"),
+    "learning_rate": ("learning_rate", "shrinkage_rate", "eta"),
+    "num_leaves": ("num_leaves", "num_leaf", "max_leaves", "max_leaf", "max_leaf_nodes"),
+    "feature_fraction": ("feature_fraction", "sub_feature", "colsample_bytree"),
+    "bagging_fraction": ("bagging_fraction", "sub_row", "subsample", "bagging"),
+    "bagging_freq": ("bagging_freq", "subsample_freq"),
+    "verbosity": ("verbosity", "verbose"),
+    "seed": ("seed", "random_seed", "random_state"),
+    "num_threads": ("num_threads", "num_thread", "nthread", "nthreads", "n_jobs"),
+    "objective": ("objective", "objective_type", "app", "application", "loss"),
+}
+# set by the pipeline: early stopping reads the competition metric alone; classes and columns come from the data
+SET_BY_PIPELINE = ("metric", "metrics", "metric_types", "num_class", "num_classes", "categorical_feature",
+                   "cat_feature", "categorical_column", "cat_column", "categorical_features")
+
+
+def fit_fold(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
+             categorical: list[int], task, params: dict, seed: int):
+    """Boost on the training rows until the competition metric on the validation rows stops improving for
+    early_stopping_round rounds; (booster, best_iteration (1-based trees per class), valid_preds at that iteration)."""
+    import lightgbm as lgb
+
+    lgb_params, rounds, stopping = resolve_params(params, task, seed)
+    _check_fold(x_train, y_train, x_valid, y_valid, task)
+    y_train, y_valid = _targets(y_train, task), _targets(y_valid, task)
+    train = lgb.Dataset(x_train, label=y_train, categorical_feature=list(categorical) or "auto")
+    valid = train.create_valid(x_valid, label=y_valid)
+    try:
+        booster = lgb.train(lgb_params, train, num_boost_round=rounds, valid_sets=[valid], valid_names=["valid"],
+                            feval=competition_metric(task, y_valid),
+                            callbacks=[lgb.early_stopping(stopping, first_metric_only=True, verbose=False)])
+    except lgb.basic.LightGBMError as e:
+        reason = cut(one_line(e), 200)
+        raise PipelineError(f"--gbm-params: LightGBM refused the training parameters ({reason})") from None
+    best = booster.best_iteration or booster.current_iteration()  # the booster comes back cut to this iteration
+    return booster, best, predict(booster, x_valid, task)
+
+
+def resolve_params(params: dict, task, seed: int) -> tuple[dict, int, int]:
+    """(LightGBM parameters, boosting rounds, early-stopping rounds): the defaults and `seed`, `params` (a user's
+    --gbm-params) over them under any of LightGBM's aliases, then the objective the task needs."""
+    user = dict(params)
+    fixed = [key for key in user if key in SET_BY_PIPELINE]
+    if fixed:
+        raise PipelineError(f"--gbm-params: {fixed[0]!r} is set by the pipeline (early stopping uses the competition "
+                            f"metric {task.metric}; classes and categorical columns come from the data); remove it")
+    rounds = _int_at_least(_pop(user, "num_iterations", NUM_BOOST_ROUND), "num_iterations")
+    stopping = _int_at_least(_pop(user, "early_stopping_round", EARLY_STOPPING_ROUNDS), "early_stopping_round")
+    merged = {key: _pop(user, key, default) for key, default in (DEFAULTS | {"seed": seed}).items()}
+    objective = _objective(task, _pop(user, "objective", None))
+    return merged | user | objective | {"metric": "None"}, rounds, stopping
+
+
+def competition_metric(task, y_valid: np.ndarray):
+    """LightGBM's feval: the competition metric of the validation predictions and its direction, so early stopping
+    keeps the iteration the competition prefers (not the objective's own loss)."""
+    def evaluate(preds: np.ndarray, _dataset) -> tuple[str, float, bool]:
+        return task.metric, float(task.scores(_outputs(preds, task), y_valid)[task.metric]), task.higher_is_better
+    return evaluate
+
+
+def predict(booster, x: np.ndarray, task) -> np.ndarray:
+    """(n, features) gbm rows -> (n, C) class probabilities or (n, 1) values, float32, at the best iteration."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != booster.num_feature():
+        raise PipelineError(f"lightgbm: the model takes rows of {booster.num_feature()} features (the fold's gbm "
+                            f"columns), got shape {x.shape}")
+    out = _outputs(booster.predict(x, num_iteration=booster.best_iteration or None), task)
+    if out.shape[1] != task.num_outputs:
+        raise PipelineError(f"lightgbm: the model predicts {out.shape[1]} outputs, the task has {task.num_outputs} "
+                            "(a model from another experiment? retrain with --overwrite)")
+    return out
+
+
+def save(booster, path: str | Path, best_iteration: int) -> None:
+    """LightGBM's text model with the first `best_iteration` iterations, written atomically."""
+    with atomic_path(path) as tmp:
+        booster.save_model(str(tmp), num_iteration=best_iteration)
+
+
+def load(path: str | Path):
+    """A saved text model; a truncated or damaged file is one line naming it (checked before LightGBM parses it)."""
+    import lightgbm as lgb
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: LightGBM model not found" + (" (it is a directory)" if path.is_dir() else ""))
+    data = path.read_bytes()
+    problem = _model_problem(data)
+    if not problem:
+        try:
+            return lgb.Booster(model_str=data.decode("utf-8"))
+        except (lgb.basic.LightGBMError, UnicodeDecodeError) as e:
+            problem = cut(one_line(e), 120)
+    raise PipelineError(f"{path}: truncated or corrupted LightGBM model ({problem}); "
+                        "retrain this fold with --overwrite")
+
+
+def load_params(path: str | Path) -> dict:
+    """LightGBM parameters from a JSON (.json) or YAML file: one mapping of parameter names to values."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"--gbm-params {path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        params = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PipelineError(f"--gbm-params {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
+                            f"({cut(one_line(e), 120)})") from None
+    if not isinstance(params, dict) or not all(isinstance(key, str) for key in params):
+        raise PipelineError(f"--gbm-params {path}: expected a mapping of LightGBM parameter names to values, "
+                            f"found {type(params).__name__}")
+    for key, value in params.items():
+        if not isinstance(value, (bool, int, float, str, list)):
+            raise PipelineError(f"--gbm-params {path}: {key} must be a number, string, boolean or list, "
+                                f"found {quote(value, 60)}")
+    return params
+
+
+def feature_importance(booster, names: list[str]) -> list[tuple[str, float]]:
+    """(name, total gain of its splits) for every feature, the most useful first (ties keep the column order)."""
+    gain = booster.feature_importance(importance_type="gain")
+    if len(names) != len(gain):
+        raise PipelineError(f"lightgbm: {len(names)} feature names for a model of {len(gain)} features")
+    order = np.argsort(-gain, kind="stable")
+    return [(str(names[i]), float(gain[i])) for i in order]
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+def _objective(task, requested) -> dict:
+    """The objective the task's predictions need; a user's objective is taken for regression (huber, l1, ...)."""
+    if task.kind == "multilabel":
+        raise PipelineError("--model lightgbm: multilabel tasks are not supported by the gbm learner "
+                            "(it would need one booster per label); train a neural model for this competition")
+    if task.kind == "regression":
+        return {"objective": requested or "regression"}
+    derived = {"objective": "binary"} if task.num_outputs == 2 else {"objective": "multiclass",
+                                                                     "num_class": task.num_outputs}
+    if requested not in (None, derived["objective"]):
+        raise PipelineError(f"--gbm-params: the objective of a {task.num_outputs}-class task is "
+                            f"{derived['objective']!r}, set by the pipeline; remove objective {quote(requested)}")
+    return derived
+
+
+def _outputs(raw: np.ndarray, task) -> np.ndarray:
+    """LightGBM's predictions in the task's form: P(class 1) (n,) -> (n, 2); (n, C) as is; values -> (n, 1)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if task.kind == "regression":
+        return raw.reshape(-1, 1).astype(np.float32)
+    if raw.ndim == 1:
+        raw = np.stack([1.0 - raw, raw], axis=1)
+    return raw.astype(np.float32)
+
+
+def _targets(y: np.ndarray, task) -> np.ndarray:
+    """(n,) class indices as int64 (task.scores indexes with them) or values as float32."""
+    return np.asarray(y).astype(np.int64 if task.kind == "multiclass" else np.float32)
+
+
+def _pop(params: dict, key: str, default):
+    """The value under any alias of `key` (removing every alias from `params`), else `default`."""
+    found = [params.pop(alias) for alias in ALIASES[key] if alias in params]
+    return found[0] if found else default
+
+
+def _int_at_least(value, key: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PipelineError(f"--gbm-params: {key} must be an integer >= {low}, got {quote(value, 60)}")
+    return value
+
+
+def _check_fold(x_train, y_train, x_valid, y_valid, task) -> None:
+    for name, x, y in (("training", x_train, y_train), ("validation", x_valid, y_valid)):
+        if np.ndim(x) != 2 or len(x) == 0 or np.ndim(y) != 1 or len(y) != len(x):
+            raise PipelineError(f"lightgbm: {name} rows must be a (n, features) table with n targets (n, ), "
+                                f"got {np.shape(x)} and {np.shape(y)}")
+        if task.kind == "multiclass" and not np.isin(y, np.arange(task.num_outputs)).all():
+            raise PipelineError(f"lightgbm: {name} targets must be class indices 0..{task.num_outputs - 1}")
+    if np.shape(x_train)[1] != np.shape(x_valid)[1]:
+        raise PipelineError(f"lightgbm: {np.shape(x_train)[1]} training features but {np.shape(x_valid)[1]} validation")
+
+
+# entries of each tree array per tree of L leaves: L - 1 (internal nodes) or L (leaves)
+TREE_ARRAYS = {"split_feature": -1, "split_gain": -1, "threshold": -1, "decision_type": -1, "left_child": -1,
+               "right_child": -1, "internal_value": -1, "internal_weight": -1, "internal_count": -1,
+               "leaf_value": 0, "leaf_weight": 0, "leaf_count": 0}
+
+
+def _model_problem(data: bytes) -> str:
+    """What makes this text model unloadable, '' if nothing. LightGBM's parser aborts or crashes the process on a
+    truncated tree instead of raising, so every tree block is checked against the header's tree_sizes (bytes)."""
+    if not data.startswith(b"tree\n"):
+        return "not a LightGBM text model"
+    start = data.find(b"\nTree=0\n") + 1
+    header = dict(line.split(b"=", 1) for line in data[:start].splitlines() if b"=" in line)
+    try:
+        sizes = [int(s) for s in header[b"tree_sizes"].split()]
+        n_features = int(header[b"max_feature_idx"]) + 1
+    except (KeyError, ValueError):
+        return "no tree list in its header"
+    if not start or not sizes or min(sizes) <= 0:
+        return "no trees"
+    ends = np.cumsum([start] + sizes)
+    if not data[ends[-1]:].startswith(b"end of trees"):
+        return "its trees end early"
+    for i, (a, b) in enumerate(zip(ends[:-1], ends[1:])):
+        problem = _tree_problem(data[a:b].decode("ascii", "replace"), i, n_features)
+        if problem:
+            return f"tree {i}: {problem}"
+    return ""
+
+
+def _tree_problem(block: str, i: int, n_features: int) -> str:
+    """Lengths and indices of one tree block, so that LightGBM neither reads past an array nor follows a bad child."""
+    lines = block.split("\n")
+    if lines[0] != f"Tree={i}":
+        return "not where the header puts it"
+    fields = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
+    try:
+        leaves, num_cat = int(fields["num_leaves"]), int(fields.get("num_cat", "0"))
+        wanted = TREE_ARRAYS if leaves > 1 else {"leaf_value": 0}
+        if leaves < 1 or any(len(fields[key].split()) != leaves + extra for key, extra in wanted.items()):
+            return "arrays of the wrong length"
+        if leaves == 1:
+            return ""
+        children = np.array((fields["left_child"] + " " + fields["right_child"]).split(), dtype=np.int64)
+        features = np.array(fields["split_feature"].split(), dtype=np.int64)
+        categorical = (np.array(fields["decision_type"].split(), dtype=np.int64) & 1) == 1
+        cat_index = np.array(fields["threshold"].split(), dtype=np.float64)[categorical]
+        boundaries = np.array(fields["cat_boundaries"].split(), dtype=np.int64) if num_cat else np.zeros(1, np.int64)
+        thresholds = len(fields["cat_threshold"].split()) if num_cat else 0
+    except (KeyError, ValueError):
+        return "a missing or unreadable field"
+    if children.min() < -leaves or children.max() > leaves - 2 or features.min() < 0 or features.max() >= n_features:
+        return "a child or feature index out of range"
+    if len(boundaries) != num_cat + 1 or np.any(np.diff(boundaries) < 0) or boundaries[-1] != thresholds \
+            or np.any((cat_index < 0) | (cat_index >= max(num_cat, 1))):
+        return "categorical splits that do not match their bitsets"
+    return ""

@@ -1,0 +1,59 @@
+"""The project's own networks for non-image inputs, by name; each declares the input form it wants.
+
+    mlp   (B, F) vectors (a table's preprocessed features, or a flattened image): the course's HW1/HW2 network,
+          Linear + BatchNorm1d + ReLU + Dropout blocks of --hidden sizes, then a linear head.
+
+timm's registry holds the image backbones; `lightgbm` is not a network: it names the gbm learner
+(pipeline.learners).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from pipeline.errors import PipelineError
+
+DEFAULT_HIDDEN = (256, 128)
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """--hidden '512,256' -> (512, 256); '' -> the default.
+
+    >>> parse_hidden("512, 256"), parse_hidden("")
+    ((512, 256), (256, 128))
+    """
+    if not text.strip():
+        return DEFAULT_HIDDEN
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(not 1 <= s <= 65536 for s in sizes):
+        raise PipelineError(f"--hidden: comma-separated layer sizes 1..65536, e.g. 256,128; got {text!r}")
+    return sizes
+
+
+class MLP(nn.Module):
+    """(B, ...) -> flattened (B, F) -> [Linear, BatchNorm1d, ReLU, Dropout] per hidden size -> (B, num_classes)."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = DEFAULT_HIDDEN,
+                 drop_rate: float = 0.1):
+        super().__init__()
+        layers, width = [nn.Flatten()], in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+NETS = {"mlp": "vector"}  # name -> the input form it wants
+
+
+def build_net(name: str, num_classes: int, n_features: int, hidden: str = "", drop_rate: float = 0.0) -> nn.Module:
+    if name == "mlp":
+        return MLP(n_features, num_classes, parse_hidden(hidden), drop_rate if drop_rate else 0.1)
+    raise PipelineError(f"--model: unknown network {name!r}; the project's own: {', '.join(NETS)}")

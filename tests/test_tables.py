@@ -1,0 +1,165 @@
+"""Table competitions through the same commands: make_folds -> train -> infer -> submit --dry-run, no layout flags.
+
+The tables are real data from scikit-learn's bundled sets, written the ways Kaggle ships tables: the diabetes
+sample (HW1's shape: *_train.csv, *_test.csv, id,target), wine with a text category and missing cells, and a
+repeated header as HW1 has (pandas reads target, target.1; the submission writes target).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_diabetes, load_wine
+
+from pipeline import data, infer, make_folds, submit, train
+from pipeline.checkpoint import read_json
+
+pytestmark = pytest.mark.slow
+
+
+def stages(capsys, root, *train_args, exp="t"):
+    """The three stages and a dry-run submit; returns what they printed."""
+    assert make_folds.main(["--data", str(root), "--n-splits", "3"]) == 0
+    assert train.main(["--data", str(root), "--exp", exp, *train_args]) == 0
+    assert infer.main(["--data", str(root), "--exp", exp]) == 0
+    assert submit.main([f"submissions/{exp}.csv", "--data", str(root), "--dry-run"]) == 0
+    return capsys.readouterr()
+
+
+@pytest.fixture
+def wine(tmp_path):
+    """Wine (3 cultivars): a text column (colour intensity as low/mid/high), 5% of cells missing, ids as strings."""
+    frame = load_wine(as_frame=True).frame.rename(columns={"target": "cultivar"})
+    rng = np.random.default_rng(0)
+    frame["shade"] = pd.cut(frame.pop("color_intensity"), [0, 3.5, 6, 20], labels=["low", "mid", "high"]).astype(str)
+    for col in ("alcohol", "magnesium", "shade"):
+        frame.loc[rng.random(len(frame)) < 0.05, col] = np.nan
+    frame.insert(0, "wine_id", [f"w{i:03d}" for i in range(len(frame))])
+    frame["cultivar"] = frame["cultivar"].map({0: "barolo", 1: "grignolino", 2: "barbera"})
+    test = frame.sample(frac=0.25, random_state=0)
+    train_rows = frame.drop(test.index)
+    root = tmp_path / "wine"
+    root.mkdir()
+    train_rows.to_csv(root / "train.csv", index=False)
+    test = test.drop(columns="cultivar")
+    test.loc[test.index[0], "shade"] = "violet"  # a category train never had
+    test.to_csv(root / "test.csv", index=False)
+    pd.DataFrame({"wine_id": test["wine_id"], "cultivar": "barolo"}).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+def test_regression_table_with_lightgbm_and_mlp_and_their_blend(workdir, capsys):
+    out = stages(capsys, "sample-table", exp="gbm").out
+    assert "table: id id, target target (regression on target, metric rmse), 10 numeric + 0 categorical" in out
+    sub = pd.read_csv("submissions/gbm.csv")
+    sample = pd.read_csv(workdir / "data/sample-diabetes/sample_submission.csv")
+    assert list(sub.columns) == ["id", "target"] and sub["id"].tolist() == sample["id"].tolist()
+    truth = pd.read_csv(workdir / "data/sample-diabetes/solution.csv")["target"].to_numpy()
+    rmse = float(np.sqrt(np.mean((sub["target"].to_numpy() - truth) ** 2)))
+    assert rmse < 0.85 * truth.std()  # it learned: well below predicting the mean
+    assert train.main(["--data", "sample-table", "--model", "mlp", "--epochs", "3", "--exp", "net"]) == 0
+    assert infer.main(["--data", "sample-table", "--exp", "gbm", "net", "--ensemble", "learned"]) == 0
+    assert pd.read_csv("submissions/gbm+net_learned.csv").shape == sample.shape
+
+
+def test_each_fold_fits_its_own_preprocessing_on_its_training_rows(workdir):
+    assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
+    assert train.main(["--data", "sample-table", "--model", "mlp", "--epochs", "1", "--exp", "m"]) == 0
+    raw = data.read_train(data.resolve("sample-table")).images  # (N, F) float32 as the table reads
+    folds = pd.read_csv("folds/folds.csv")["fold"].to_numpy()
+    for k in range(3):
+        state = read_json(workdir / f"weights/m/fold{k}.prep.json", "prep")
+        means = np.array(state["numeric"]["mean"])
+        assert means == pytest.approx(raw[folds != k].mean(0), rel=1e-5)  # the fold's training rows ...
+        assert not np.allclose(means, raw.mean(0), rtol=1e-5)  # ... not all rows: that would leak its validation rows
+
+
+def test_text_categories_missing_cells_and_an_unseen_category(wine, workdir, capsys):
+    printed = stages(capsys, wine, "--model", "lightgbm", exp="w")
+    assert "table: id wine_id, target cultivar (multiclass, 3 classes" in printed.out
+    assert "12 numeric + 1 categorical features" in printed.out
+    sub = pd.read_csv("submissions/w.csv")
+    assert set(sub["cultivar"]) <= {"barolo", "grignolino", "barbera"} and sub["wine_id"].iloc[0].startswith("w")
+    cv = json.loads((workdir / "weights/w/cv.json").read_text())
+    assert cv["oof"]["accuracy"] > 0.85  # wine is easy: a working pipeline separates the cultivars
+    assert infer.main(["--data", str(wine), "--exp", "w", "--tta"]) == 2
+    assert "--tta: tables have no test-time augmentation" in capsys.readouterr().err
+
+
+def test_repeated_header_as_hw1_ships_it(tmp_path, workdir, capsys):
+    """Two days of the same columns; the target is the last day's (absent from test), written under its own name."""
+    frame = load_diabetes(as_frame=True, scaled=False).frame
+    day = frame[["bmi", "bp", "s5", "target"]]
+    header = ["id", "bmi", "bp", "s5", "target", "bmi", "bp", "s5", "target"]
+    body = np.column_stack([np.arange(len(frame)), day.to_numpy() * 0.97, day.to_numpy()])
+    root = tmp_path / "hw1"
+    root.mkdir()
+    rows = [",".join(header)] + [",".join(f"{v:g}" for v in r) for r in body]
+    (root / "covid_train.csv").write_text("\n".join(rows[:351]) + "\n")
+    (root / "covid_test.csv").write_text("\n".join([",".join(header[:-1])] + [r.rsplit(",", 1)[0] for r in rows[351:]]) + "\n")
+    out = stages(capsys, root, "--model", "lightgbm", exp="hw1").out
+    assert "target target.1 (regression on target.1" in out and "7 numeric + 0 categorical" in out
+    sub = pd.read_csv("submissions/hw1.csv")
+    assert list(sub.columns) == ["id", "target"] and len(sub) == len(frame) - 350  # no sample: the test ids
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda tr, te: (tr.drop(columns="target"), te), "no column that"),
+    (lambda tr, te: (tr.assign(target=tr["target"].where(tr.index != 3)), te), "row 4, column target: missing target"),
+    (lambda tr, te: (tr, te.assign(bmi=["x"] * len(te))), "column bmi holds text ('x') where the train file has numbers"),
+    (lambda tr, te: (tr, te.assign(id=0)), "id '0' in column id appears twice"),
+    (lambda tr, te: (tr.head(0), te), "train.csv: header only, no rows"),
+], ids=["no-target", "missing-target", "test-type", "duplicate-id", "header-only"])
+def test_bad_tables_are_one_line_before_any_training(tmp_path, workdir, capsys, edit, message):
+    frame = load_diabetes(as_frame=True, scaled=False).frame.head(60)
+    frame.insert(0, "id", np.arange(60))
+    tr, te = edit(frame.head(40), frame.tail(20).drop(columns="target"))
+    root = tmp_path / "bad"
+    root.mkdir()
+    tr.to_csv(root / "train.csv", index=False)
+    te.to_csv(root / "test.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--n-splits", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (workdir / "folds").exists() or not any((workdir / "folds").iterdir())
+
+
+def test_name_like_and_empty_columns_are_left_out_with_a_notice(tmp_path, workdir, capsys):
+    frame = load_diabetes(as_frame=True, scaled=False).frame.head(100)
+    frame.insert(0, "id", np.arange(100))
+    frame["name"] = [f"patient {i}" for i in range(100)]
+    frame["empty"] = np.nan
+    root = tmp_path / "names"
+    root.mkdir()
+    frame.head(80).to_csv(root / "train.csv", index=False)
+    frame.tail(20).drop(columns="target").to_csv(root / "test.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--n-splits", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "notice: " in err and "column name left out (text with 80 distinct values" in err
+    assert "column empty left out (entirely empty)" in err
+    described = json.loads((workdir / "folds/folds.json").read_text())["data"]["table"]
+    assert "name" not in described["categorical"] and "empty" not in described["numeric"]
+
+
+def test_a_target_written_as_floats_is_regression(tmp_path, workdir, capsys):
+    frame = load_diabetes(as_frame=True, scaled=False).frame.head(80)
+    frame.insert(0, "id", np.arange(80))
+    frame["target"] = (frame["target"] // 60).astype(float)  # 0.0 .. 5.0: six values, written with a decimal point
+    root = tmp_path / "floats"
+    root.mkdir()
+    frame.head(60).to_csv(root / "train.csv", index=False)
+    frame.tail(20).drop(columns="target").to_csv(root / "test.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--n-splits", "2"]) == 0
+    assert "(regression on target, metric rmse)" in capsys.readouterr().out
+
+
+def test_lightgbm_folds_in_parallel_processes(workdir, capsys):
+    assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
+    assert train.main(["--data", "sample-table", "--model", "lightgbm", "--gpus", "cpu,cpu", "--exp", "par"]) == 0
+    out = capsys.readouterr().out
+    assert len(set(re.findall(r"started on cpu \(process (\d+)\)", out))) == 2
+    assert sorted(pd.read_csv(workdir / "weights/par/oof.csv")["fold"].unique()) == [0, 1, 2]
+    assert sorted(p.name for p in (workdir / "weights/par").glob("fold*.txt")) == ["fold0.txt", "fold1.txt", "fold2.txt"]
