@@ -2,7 +2,6 @@
 or in a correct result: nothing destroyed, nothing mixed, no traceback."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil

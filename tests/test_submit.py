@@ -6,7 +6,7 @@ from pipeline.errors import PipelineError
 from pipeline.submit import validate_submission
 from pipeline.tasks import Task
 
-from fake_kaggle import PORT, FakeKaggle
+from fake_kaggle import FakeKaggle
 
 DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
