@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 import pipeline
-from pipeline import infer
+from pipeline import infer, predict
 from pipeline.checkpoint import write_json
 from pipeline.config import Config, flag, make_config, parse_stage
 from pipeline.errors import PipelineError, main_guard
@@ -184,7 +184,7 @@ def experiment_files(cfg: Config) -> dict[str, list[Path]]:
     files = {}
     for e in cfg.exp:
         src = experiment_dir(cfg.weights_dir, e)
-        checkpoints = infer.fold_checkpoints(src)  # refuses an experiment with missing folds
+        checkpoints = predict.fold_checkpoints(src)  # refuses an experiment with missing folds
         busy = sorted(p.name for p in src.glob("fold*.last.pth"))
         resume = f"finish it with: python -m pipeline.train --exp {e} --fold all --resume"
         if busy:
@@ -328,7 +328,7 @@ def run(cfg: Config) -> Path:
         raise PipelineError(f"{flag('exp')}: name the experiment(s) to export, e.g. --exp digit_cnn")
     check_distinct(cfg.exp)
     if cfg.ensemble == "rank" or len(cfg.exp) > 1:
-        infer.read_oofs(Path(cfg.weights_dir), cfg.exp)  # a blend of different folds files is refused at once
+        predict.read_oofs(Path(cfg.weights_dir), cfg.exp)  # a blend of different folds files is refused at once
     if not cfg.competition:
         raise PipelineError("--competition: the competition's slug, as in its address (kaggle.com/competitions/SLUG), "
                             "e.g. --competition cassava-leaf-disease-classification")

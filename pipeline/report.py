@@ -23,6 +23,8 @@ from pipeline.config import Config, parse_config  # noqa: E402
 from pipeline.errors import PipelineError, main_guard  # noqa: E402
 from pipeline.engine import DataSpec  # noqa: E402
 from pipeline.experiment import cv_summary, experiment_dir, oof_arrays, read_table  # noqa: E402
+from pipeline.inputs import model_form  # noqa: E402
+from pipeline.learners import boosted  # noqa: E402
 
 FLAGS = ["exp", "data", "weights_dir", "model", "cache_dir"]
 
@@ -95,10 +97,42 @@ def plot_wrong(images, labels: np.ndarray, probs: np.ndarray, rows: np.ndarray, 
     save(fig, path)
 
 
-def write_report(exp_dir: Path, images, n_wrong: int = 24) -> Path:
-    """Write exp_dir/report/ (PNGs, per_class.csv, report.md); `images` are the train images by id (array or tensor).
+def plot_importance(table: pd.DataFrame, path: Path, top: int = 30) -> None:
+    shown = table.head(top).iloc[::-1]
+    folds = len([c for c in table.columns if c.startswith("fold ")])
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(shown) + 1.2))
+    ax.barh(shown["feature"].astype(str), shown["mean"])
+    ax.set(title=f"total split gain, mean over {folds} folds (top {len(shown)} of {len(table)})", xlabel="gain")
+    ax.tick_params(axis="y", labelsize=7)
+    save(fig, path)
+
+
+def plot_residuals(preds: np.ndarray, targets: np.ndarray, name: str, path: Path) -> None:
+    """OOF prediction against truth (the diagonal is perfect) and the residuals' histogram, for one target."""
+    fig, (fit_ax, res_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fit_ax.scatter(targets, preds, s=4, alpha=0.4)
+    lo, hi = float(min(targets.min(), preds.min())), float(max(targets.max(), preds.max()))
+    fit_ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    fit_ax.set(title=f"{name}: OOF prediction against truth", xlabel="true", ylabel="predicted")
+    res_ax.hist(preds - targets, bins=50)
+    res_ax.set(title=f"{name}: residuals (predicted - true)", xlabel="residual", ylabel="rows")
+    save(fig, path)
+
+
+def largest_residuals(ids: np.ndarray, preds: np.ndarray, targets: np.ndarray, n: int) -> pd.DataFrame:
+    """The n OOF rows predicted furthest from their truth (pure)."""
+    worst = np.argsort(-np.abs(preds - targets), kind="stable")[:n]
+    return pd.DataFrame({"train row": ids[worst], "true": targets[worst].astype(float),
+                         "predicted": preds[worst].astype(float)})
+
+
+def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
+    """Write exp_dir/report/ (PNGs, CSVs, report.md); `images` are the train images by id (array or tensor), or
+    None where the input is not images (no wrong.png).
 
     Everything is read and checked before the first figure is written; the CV is recomputed from oof.csv.
+    Curves where there are epochs (neural learners), feature importance where the learner has it (gbm),
+    confusions and per-class scores for classes, predicted-against-true and residuals for regression.
     """
     config = read_json(exp_dir / "config.json", "experiment config")
     task = DataSpec.from_config(config, str(exp_dir / "config.json")).task
@@ -114,30 +148,55 @@ def write_report(exp_dir: Path, images, n_wrong: int = 24) -> Path:
     if isinstance(tta, dict) and isinstance(tta.get(task.metric), float) and isinstance(tta.get("loss"), float):
         cv["oof_tta"] = tta | {"preset": str(tta.get("preset", "?"))}
     ids = oof["id"].to_numpy()
-    if ids.max() >= len(images):
+    if images is not None and ids.max() >= len(images):
         raise PipelineError(f"{exp_dir / 'oof.csv'}: id {ids.max()} is beyond the {len(images):,} train rows; "
                             "pass the --data it was trained on")
+    model = str(config.get("model", ""))
+    gbm = model_form(model) == "gbm"
+    importance = boosted.importance(exp_dir, model) if gbm else None
     out = exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    plot_curves(metrics, out / "curves.png", task.metric)
-    if (exp_dir / "schedule.csv").is_file():
-        plot_schedule(read_table(exp_dir / "schedule.csv"), out / "lr.png")
-    classes, n_shown = None, 0
+    sections = []
+    if not gbm:  # a gbm fold is one row (its best iteration): no curve to draw
+        plot_curves(metrics, out / "curves.png", task.metric)
+        sections.append("## Training curves\n![curves](curves.png)\n")
+        if (exp_dir / "schedule.csv").is_file():
+            plot_schedule(read_table(exp_dir / "schedule.csv"), out / "lr.png")
+            sections.append("## Learning-rate schedule\n![lr](lr.png)\n")
+    else:
+        best = ", ".join(f"fold {int(r.fold)}: {int(r.epoch)}" for r in metrics.itertuples())
+        sections.append(f"## Boosting\nbest iteration per fold (early stopping on the fold's validation rows): {best}\n")
+    if importance is not None:
+        write_csv(importance, out / "importance.csv")
+        plot_importance(importance, out / "importance.png")
+        sections.append("## Feature importance (total split gain; all features in importance.csv)\n"
+                        f"![importance](importance.png)\n\n{markdown_table(importance.head(15), '.1f')}\n")
     if task.kind == "multiclass":  # confusions and per-class scores mean something for classes only
         probs, labels = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
         preds = probs.argmax(1)
         matrix = confusion_matrix(labels, preds, labels=np.arange(task.num_outputs))
         plot_confusion(matrix, out / "confusion.png")
-        write_csv(pd.DataFrame(matrix, index=task.classes, columns=task.classes), out / "confusion.csv")
+        write_csv(pd.DataFrame(matrix, index=pd.Index(task.classes, name="true"), columns=task.classes).reset_index(),
+                  out / "confusion.csv")  # rows: the true class (first column), columns: the predicted one
         classes = per_class_scores(labels, preds, task.num_outputs).assign(
             **{"class": [*task.classes, "macro avg"]})
         write_csv(classes, out / "per_class.csv")
-        wrong = most_confident_wrong(probs, labels, n_wrong)
-        shown = {r: (images[int(ids[r])].cpu() if hasattr(images, "cpu") else images[int(ids[r])]) for r in wrong}
-        plot_wrong(shown, labels, probs, wrong, task.classes, out / "wrong.png")
-        n_shown = len(wrong)
+        sections.append(f"## OOF confusion matrix\n![confusion](confusion.png)\n\n## Per-class scores (OOF)\n"
+                        f"{markdown_table(classes, '.4f')}\n")
+        if images is not None:
+            wrong = most_confident_wrong(probs, labels, n_wrong)
+            shown = {r: (images[int(ids[r])].cpu() if hasattr(images, "cpu") else images[int(ids[r])]) for r in wrong}
+            plot_wrong(shown, labels, probs, wrong, task.classes, out / "wrong.png")
+            sections.append(f"## Most confidently wrong OOF images ({len(wrong)})\n![wrong](wrong.png)\n")
+    if task.kind == "regression":
+        preds, targets = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
+        target = task.target_columns()[0]
+        plot_residuals(preds[:, 0], targets, target, out / "residuals.png")
+        worst = largest_residuals(ids, preds[:, 0], targets, 10)
+        sections.append(f"## Residuals (OOF)\n![residuals](residuals.png)\n\nThe rows predicted furthest from "
+                        f"their {target}:\n\n{markdown_table(worst, '.4f')}\n")
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(report_markdown(exp_dir.name, config, cv, classes, n_shown, (out / "lr.png").is_file()))
+        tmp.write_text(report_markdown(exp_dir.name, config, cv, sections))
     return out / "report.md"
 
 
@@ -148,17 +207,15 @@ def markdown_table(df: pd.DataFrame, floatfmt: str) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(name: str, config: dict, cv: dict, classes: pd.DataFrame | None, n_wrong: int,
-                    lr_plot: bool) -> str:
+def report_markdown(name: str, config: dict, cv: dict, sections: list[str]) -> str:
     metric = cv.get("metric", "accuracy")
     folds = pd.DataFrame([{"fold": k, **s} for k, s in cv["per_fold"].items()])
     tta = (f"\nOOF with TTA ({cv['oof_tta']['preset']}): {metric} {cv['oof_tta'][metric]:.5f}, "
            f"loss {cv['oof_tta']['loss']:.4f}\n" if "oof_tta" in cv else "")
-    recipe = ", ".join(f"{k} {config.get(k, '?')}" for k in ("model", "epochs", "batch_size", "lr", "label_smoothing",
-                                                                "img_size"))
-    per_class = ("## OOF confusion matrix\n![confusion](confusion.png)\n\n## Per-class scores (OOF)\n"
-                 f"{markdown_table(classes, '.4f')}\n\n## Most confidently wrong OOF images ({n_wrong})\n"
-                 "![wrong](wrong.png)\n" if classes is not None else "")
+    keys = ("model", "epochs", "batch_size", "lr", "label_smoothing", "img_size") if model_form(
+        str(config.get("model", ""))) != "gbm" else ("model", "select_features", "gbm_params")
+    recipe = ", ".join(f"{k} {config.get(k, '?')}" for k in keys)
+    body = "\n".join(sections)
     return f"""# Experiment {name}
 
 {recipe}
@@ -170,11 +227,7 @@ fold {metric} {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f} (mean +- std over fo
 {tta}
 {markdown_table(folds, '.5f')}
 
-## Training curves
-![curves](curves.png)
-
-{"## Learning-rate schedule" + chr(10) + "![lr](lr.png)" + chr(10) if lr_plot else ""}
-{per_class}"""
+{body}"""
 
 
 def run(cfg: Config) -> Path:
@@ -182,7 +235,7 @@ def run(cfg: Config) -> Path:
     if not (exp_dir / "oof.csv").is_file():
         raise PipelineError(f"{exp_dir}: no oof.csv to report on; train it with: python -m pipeline.train --exp {exp_dir.name}")
     config = read_json(exp_dir / "config.json", "experiment config")
-    from pipeline.infer import experiment_data
+    from pipeline.predict import experiment_data
 
     desc = experiment_data(exp_dir)[0]
     src = data.resolve(cfg.data)
@@ -191,7 +244,9 @@ def run(cfg: Config) -> Path:
     if trained_on != train.train_hash:
         raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "
                             f"({trained_on}); pass the same --data")
-    path = write_report(exp_dir, data.train_images(src, desc, train, int(config.get("img_size", 28)), cfg.cache_dir))
+    images = data.train_images(src, desc, train, int(config.get("img_size", 28)), cfg.cache_dir) \
+        if desc.kind == "image" else None  # other inputs have no picture of a row
+    path = write_report(exp_dir, images)
     print(f"wrote {path} and its figures in {path.parent}/")
     return path
 

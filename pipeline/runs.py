@@ -1,4 +1,5 @@
-"""Every experiment in weights/, one table per competition and metric, sorted by local CV; a paired test between two.
+"""Every experiment in weights/, one table per competition and metric, sorted by local CV; a paired test between two
+(McNemar on rows classified right; for regression, Wilcoxon on each row's error).
 
     python -m pipeline.runs
     python -m pipeline.runs --compare digit_cnn r18
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import binomtest, wilcoxon
 
 from pipeline import data
 from pipeline.checkpoint import read_json
@@ -19,7 +20,8 @@ from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.engine import DataSpec
 from pipeline.experiment import experiment_dir
-from pipeline.infer import experiment_config, read_oofs
+from pipeline.inputs import model_form
+from pipeline.predict import experiment_config, read_oofs
 
 UNREADABLE = "unreadable experiments"
 
@@ -76,8 +78,10 @@ def _summary(exp_dir: Path) -> dict:
                             f"--exp {exp_dir.name} --resume")
     return {
         "group": group_of(config, str(exp_dir / "config.json")),
-        "exp": exp_dir.name, "model": config.get("model"), "epochs": config.get("epochs"),
-        "batch": config.get("batch_size"), "lr": config.get("lr"), "smooth": config.get("label_smoothing"),
+        "exp": exp_dir.name, "model": config.get("model"),
+        **({"epochs": "-", "batch": "-", "lr": "-", "smooth": "-"} if model_form(str(config.get("model"))) == "gbm"
+           else {"epochs": config.get("epochs"), "batch": config.get("batch_size"), "lr": config.get("lr"),
+                 "smooth": config.get("label_smoothing")}),  # a boosted model has no epochs, batches or lr schedule
         "folds": f"{len(cv.get('folds_present', []))}/{config.get('n_splits')}",
         "metric": metric if cv else "-", "cv": _number(oof.get(metric)),
         "fold_std": _number(cv.get("fold_std", cv.get("fold_accuracy_std"))),
@@ -123,6 +127,15 @@ def paired_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
 
 
+def paired_errors(errors_a: np.ndarray, errors_b: np.ndarray) -> dict:
+    """Wilcoxon's signed-rank test on per-row errors of two regressors over the same rows (pure): under 'no
+    difference' the row-wise differences are symmetric around 0."""
+    diff = errors_b - errors_a
+    b_better, a_better = int((diff < 0).sum()), int((diff > 0).sum())
+    p = float(wilcoxon(errors_a, errors_b).pvalue) if (diff != 0).any() else 1.0
+    return {"a_only": a_better, "b_only": b_better, "p_value": p}
+
+
 def check_comparable(weights_dir: Path, a: str, b: str) -> None:
     """The paired test needs both experiments' OOF predictions of the same rows, split the same way, judged alike;
     refuse with whichever of those fails first."""
@@ -144,8 +157,10 @@ def check_comparable(weights_dir: Path, a: str, b: str) -> None:
 def compare(weights_dir: Path, a: str, b: str) -> dict:
     check_comparable(weights_dir, a, b)
     probs, labels, folds, task = read_oofs(weights_dir, (a, b))
+    if task.kind == "regression":
+        return compare_errors(a, b, probs[:, :, 0], labels, folds, task)
     if task.kind != "multiclass":
-        raise PipelineError(f"--compare: the paired test counts rows each model classifies right; {a} and {b} are "
+        raise PipelineError(f"--compare: the paired test compares rows each model gets right; {a} and {b} are "
                             f"{task.kind}: compare their CV with python -m pipeline.runs")
     correct = probs.argmax(2) == labels  # (2, N)
     test = paired_test(correct[0], correct[1])
@@ -156,6 +171,27 @@ def compare(weights_dir: Path, a: str, b: str) -> dict:
           f"+- {per_fold.std():.5f} ({', '.join(f'{d:+.4f}' for d in per_fold)})")
     print(f"rows only {a} gets right: {test['a_only']}, only {b}: {test['b_only']}; McNemar exact p = "
           f"{test['p_value']:.4f} -> the difference is {verdict} (threshold p < 0.05)")
+    return test | {"difference": float(diff)}
+
+
+def compare_errors(a: str, b: str, preds: np.ndarray, targets: np.ndarray, folds: np.ndarray, task) -> dict:
+    """Regression: the metric's difference overall and per fold, and Wilcoxon's test on each row's error (absolute
+    for mae, squared otherwise)."""
+    power = 1 if task.metric == "mae" else 2
+    errors = np.abs(preds - targets) ** power  # (2, N)
+    test = paired_errors(errors[0], errors[1])
+    m = task.metric
+    score = lambda p, rows: task.scores(p[rows][:, None], targets[rows])[m]  # noqa: E731
+    every = np.ones(len(targets), dtype=bool)
+    diff = score(preds[1], every) - score(preds[0], every)
+    per_fold = np.array([score(preds[1], folds == k) - score(preds[0], folds == k) for k in np.unique(folds)])
+    verdict = "larger than the noise" if test["p_value"] < 0.05 else "within the noise"
+    print(f"{b} - {a}: OOF {m} {diff:+.5f} over {len(targets):,} rows ({'higher' if task.higher_is_better else 'lower'}"
+          f" is better); per fold {per_fold.mean():+.5f} +- {per_fold.std():.5f} "
+          f"({', '.join(f'{d:+.4f}' for d in per_fold)})")
+    print(f"rows {a} predicts closer: {test['a_only']}, {b}: {test['b_only']}; Wilcoxon signed-rank p = "
+          f"{test['p_value']:.4f} on the rows' {'absolute' if power == 1 else 'squared'} errors -> the difference is "
+          f"{verdict} (threshold p < 0.05)")
     return test | {"difference": float(diff)}
 
 

@@ -68,7 +68,7 @@ def _bad_values(values: pd.Series, mode: str, task: Task) -> tuple[np.ndarray, s
 
 def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Description | None]:
     """The task a submission answers: --exp's, or its experiment's (submissions/<exp>.csv), else the folds'."""
-    from pipeline.infer import experiment_data
+    from pipeline.predict import experiment_data
 
     guess = re.sub(r"_(mean|learned|greedy|rank)$", "", submission.stem).split("+")[0]  # submissions/<exp>[_<method>].csv
     for name in cfg.exp[:1] or (guess,):

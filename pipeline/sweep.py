@@ -6,6 +6,7 @@ Each cell is a normal `train` run into weights/sweeps/<sweep>/lr<lr>_bs<bs>/ on 
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 from pipeline import train
 from pipeline.checkpoint import write_csv
 from pipeline.config import Config, check_name, parse_stage, with_lr
-from pipeline.errors import main_guard
+from pipeline.errors import PipelineError, main_guard
 
 FLAGS = [f for f in train.FLAGS if f not in ("lr", "batch_size", "exp", "resume", "report", "oof_tta", "overwrite")]
 
@@ -46,6 +47,12 @@ def plot_heatmap(grid: pd.DataFrame, path: Path, metric: str = "accuracy") -> No
 
 
 def run(cfg: Config, extra: dict) -> pd.DataFrame:
+    from pipeline.inputs import model_form
+
+    if model_form(cfg.model) == "gbm":
+        raise PipelineError(f"sweep: grids learning rate x batch size, which --model {cfg.model} does not have "
+                            f"(no batches, no epochs); search its parameters with: python -m pipeline.tune --model "
+                            f"{cfg.model} --data {shlex.quote(cfg.data)} --trials 30")
     out_dir = Path(cfg.weights_dir) / "sweeps" / check_name(extra["name"], "--name")
     cells = {f"lr{lr:g}_bs{bs}": replace(with_lr(cfg, lr), batch_size=bs, exp=(f"lr{lr:g}_bs{bs}",), weights_dir=str(out_dir),
                                          overwrite=True)

@@ -23,7 +23,7 @@ from pipeline.config import Config, command, parse_config
 from pipeline.distributed import Ranks
 from pipeline.engine import (resolve_device)
 from pipeline.errors import PipelineError, main_guard
-from pipeline.infer import oof_tta
+from pipeline.predict import oof_tta
 from pipeline.trainer import Setup, check_batch, fit_fold, for_ranks, setup, train_full
 
 FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",

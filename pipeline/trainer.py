@@ -106,8 +106,8 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     say(f"precision {resolve_precision(cfg.precision, device)}" + (" (with a gradient scaler)"
                                                                    if grad_scaler(cfg.precision, device) else ""))
     if model_form(cfg.model) == "gbm":
-        if cfg.gbm_params:
-            gbm_learner(cfg.model).load_params(cfg.gbm_params)  # a bad file fails here, before any work
+        library = gbm_learner(cfg.model)  # a bad params file or a task it cannot fit fails here, before any work
+        library.check_task(desc.task, library.load_params(cfg.gbm_params) if cfg.gbm_params else {})
     else:
         build_model(cfg.model, desc.task.num_outputs, desc.channels, cfg.img_size, cfg.pretrained, cfg.pretrained_path,
                     cfg.drop_rate, cfg.drop_path_rate, len(spec.features.get("names", [])), cfg.hidden)  # fail fast

@@ -1,6 +1,11 @@
-"""Optuna search over lr, weight decay, label smoothing, batch size and epochs on one fold, with pruning.
+"""Optuna search on one fold, in the search space of the model's learner.
+
+neural models: lr, weight decay, label smoothing, batch size and epochs, with pruning after each epoch;
+gradient boosting (--model lightgbm): learning rate, leaves, rows per leaf, feature and row fractions, L2, each
+trial's parameters written as a --gbm-params file (over the one given, if any).
 
     python -m pipeline.tune --trials 30 --fold 0 --epochs 20      # epochs: the largest tried
+    python -m pipeline.tune --trials 30 --data sample-table --model lightgbm
     python -m pipeline.train --fold all --config weights/tunes/study/best.json
 
 Needs the optional extra: pip install -e '.[tune]'  (or: pip install optuna).
@@ -16,6 +21,8 @@ from pipeline.checkpoint import write_json
 from pipeline.config import Config, check_name, parse_stage, with_lr
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.experiment import RECIPE
+from pipeline.inputs import model_form
+from pipeline.learners import gbm_learner
 
 FLAGS = [f for f in train.FLAGS if f not in ("exp", "resume", "overwrite", "report", "oof_tta")] + ["trials"]
 
@@ -39,8 +46,20 @@ def run(cfg: Config, extra: dict):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out_dir = Path(cfg.weights_dir) / "tunes" / check_name(extra["name"], "--name")
 
+    gbm = gbm_learner(cfg.model) if model_form(cfg.model) == "gbm" else None
+    base = gbm.load_params(cfg.gbm_params) if gbm and cfg.gbm_params else {}  # the user's, under each trial's
+
+    def trial_config(params: dict, name: str) -> Config:
+        """The recipe of a point of the space; a gbm point becomes a params file in the study folder."""
+        if gbm is None:
+            params = dict(params)
+            return replace(with_lr(cfg, params.pop("lr")), **params)
+        path = out_dir / f"{name}.gbm_params.json"
+        write_json(base | params, path)
+        return replace(cfg, gbm_params=str(path))
+
     def objective(trial):
-        params = suggest(trial, cfg.epochs, max(1, cfg.swa_epochs))  # --swa-epochs needs that many epochs
+        params = gbm.search_space(trial) if gbm else suggest(trial, cfg.epochs, max(1, cfg.swa_epochs))  # --swa-epochs needs that many epochs
         print(f"== trial {trial.number}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in params.items()))
 
@@ -50,7 +69,8 @@ def run(cfg: Config, extra: dict):
                 print(f"trial {trial.number} pruned after epoch {epoch} (valid {metric} {valid[metric]:.5f})")
                 raise optuna.TrialPruned()
 
-        cell = replace(with_lr(cfg, params.pop("lr")), **params, exp=(f"trial{trial.number}",), weights_dir=str(out_dir), overwrite=True)
+        cell = replace(trial_config(params, f"trial{trial.number}"), exp=(f"trial{trial.number}",),
+                       weights_dir=str(out_dir), overwrite=True)
         return train.run(cell, on_epoch=report)["oof"][metric]
 
     task = trainer.data_description(cfg, data.resolve(cfg.data)).task
@@ -61,8 +81,7 @@ def run(cfg: Config, extra: dict):
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise PipelineError(f"tune: none of the {cfg.trials} trials completed (all pruned or diverged); "
                             "widen the search or train longer")
-    best_params = dict(study.best_params)
-    best = replace(with_lr(cfg, best_params.pop("lr")), **best_params)  # the trial's recipe, min-lr moved as it was
+    best = trial_config(study.best_trial.params if gbm else dict(study.best_params), "best")  # min-lr moved as it was
     keep = [f for f in RECIPE if f != "seed"] + ["model", "data", "folds_path", "device"]
     write_json({k: getattr(best, k) for k in keep}, out_dir / "best.json")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pipeline import train
 from pipeline.config import RULES, Config, parse_config
 from pipeline.errors import PipelineError
-from pipeline.infer import load_fold_model
+from pipeline.predict import load_fold_model
 from pipeline.models import build_model
 
 FIELDS = [f.name for f in dataclasses.fields(Config)]

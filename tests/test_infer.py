@@ -105,8 +105,9 @@ def test_full_data_model_joins_the_folds(two_experiments, workdir, capsys):
     with_full = np.load(workdir / "weights/a/test_probs.npy")
     from pipeline import data
     from pipeline.engine import predict
+    from pipeline.predict import load_fold_model
 
-    model, spec = infer.load_fold_model(workdir / "weights/a/full.pth", torch.device("cpu"))
+    model, spec = load_fold_model(workdir / "weights/a/full.pth", torch.device("cpu"))
     test = data.read_test(data.resolve(comp), data.Description("pixels", spec.task, side=28), 28, ".cache")[0]
     full = predict(model, torch.from_numpy(test), 64, spec, torch.device("cpu"))
     np.testing.assert_allclose(with_full, (5 * folds_only + full) / 6, atol=1e-6)

@@ -314,6 +314,13 @@ def test_integer_labels_not_from_zero_and_float_labels(tmp_path, workdir, digits
     desc, sub = run_all(str(floats), capsys)  # written as floats (0.0, 1.0, 2.0): a quantity, not three classes
     assert desc["task"]["kind"] == "regression" and desc["task"]["metric"] == "rmse"
     assert sub["label"].nunique() > 3  # predicted values, not class names
+    ids = [f"i{i}" for i in range(len(train_idx))]
+    for sample_value, found in ((4.5, "regression on label, metric rmse"), (0.5, "multiclass, 5 classes"),
+                                (3, "multiclass, 5 classes")):  # a value, a probability, a class
+        rating = tiny_csv_comp(tmp_path / f"r{sample_value}", digits, ids, 1 + target[train_idx] % 5,
+                               sample_cols={"label": sample_value})
+        assert make_folds.main(["--data", str(rating), "--folds-path", f"r{sample_value}.csv"]) == 0
+        assert found in capsys.readouterr().out, sample_value
 
 
 def test_class_names_with_spaces_are_classes(tmp_path, workdir, digits, capsys):

@@ -31,7 +31,9 @@ def test_train_report_and_oof_tta(experiment, workdir):
     for name in ("curves.png", "lr.png", "confusion.png", "wrong.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 200
-    confusion = pd.read_csv(out / "confusion.csv").to_numpy()
+    confusion = pd.read_csv(out / "confusion.csv", index_col="true")
+    assert confusion.index.astype(str).tolist() == [str(c) for c in range(10)]  # each row names its true class
+    confusion = confusion.to_numpy()
     assert confusion.shape == (10, 10) and confusion.sum() == 200  # every train row once
     classes = pd.read_csv(out / "per_class.csv")
     assert list(classes["class"].astype(str)) == [str(c) for c in range(10)] + ["macro avg"]

@@ -63,6 +63,43 @@ def test_regression_table_with_lightgbm_and_mlp_and_their_blend(workdir, capsys)
     assert train.main(["--data", "sample-table", "--model", "mlp", "--epochs", "3", "--exp", "net"]) == 0
     assert infer.main(["--data", "sample-table", "--exp", "gbm", "net", "--ensemble", "learned"]) == 0
     assert pd.read_csv("submissions/gbm+net_learned.csv").shape == sample.shape
+    from pipeline import report
+
+    assert report.main(["--exp", "gbm", "--data", "sample-table"]) == 0
+    assert report.main(["--exp", "net", "--data", "sample-table"]) == 0
+    gbm, net = workdir / "weights/gbm/report", workdir / "weights/net/report"
+    importance = pd.read_csv(gbm / "importance.csv")  # every feature, its gain in each fold's model, their mean
+    assert sorted(importance["feature"]) == sorted(pd.read_csv(workdir / "data/sample-diabetes/diabetes_test.csv")
+                                                   .drop(columns="id").columns)
+    assert importance["mean"].to_numpy() == pytest.approx(importance.filter(like="fold ").mean(axis=1).to_numpy())
+    assert importance["mean"].is_monotonic_decreasing and importance["mean"].iloc[0] > 0
+    assert {p.name for p in gbm.iterdir()} == {"report.md", "importance.csv", "importance.png", "residuals.png"}
+    assert {p.name for p in net.iterdir()} == {"report.md", "curves.png", "lr.png", "residuals.png"}
+    text = (gbm / "report.md").read_text()
+    oof = pd.read_csv(workdir / "weights/gbm/oof.csv")
+    worst = (oof["p0"] - oof["target"]).abs().idxmax()  # the row predicted furthest from its truth comes first
+    assert f"| {oof['id'][worst]} | {oof['target'][worst]:.4f} | {oof['p0'][worst]:.4f} |" in text
+    from pipeline import runs
+
+    capsys.readouterr()
+    assert runs.main([]) == 0
+    gbm_row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[:2] == ["gbm", "lightgbm"])
+    assert gbm_row.split()[2:6] == ["-", "-", "-", "-"]  # no epochs, batch, lr or smoothing for a boosted model
+    result = runs.compare(workdir / "weights", "gbm", "net")  # regression: Wilcoxon on each row's squared error
+    net = pd.read_csv(workdir / "weights/net/oof.csv").sort_values("id")
+    ours = pd.read_csv(workdir / "weights/gbm/oof.csv").sort_values("id")
+    closer = ((net["p0"] - net["target"]).abs().to_numpy() < (ours["p0"] - ours["target"]).abs().to_numpy()).sum()
+    assert result["b_only"] == closer and 0 < result["p_value"] <= 1
+    rmse = lambda t: float(np.sqrt(((t["p0"] - t["target"]) ** 2).mean()))  # noqa: E731
+    assert result["difference"] == pytest.approx(rmse(net) - rmse(ours), rel=1e-5)
+    from pipeline import export  # a code competition: its check runs the exported notebook on the local data
+
+    assert export.main(["--exp", "gbm", "net", "--ensemble", "learned", "--data", "sample-table",
+                        "--competition", "ml2023spring-hw1"]) == 0
+    shipped = {p.name for p in (workdir / "export").glob("*/weights/gbm/*")}
+    assert {f"fold{k}{s}" for k in range(3) for s in (".txt", ".prep.json")} <= shipped
+    local, exported = sorted((workdir / "export").glob("*/check/*.csv"))
+    assert local.read_bytes() == exported.read_bytes()
 
 
 def test_each_fold_fits_its_own_preprocessing_on_its_training_rows(workdir):
@@ -87,6 +124,14 @@ def test_text_categories_missing_cells_and_an_unseen_category(wine, workdir, cap
     assert cv["oof"]["accuracy"] > 0.85  # wine is easy: a working pipeline separates the cultivars
     assert infer.main(["--data", str(wine), "--exp", "w", "--tta"]) == 2
     assert "--tta: tables have no test-time augmentation" in capsys.readouterr().err
+    from pipeline import report
+
+    assert report.main(["--exp", "w", "--data", str(wine)]) == 0  # classes: confusions, no picture of a row
+    assert {p.name for p in (workdir / "weights/w/report").iterdir()} == {
+        "report.md", "importance.csv", "importance.png", "confusion.png", "confusion.csv", "per_class.csv"}
+    confusion = pd.read_csv(workdir / "weights/w/report/confusion.csv", index_col="true")
+    assert sorted(confusion.index) == sorted(confusion.columns) == ["barbera", "barolo", "grignolino"]
+    assert confusion.to_numpy().sum() == len(pd.read_csv(wine / "train.csv"))  # every train row once
 
 
 def test_repeated_header_as_hw1_ships_it(tmp_path, workdir, capsys):
@@ -163,3 +208,60 @@ def test_lightgbm_folds_in_parallel_processes(workdir, capsys):
     assert len(set(re.findall(r"started on cpu \(process (\d+)\)", out))) == 2
     assert sorted(pd.read_csv(workdir / "weights/par/oof.csv")["fold"].unique()) == [0, 1, 2]
     assert sorted(p.name for p in (workdir / "weights/par").glob("fold*.txt")) == ["fold0.txt", "fold1.txt", "fold2.txt"]
+
+
+def test_a_sample_written_with_fractions_makes_integer_targets_regression(tmp_path, workdir, capsys):
+    """A 1-5 rating in train.csv whose sample holds 2.5: values are wanted, not five classes (HW1's repeated
+    header too: the sample's `rating` is the train file's `rating.1`)."""
+    frame = load_wine(as_frame=True).frame.iloc[:, :4].copy()
+    frame.insert(0, "id", range(len(frame)))
+    frame["rating"] = frame["rating.1"] = 1 + np.arange(len(frame)) % 5
+    frame = frame.rename(columns={"rating": "rating_lag"})
+    root = tmp_path / "ratings"
+    root.mkdir()
+    frame.iloc[:150].to_csv(root / "train.csv", index=False)
+    frame.iloc[150:].drop(columns="rating.1").to_csv(root / "test.csv", index=False)
+    for value, found in ((2.5, "regression on rating.1, metric rmse"), (3, "multiclass, 5 classes")):
+        pd.DataFrame({"id": frame["id"].iloc[150:], "rating": value}).to_csv(root / "sample_submission.csv",
+                                                                             index=False)
+        assert make_folds.main(["--data", str(root), "--overwrite"]) == 0
+        assert found in capsys.readouterr().out, value
+
+
+
+def test_lightgbm_refuses_a_multilabel_table_before_any_training(wine, workdir, capsys):
+    frame = pd.read_csv(wine / "train.csv")
+    frame["red"] = (frame.pop("cultivar") != "barolo").astype(int)  # two 0/1 columns the test lacks: multilabel
+    frame["aged"] = (frame["proline"] > 700).astype(int)
+    frame.to_csv(wine / "train.csv", index=False)
+    (wine / "sample_submission.csv").unlink()
+    assert make_folds.main(["--data", str(wine), "--n-splits", "3"]) == 0
+    assert "multilabel" in capsys.readouterr().out
+    assert train.main(["--data", str(wine), "--model", "lightgbm", "--exp", "ml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "multilabel tasks are not supported by the gbm learner" in err, err
+    assert not (workdir / "weights/ml").exists()  # refused before any work: no experiment folder
+    assert train.main(["--data", str(wine), "--model", "mlp", "--epochs", "1", "--exp", "net"]) == 0
+
+
+def test_tune_searches_lightgbm_parameters(workdir, capsys):
+    from pipeline import tune
+
+    assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
+    assert tune.main(["--data", "sample-table", "--model", "lightgbm", "--trials", "2"]) == 0
+    study = workdir / "weights/tunes/study"
+    trials = [read_json(study / f"trial{n}.gbm_params.json", "params") for n in range(2)]
+    assert set(trials[0]) == {"learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction",
+                              "bagging_fraction", "lambda_l2"} and trials[0] != trials[1]
+    for n in range(2):  # each trial trained with its own parameters
+        assert read_json(study / f"trial{n}/config.json", "config")["gbm_params"] == \
+            f"weights/tunes/study/trial{n}.gbm_params.json"
+    best = read_json(study / "best.json", "best")
+    scores = [read_json(study / f"trial{n}/cv.json", "cv")["oof"]["rmse"] for n in range(2)]
+    assert read_json(best["gbm_params"], "params") == trials[int(np.argmin(scores))]  # the lower rmse's
+    assert train.main(["--data", "sample-table", "--config", str(study / "best.json"), "--exp", "tuned"]) == 0
+    from pipeline import sweep
+
+    capsys.readouterr()
+    assert sweep.main(["--data", "sample-table", "--model", "lightgbm"]) == 2  # its grid is a neural recipe
+    assert "python -m pipeline.tune --model lightgbm --data sample-table" in capsys.readouterr().err

@@ -187,22 +187,33 @@ def _describe_table(src, id_col, target_cols, features, drop_cols, task, metric,
     train_file, test_file = found
     train = tab.read_csv(src, train_file)
     where = src.label(train_file)
+    sample = read_sample_submission(src, required=False) if known is None else None
     if known is not None:
         cols = known.columns
     else:
         test = tab.read_csv(src, test_file)
-        cols = tab.detect(src, train_file, test_file, train, test, read_sample_submission(src, required=False),
-                          id_col, target_cols, features, drop_cols, group_col)
+        cols = tab.detect(src, train_file, test_file, train, test, sample, id_col, target_cols, features, drop_cols,
+                          group_col)
     missing = [c for c in (*cols.features, *cols.target_cols) if c not in train.columns]
     if missing:
         raise PipelineError(f"{where}: no column {missing[0]!r}, which the folds' description names; remake the folds")
     the_task = known.task if known is not None else infer_task(train[list(cols.target_cols)], where, task, metric,
-                                                                threshold)
+                                                                threshold, _sample_targets(sample, cols.target_cols))
     desc = Description("table", the_task, train_file=train_file, id_col=cols.id_col, target_cols=cols.target_cols,
                        group_col=group_col, n_images=len(train), table=cols.to_dict())
     return desc, TrainSet(encode(train[list(cols.target_cols)], the_task, where), np.arange(len(train), dtype=np.int64),
                           _groups(train, group_col, where), _hash(src.read_file(train_file)),
                           images=tab.matrix(train, cols))
+
+
+def _sample_targets(sample: pd.DataFrame | None, targets) -> pd.DataFrame | None:
+    """The sample submission's columns named like the targets (HW1's `tested_positive.2` is written
+    `tested_positive` there), or None: what it holds tells values from classes."""
+    if sample is None:
+        return None
+    plain = {str(t): str(t).rsplit(".", 1)[0] if str(t) not in sample.columns else str(t) for t in targets}
+    present = {t: s for t, s in plain.items() if s in sample.columns}
+    return sample[list(present.values())].set_axis(list(present), axis=1) if present else None
 
 
 def _csv_or_folders(src: Source, root: str, frame: pd.DataFrame, layout: str) -> str:
@@ -264,7 +275,8 @@ def _describe_csv_images(src, root, train_csv, frame, id_col, target_cols, image
         raise PipelineError(f"{where}: id {dup!r} appears in more than one row; one image, one row (it could land "
                             "in two folds)")
     files = img.match_ids(text[id_col], index, where, train_dir)
-    the_task = infer_task(frame[targets], where, task, metric, threshold)
+    the_task = infer_task(frame[targets], where, task, metric, threshold,
+                          None if task else _sample_targets(read_sample_submission(src, root, required=False), targets))
     test_dir = probed.get("test_dir") if probed else _checked_test_side(src, root, the_task, train_dir, folders)
     desc = Description("csv-images", the_task, root=root, train_file=train_csv, id_col=id_col,
                        target_cols=tuple(targets), image_dir=train_dir, test_dir=test_dir,

@@ -10,10 +10,12 @@ from pipeline.tasks import Task
 MAX_CLASS_INDEX = 100_000  # integer labels 0..K are classes 0..K; beyond this they are not class indices
 
 
-def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = "", threshold: float = 0.5) -> Task:
+def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = "", threshold: float = 0.5,
+               sample: pd.DataFrame | None = None) -> Task:
     """The task these target columns describe; `kind` overrides the guess.
 
-    One column: numbers with more than 30 distinct values, or written as floats (6.0) -> regression; strings with
+    One column: numbers with more than 30 distinct values, or written as floats (6.0), or whose column in the sample
+    submission holds a value that is neither an integer nor a probability (4.5) -> regression; strings with
     space-separated names -> multilabel; otherwise multiclass. Several 0/1 columns -> multilabel.
     """
     _no_missing(frame, where)
@@ -30,7 +32,8 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
     values = frame.iloc[:, 0]
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     if not kind:  # numbers written as floats (6.0) are values to regress on, however few distinct ones there are
-        fractional = numeric and (pd.api.types.is_float_dtype(values) or not np.allclose(values, np.round(values)))
+        fractional = numeric and (pd.api.types.is_float_dtype(values) or not np.allclose(values, np.round(values))
+                                  or sample_is_continuous(sample, cols[0]))
         kind = ("regression" if numeric and (fractional or values.nunique() > 30) else
                 "multilabel" if not numeric and _label_sets(values) else "multiclass")
     if kind == "regression":
@@ -41,6 +44,21 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
     if kind == "multilabel":
         return Task("multilabel", tuple(_tokens(values)), metric, threshold)
     return Task("multiclass", class_names(values), metric, threshold)
+
+
+def sample_is_continuous(sample: pd.DataFrame | None, column: str) -> bool:
+    """The sample submission's `column` holds a number that is neither an integer nor a probability (4.5, -0.3):
+    the submission wants values, so the target is regressed on even if train.csv has few distinct integers.
+
+    >>> sample_is_continuous(pd.DataFrame({"value": [4.5, 4.5]}), "value"), sample_is_continuous(
+    ...     pd.DataFrame({"value": [0.5]}), "value"), sample_is_continuous(pd.DataFrame({"value": [3]}), "value")
+    (True, False, False)
+    """
+    if sample is None or column not in sample.columns:
+        return False
+    values = pd.to_numeric(sample[column], errors="coerce").to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return bool(((values != np.round(values)) & ((values < 0) | (values > 1))).any())
 
 
 def label_text(values: pd.Series) -> pd.Series:

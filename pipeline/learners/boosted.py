@@ -58,6 +58,25 @@ def train_fold(cfg, resolved: dict, spec, k: int, data: torch.Tensor, targets: t
     return preds
 
 
+def importance(exp_dir: Path, model_name: str) -> "pd.DataFrame":
+    """Total split gain of every raw feature in each saved fold's model, the folds' mean last, the most useful first
+    (a feature a fold's selection dropped counts 0 there)."""
+    import pandas as pd
+
+    library, folds = gbm_learner(model_name), {}
+    for path in sorted(exp_dir.glob(f"fold[0-9]*{SUFFIX}"), key=lambda p: int(p.stem.removeprefix("fold"))):
+        prep = path.with_name(path.name.removesuffix(SUFFIX) + ".prep.json")
+        if prep.is_file():
+            gains = library.feature_importance(library.load(path), preprocess.gbm_names(preprocess.load(prep)))
+            folds[f"fold {path.stem.removeprefix('fold')}"] = dict(gains)
+    if not folds:
+        raise PipelineError(f"{exp_dir}: no fold{SUFFIX} model with its .prep.json to read feature importance from")
+    table = pd.DataFrame(folds).fillna(0.0)
+    table["mean"] = table.mean(axis=1)
+    table = table.sort_values("mean", ascending=False, kind="stable")
+    return table.rename_axis("feature").reset_index()
+
+
 def predict_fold(path: Path, raw: np.ndarray, spec, model_name: str) -> np.ndarray:
     """A saved fold's predictions (n, outputs) for raw table rows, through the fold's own preprocessing."""
     prep = path.with_name(path.name.removesuffix(SUFFIX) + ".prep.json")

@@ -160,6 +160,21 @@ def feature_importance(booster, names: list[str]) -> list[tuple[str, float]]:
     return [(str(names[i]), float(gain[i])) for i in order]
 
 
+def search_space(trial) -> dict:
+    """One point of tune's search space for LightGBM, in LightGBM's parameter names (an Optuna trial)."""
+    return {"learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+            "num_leaves": trial.suggest_int("num_leaves", 7, 127, log=True),
+            "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 5, 100, log=True),
+            "feature_fraction": trial.suggest_float("feature_fraction", 0.5, 1.0),
+            "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+            "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True)}
+
+
+def check_task(task, params: dict) -> None:
+    """Refuse, before any work, a task this learner cannot fit or --gbm-params it cannot take with it."""
+    resolve_params(dict(params), task, 0)
+
+
 # -- helpers ---------------------------------------------------------------------------------------------------------
 def _objective(task, requested) -> dict:
     """The objective the task's predictions need; a user's objective is taken for regression (huber, l1, ...)."""
