@@ -46,7 +46,8 @@ from pipeline.trainer import train_fold
 
 DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
-FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed", "img_size", "cache_dir", "precision", "hidden"]
+FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed", "img_size", "cache_dir", "precision", "hidden",
+         "gbm_params"]
 
 
 class RowDataset(torch.utils.data.Dataset):

@@ -93,17 +93,19 @@ def rate(r: dict) -> float:
     return r["rows"] / (sum(timed) / len(timed))
 
 
-def plain_lightgbm(x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int) -> tuple[float, float]:
-    """(wall seconds, OOF rmse): the 5-fold loop a notebook writes, with the pipeline's default parameters."""
+def plain_lightgbm(x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, gbm_params: str = "") -> tuple[float, float]:
+    """(wall seconds, OOF rmse): the 5-fold loop a notebook writes, with the pipeline's parameters (its defaults and
+    --gbm-params; fold k's seed is seed + k, as the pipeline's)."""
     import lightgbm as lgb
 
     from pipeline.learners import gbm
 
-    params, rounds, stopping = gbm.resolve_params({}, TASK, seed)
-    params = params | {"metric": "rmse", "num_threads": torch.get_num_threads()}  # the threads the pipeline side uses
+    user = gbm.load_params(gbm_params) if gbm_params else {}
     oof = np.zeros(len(y))
     started = time.perf_counter()
     for k in range(5):
+        params, rounds, stopping = gbm.resolve_params(user, TASK, seed + k)
+        params = params | {"metric": "rmse", "num_threads": torch.get_num_threads()}  # the pipeline side's threads
         tr, va = folds != k, folds == k
         train = lgb.Dataset(x[tr], label=y[tr])
         booster = lgb.train(params, train, rounds, valid_sets=[train.create_valid(x[va], label=y[va])],
@@ -139,7 +141,7 @@ def run(cfg: Config, rows: int, device: torch.device) -> float:
     for name, r in (("seed-notebook", slow), ("pipeline", fast)):
         print(f"mlp {name:<14} {rate(r):>10,.0f} rows/s  valid rmse {r['rmse']:.4f}")
     speedup = rate(fast) / rate(slow)
-    plain_s, plain_rmse = plain_lightgbm(x, y, folds, cfg.seed)
+    plain_s, plain_rmse = plain_lightgbm(x, y, folds, cfg.seed, cfg.gbm_params)
     ours_s, ours_rmse = pipeline_lightgbm(replace_model(cfg, "lightgbm"), x, y, folds)
     print(f"lightgbm plain 5-fold loop {plain_s:8.2f} s  OOF rmse {plain_rmse:.4f}")
     print(f"lightgbm pipeline          {ours_s:8.2f} s  OOF rmse {ours_rmse:.4f}")

@@ -278,7 +278,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         torch.distributed.all_reduce(total_loss)
         torch.distributed.all_reduce(correct)
         total_loss /= ranks.world
-    accuracy = correct.item() / (n_steps * batch) if spec.task.kind == "multiclass" else float("nan")
+    accuracy = correct.item() / (n_steps * batch) if spec.task.has_classes else float("nan")
     return EpochResult(total_loss.item() / n_steps, accuracy, step, lrs)
 
 

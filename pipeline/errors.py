@@ -5,6 +5,7 @@ import contextlib
 import errno
 import os
 import reprlib
+import signal
 import sys
 
 QUOTE_LIMIT = 200  # characters of a quoted value, path or row in a message
@@ -75,6 +76,15 @@ def torchrun_rank() -> int:
     return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
+def _refused() -> int:
+    """Exit status 2 for a refusal. Under torchrun the ranks refuse together and the first to leave makes torchrun
+    stop the others (SIGTERM): a rank already leaving with its refusal ignores that stop, so every rank ends 2."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to protect
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return 2
+
+
 def main_guard(run, argv=None) -> int:
     """Call `run(argv)`; bad input and file-system errors become `error: ...` on stderr and exit 2, Ctrl-C exit 130.
 
@@ -92,13 +102,13 @@ def main_guard(run, argv=None) -> int:
             run(argv)
     except RankError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _refused()
     except PipelineError as e:
         say(f"error: {e}")
-        return 2
+        return _refused()
     except OSError as e:  # permissions, a folder where a file belongs, a full disk, a name too long
         say(f"error: {PipelineError(describe_os_error(e))}")
-        return 2
+        return _refused()
     except KeyboardInterrupt:
         say("interrupted: finished files are kept; nothing half-written was left behind")
         return 130

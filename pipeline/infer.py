@@ -24,7 +24,6 @@ from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import experiment_dir
 from pipeline.inputs import input_kind
 from pipeline.predict import default_experiment, ensemble_weights, experiment_data, predict_experiment
-from pipeline.tasks import Task
 
 FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size", "cache_dir",
          "precision", "with_full"]
@@ -64,16 +63,8 @@ def run(cfg: Config) -> pd.DataFrame:
     write_csv(submission, out)
     record_settings(out, submission_settings(cfg, exps, preset), before)
     print(f"wrote {out}: {len(submission):,} rows, {submission_shape[0]} in {', '.join(submission_shape[1][:3])}"
-          f"{', ...' if len(submission_shape[1]) > 3 else ''}; {prediction_summary(final, spec.task)}")
+          f"{', ...' if len(submission_shape[1]) > 3 else ''}; {spec.task.prediction_summary(final)}")
     return submission
-
-
-def prediction_summary(preds: np.ndarray, task: Task) -> str:
-    if task.kind == "multiclass":
-        return f"predicted class counts {np.bincount(preds.argmax(1), minlength=preds.shape[1]).tolist()}"
-    if task.kind == "multilabel":
-        return f"labels per row {(preds >= task.threshold).sum(1).mean():.2f} on average"
-    return f"predictions {preds.min():.4g}..{preds.max():.4g} (mean {preds.mean():.4g})"
 
 
 def check_writable(path: Path, what: str) -> None:

@@ -32,7 +32,7 @@ def mixer(cfg: Config, task, batch_size: int):
     """timm's Mixup (mixup and/or cutmix, carrying the label smoothing) for multiclass tasks; None when off."""
     if not (cfg.mixup or cfg.cutmix):
         return None
-    if task.kind != "multiclass":
+    if not task.has_classes:
         raise PipelineError(f"--mixup/--cutmix: for multiclass tasks (mixing class labels); this task is {task.kind}")
     if batch_size % 2:
         raise PipelineError(f"--mixup/--cutmix: the batch size must be even (pairs are mixed), got {batch_size}"

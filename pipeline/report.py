@@ -171,7 +171,7 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
         plot_importance(importance, out / "importance.png")
         sections.append("## Feature importance (total split gain; all features in importance.csv)\n"
                         f"![importance](importance.png)\n\n{markdown_table(importance.head(15), '.1f')}\n")
-    if task.kind == "multiclass":  # confusions and per-class scores mean something for classes only
+    if task.has_classes:  # confusions and per-class scores mean something for classes only
         probs, labels = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
         preds = probs.argmax(1)
         matrix = confusion_matrix(labels, preds, labels=np.arange(task.num_outputs))

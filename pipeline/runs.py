@@ -159,7 +159,7 @@ def compare(weights_dir: Path, a: str, b: str) -> dict:
     probs, labels, folds, task = read_oofs(weights_dir, (a, b))
     if task.kind == "regression":
         return compare_errors(a, b, probs[:, :, 0], labels, folds, task)
-    if task.kind != "multiclass":
+    if not task.has_classes:
         raise PipelineError(f"--compare: the paired test compares rows each model gets right; {a} and {b} are "
                             f"{task.kind}: compare their CV with python -m pipeline.runs")
     correct = probs.argmax(2) == labels  # (2, N)

@@ -50,6 +50,24 @@ class Task:
     def higher_is_better(self) -> bool:
         return metrics.METRICS[self.metric][0]
 
+    @property
+    def has_classes(self) -> bool:
+        """One class per row (multiclass): rows right or wrong, confusions, per-class scores, label mixing."""
+        return self.kind == "multiclass"
+
+    @property
+    def smooths_labels(self) -> bool:
+        """Label smoothing has labels to soften (multiclass, multilabel), not values."""
+        return self.kind != "regression"
+
+    def prediction_summary(self, preds: np.ndarray) -> str:
+        """One phrase on a set of predictions (N, outputs), for the line that reports a written submission."""
+        if self.kind == "multiclass":
+            return f"predicted class counts {np.bincount(preds.argmax(1), minlength=preds.shape[1]).tolist()}"
+        if self.kind == "multilabel":
+            return f"labels per row {(preds >= self.threshold).sum(1).mean():.2f} on average"
+        return f"predictions {preds.min():.4g}..{preds.max():.4g} (mean {preds.mean():.4g})"
+
     def describe(self) -> str:
         if self.kind == "regression":
             return f"regression on {self.classes[0]}, metric {self.metric}"

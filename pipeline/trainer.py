@@ -88,7 +88,7 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     if cfg.warmup_epochs >= cfg.epochs > 0 and cfg.sched != "plateau" or cfg.warmup_epochs > cfg.epochs:
         say(f"notice: --warmup-epochs {cfg.warmup_epochs:g} >= --epochs {cfg.epochs}: the whole run warms up, so the lr "
             f"reaches --lr only at the end and never decays; lower --warmup-epochs or raise --epochs")
-    if desc.task.kind == "regression" and cfg.label_smoothing:
+    if not desc.task.smooths_labels and cfg.label_smoothing:
         say(f"notice: --label-smoothing {cfg.label_smoothing} does not apply to regression; ignored")
         cfg = replace(cfg, label_smoothing=0.0)
     mean, std = desc.normalize

@@ -42,8 +42,11 @@ def test_bench_on_gpu(sample_dir, capsys):
     assert "peak GPU memory" in capsys.readouterr().out
 
 
-def test_bench_table_prints_both_sides_and_ratios(capsys):
-    assert bench.main(["--table", "1500", "--epochs", "2", "--device", "cpu", "--batch-size", "128"]) == 0
+def test_bench_table_prints_both_sides_and_ratios(capsys, tmp_path):
+    params = tmp_path / "params.json"
+    params.write_text('{"num_iterations": 60, "early_stopping_round": 10}')  # both sides: the test stays short
+    assert bench.main(["--table", "1500", "--epochs", "2", "--device", "cpu", "--batch-size", "128",
+                       "--gbm-params", str(params)]) == 0
     out = capsys.readouterr().out
     sides = dict(re.findall(r"^mlp (seed-notebook|pipeline) +([\d,]+) rows/s", out, flags=re.M))
     walls = dict(re.findall(r"^lightgbm (plain 5-fold loop|pipeline) +([\d.]+) s", out, flags=re.M))

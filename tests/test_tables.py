@@ -7,6 +7,7 @@ repeated header as HW1 has (pandas reads target, target.1; the submission writes
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -205,7 +206,8 @@ def test_lightgbm_folds_in_parallel_processes(workdir, capsys):
     assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
     assert train.main(["--data", "sample-table", "--model", "lightgbm", "--gpus", "cpu,cpu", "--exp", "par"]) == 0
     out = capsys.readouterr().out
-    assert len(set(re.findall(r"started on cpu \(process (\d+)\)", out))) == 2
+    workers = set(re.findall(r"started on cpu \(process (\d+)\)", out))  # folds of 0.1 s: one may take them all
+    assert workers and str(os.getpid()) not in workers  # fitted in the spawned fold processes, not here
     assert sorted(pd.read_csv(workdir / "weights/par/oof.csv")["fold"].unique()) == [0, 1, 2]
     assert sorted(p.name for p in (workdir / "weights/par").glob("fold*.txt")) == ["fold0.txt", "fold1.txt", "fold2.txt"]
 
