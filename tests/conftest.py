@@ -33,6 +33,16 @@ def tiny_comp(tmp_path, sample_dir):
     return write_comp(tmp_path / "comp", train, test)
 
 
+@pytest.fixture(scope="session")
+def small_comp(tmp_path_factory, sample_dir):
+    """A small competition in the Digit Recognizer format, written once: 600 train rows (60 per digit), 40 test
+    rows; enough epochs of it to kill a run mid-fold, short enough to run it four times."""
+    train = pd.read_csv(sample_dir / "train.csv")
+    train = train.groupby("label", group_keys=False).head(60).reset_index(drop=True)
+    test = pd.read_csv(sample_dir / "test.csv").head(40)
+    return write_comp(tmp_path_factory.mktemp("small") / "comp", train, test)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Run stages inside tmp_path so folds/, weights/, submissions/ land there."""

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -8,15 +9,31 @@ import torch
 
 from pipeline import infer, make_folds, train
 
+from conftest import write_comp
+
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory, sample_dir):
+    """Two experiments (a, b) on a tiny competition, trained once for the module: 200 train rows, 40 test rows."""
+    root = tmp_path_factory.mktemp("infer")
+    train_rows = pd.read_csv(sample_dir / "train.csv").groupby("label", group_keys=False).head(20)
+    comp = str(write_comp(root / "comp", train_rows.reset_index(drop=True), pd.read_csv(sample_dir / "test.csv").head(40)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        assert make_folds.main(["--data", comp]) == 0
+        for exp, lr in (("a", "3e-3"), ("b", "1e-3")):
+            assert train.main(["--data", comp, "--epochs", "2", "--batch-size", "32", "--lr", lr, "--exp", exp]) == 0
+    return root, comp
+
+
 @pytest.fixture
-def two_experiments(tiny_comp, workdir):
-    comp = str(tiny_comp)
-    assert make_folds.main(["--data", comp]) == 0
-    for exp, lr in (("a", "3e-3"), ("b", "1e-3")):
-        assert train.main(["--data", comp, "--epochs", "2", "--batch-size", "32", "--lr", lr, "--exp", exp]) == 0
+def two_experiments(trained_once, workdir):
+    """A fresh copy of the trained folds and weights in this test's folder (tests damage them); the competition."""
+    root, comp = trained_once
+    for folder in ("folds", "weights"):
+        shutil.copytree(root / folder, workdir / folder)
     return comp
 
 

@@ -133,13 +133,13 @@ def run_until_killed(args, cwd, exp_dir, fold, rows):
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [[], ["--sched", "plateau", "--decay-epochs", "1", "--swa-epochs", "2", "--ema", "0.9"]],
                          ids=["default", "plateau-swa-ema"])
-def test_kill_and_resume_matches_uninterrupted(sample_dir, tmp_path, recipe):
+def test_kill_and_resume_matches_uninterrupted(small_comp, tmp_path, recipe):
     """Killed mid-fold and resumed: the same metrics, OOF and CV as a run never stopped (the plateau scheduler's
     counters, the SWA average and the EMA weights are carried by the snapshot)."""
-    common = ["--data", str(sample_dir), "--epochs", "4", "--seed", "3", *recipe]
+    common = ["--data", str(small_comp), "--epochs", "4", "--seed", "3", *recipe]
     for name in ("straight", "killed"):
         (tmp_path / name).mkdir()
-        assert cli("pipeline.make_folds", "--data", str(sample_dir), "--n-splits", "3", cwd=tmp_path / name).returncode == 0
+        assert cli("pipeline.make_folds", "--data", str(small_comp), "--n-splits", "3", cwd=tmp_path / name).returncode == 0
     assert cli("pipeline.train", *common, cwd=tmp_path / "straight").returncode == 0
 
     killed_dir = tmp_path / "killed" / "weights" / "digit_cnn"
