@@ -37,7 +37,7 @@ def fit_weights(probs: np.ndarray, targets: np.ndarray, task: Task, steps: int =
     One learnable logit per model, trained by full-batch Adam from equal weights.
     """
     p = torch.tensor(probs, dtype=torch.float64)  # (M, N, C)
-    y = torch.tensor(targets, dtype=torch.long if task.kind == "multiclass" else torch.float64)
+    y = torch.tensor(targets, dtype=torch.long if task.has_classes else torch.float64)
     logits = torch.zeros(len(probs), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     for _ in range(steps):

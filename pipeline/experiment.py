@@ -342,14 +342,14 @@ def oof_arrays(oof: pd.DataFrame, task: Task, where: str = "oof.csv") -> tuple[n
     except (ValueError, TypeError) as e:
         raise PipelineError(f"{where}: non-numeric predictions or targets ({str(e)[:80]}); retrain with --overwrite") from None
     bad = ~np.isfinite(preds).all(1) | ~np.isfinite(np.asarray(targets, dtype=np.float64).reshape(len(oof), -1)).all(1)
-    if task.kind != "regression":
+    if task.outputs_probabilities:
         bad |= ((preds < 0) | (preds > 1)).any(1)
     if not pd.api.types.is_integer_dtype(oof["id"]) or (oof["id"] < 0).any():
         raise PipelineError(f"{where}: ids must be the train rows' numbers (0, 1, ...); retrain with --overwrite")
     if bad.any():
         raise PipelineError(f"{where}: row {int(np.flatnonzero(bad)[0]) + 1}: predictions or targets are missing, "
                             "NaN or out of range; retrain with --overwrite")
-    if task.kind == "multiclass" and ((targets < 0) | (targets >= task.num_outputs)).any():
+    if task.has_classes and ((targets < 0) | (targets >= task.num_outputs)).any():
         raise PipelineError(f"{where}: labels outside 0..{task.num_outputs - 1}; retrain with --overwrite")
     return preds, targets
 

@@ -335,6 +335,7 @@ def run(cfg: Config) -> Path:
     files = experiment_files(cfg)  # unfinished experiments: refused before anything is built or replaced
     user, slug, competition = names(cfg)
     ids = {"weights": f"{user}/{slug}", "code": f"{user}/{slug}-code", "kernel": f"{user}/{slug}-inference"}
+    api = push_api(ids) if cfg.push else None  # no credentials or no username: said before the build
     root = fresh_folder(Path(cfg.export_dir) / slug, manifest(cfg, ids["weights"]))
     print(f"export {', '.join(cfg.exp)} -> {root}/ (datasets {ids['weights']}, {ids['code']}; notebook {ids['kernel']})")
     (root / "weights").mkdir()
@@ -352,21 +353,27 @@ def run(cfg: Config) -> Path:
           + ("is fp16 on a T4 or P100: the probabilities can differ in the last digits" if cfg.precision == "auto"
              else "is kept"))
     if cfg.push:
-        push(root, ids, competition, cfg.message or f"pipeline export of {', '.join(cfg.exp)}")
+        push(api, root, ids, competition, cfg.message or f"pipeline export of {', '.join(cfg.exp)}")
     else:
         print(f"not pushed; upload with --push, or by hand: kaggle datasets create -p {root / 'weights'} --dir-mode zip; "
               f"kaggle datasets create -p {root / 'code'}; kaggle kernels push -p {root / 'kernel'}")
     return root
 
 
-def push(root: Path, ids: dict, competition: str, notes: str) -> None:
-    """Create each dataset, or add a version when it exists, then push the notebook (the real kaggle client)."""
-    from pipeline.kaggle_client import authenticated, call
+def push_api(ids: dict):
+    """The authenticated kaggle client --push will use; refused in one line before anything is built."""
+    from pipeline.kaggle_client import authenticated
 
     if ids["weights"].startswith("your-kaggle-username/"):
         raise PipelineError("--push: no Kaggle username (set KAGGLE_USERNAME or ~/.kaggle/kaggle.json, or name the "
                             "dataset with --dataset USER/SLUG)")
-    api = authenticated()
+    return authenticated()
+
+
+def push(api, root: Path, ids: dict, competition: str, notes: str) -> None:
+    """Create each dataset, or add a version when it exists, then push the notebook (the real kaggle client)."""
+    from pipeline.kaggle_client import call
+
     for part in ("weights", "code"):
         folder, dataset_id = str(root / part), ids[part]
         if exists(api, dataset_id, competition):

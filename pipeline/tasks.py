@@ -56,6 +56,11 @@ class Task:
         return self.kind == "multiclass"
 
     @property
+    def outputs_probabilities(self) -> bool:
+        """Predictions are probabilities in [0, 1] (classes, labels), not values."""
+        return self.kind != "regression"
+
+    @property
     def smooths_labels(self) -> bool:
         """Label smoothing has labels to soften (multiclass, multilabel), not values."""
         return self.kind != "regression"

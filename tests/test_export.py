@@ -213,8 +213,10 @@ def test_push_without_credentials_or_accepted_rules_is_one_line(exported, kaggle
                    "rules first at https://www.kaggle.com/competitions/digit-recognizer/rules"]
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
+    before = file_states(root / "export")
     assert export.main(args) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {NO_CREDENTIALS}"]
+    assert file_states(root / "export") == before  # said before building anything
 
 
 def test_export_refuses_unfinished_experiments_before_replacing_anything(exported, capsys, monkeypatch):
