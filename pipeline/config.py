@@ -239,6 +239,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# the flags of `python -m pipeline.train`; sweep and tune take these, less what they set themselves
+TRAIN_FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
+               "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
+               "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema",
+               "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix",
+               "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
+               "gpus", "sync_bn", "lr_scale", "hidden", "select_features", "gbm_params"]
+
+
 def command(module: str, cfg: Config, names: list[str], **changes) -> str:
     """The command line that runs `python -m pipeline.<module>` with cfg's values (those of `names` that differ from
     the defaults), `changes` applied: a hint the user can paste as printed.

@@ -16,10 +16,10 @@ import pandas as pd
 
 from pipeline import train
 from pipeline.checkpoint import write_csv
-from pipeline.config import Config, check_name, parse_stage, with_lr
+from pipeline.config import TRAIN_FLAGS, Config, check_name, parse_stage, with_lr
 from pipeline.errors import PipelineError, main_guard
 
-FLAGS = [f for f in train.FLAGS if f not in ("lr", "batch_size", "exp", "resume", "report", "oof_tta", "overwrite")]
+FLAGS = [f for f in TRAIN_FLAGS if f not in ("lr", "batch_size", "exp", "resume", "report", "oof_tta", "overwrite")]
 
 
 def grid_table(rows: list[dict]) -> pd.DataFrame:
@@ -33,7 +33,7 @@ def plot_heatmap(grid: pd.DataFrame, path: Path, metric: str = "accuracy") -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.report import save
+    from pipeline.reporting import save
 
     fig, ax = plt.subplots(figsize=(1.4 * len(grid.columns) + 2, 1.0 * len(grid.index) + 1.5))
     image = ax.imshow(grid.to_numpy(), cmap="viridis", aspect="auto")
@@ -73,7 +73,7 @@ def run(cfg: Config, extra: dict) -> pd.DataFrame:
     print(f"wrote {out_dir / 'sweep.csv'} and {out_dir / 'sweep.png'}")
     print(f"best: lr {best['lr']:g}, batch size {int(best['batch_size'])} -> valid {metric} "
           f"{best['valid_score']:.5f} (loss {best['valid_loss']:.4f})")
-    from pipeline.report import report_command  # matplotlib only once a sweep has run
+    from pipeline.reporting import report_command  # matplotlib only once a sweep has run
 
     best_cell = list(cells)[int(best.name)]  # rows follow the cells' order
     print(f"figures of the best cell: {report_command(best_cell, str(out_dir), cfg.data)}")

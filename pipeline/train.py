@@ -19,19 +19,14 @@ import torch
 
 from pipeline import distributed, experiment
 from pipeline.checkpoint import write_json
-from pipeline.config import Config, command, parse_config
+from pipeline.config import TRAIN_FLAGS, Config, command, parse_config
 from pipeline.distributed import Ranks
 from pipeline.engine import (resolve_device)
 from pipeline.errors import PipelineError, main_guard
 from pipeline.predict import oof_tta
 from pipeline.trainer import Setup, check_batch, fit_fold, for_ranks, setup, train_full
 
-FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "img_size", "fold", "epochs",
-         "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "rotate", "scale", "shift",
-         "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema",
-         "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix",
-         "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
-         "gpus", "sync_bn", "lr_scale", "hidden", "select_features", "gbm_params"]
+FLAGS = TRAIN_FLAGS
 REPORT_FLAGS = ["exp", "data", "weights_dir", "cache_dir"]  # what `python -m pipeline.report` needs to find the run
 
 
@@ -135,7 +130,7 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> 
         if cfg.oof_tta:
             cv = oof_tta(exp_dir, images, cfg.tta_preset or desc.tta_preset, cfg.batch_size, device, cfg.precision)
         if cfg.report:
-            from pipeline.report import write_report
+            from pipeline.reporting import write_report
             print(f"report: {write_report(exp_dir, images)}")
         else:
             print(f"figures: {command('report', cfg, REPORT_FLAGS, exp=(cfg.exp_name,))}")

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from pipeline import data, train, trainer
 from pipeline.checkpoint import write_json
-from pipeline.config import Config, check_name, parse_stage, with_lr
+from pipeline.config import TRAIN_FLAGS, Config, check_name, parse_stage, with_lr
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.experiment import RECIPE
 from pipeline.inputs import model_form
 from pipeline.learners import gbm_learner
 
-FLAGS = [f for f in train.FLAGS if f not in ("exp", "resume", "overwrite", "report", "oof_tta")] + ["trials"]
+FLAGS = [f for f in TRAIN_FLAGS if f not in ("exp", "resume", "overwrite", "report", "oof_tta")] + ["trials"]
 
 
 def suggest(trial, max_epochs: int, min_epochs: int = 1) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline import make_folds, report, runs, sweep, train, tune
-from pipeline.report import most_confident_wrong, per_class_scores
+from pipeline.reporting import most_confident_wrong, per_class_scores
 from pipeline.runs import paired_test
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,235 @@
+"""Figures and a one-page report of an experiment, from the files training left in weights/<exp>/: the library
+behind `python -m pipeline.report` and `train --report` (write_report), and sweep's heatmap (save).
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
+
+from pipeline.checkpoint import atomic_path, read_json, write_csv  # noqa: E402
+from pipeline.config import Config  # noqa: E402
+from pipeline.engine import DataSpec  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.experiment import cv_summary, oof_arrays, read_table  # noqa: E402
+from pipeline.inputs import model_form  # noqa: E402
+from pipeline.learners import boosted  # noqa: E402
+
+
+def per_class_scores(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, then the macro average (pure)."""
+    p, r, f, n = precision_recall_fscore_support(labels, preds, labels=np.arange(num_classes), zero_division=0)
+    table = pd.DataFrame({"class": [str(c) for c in range(num_classes)], "precision": p, "recall": r, "f1": f,
+                          "support": n})
+    macro = {"class": "macro avg", "precision": p.mean(), "recall": r.mean(), "f1": f.mean(), "support": n.sum()}
+    return pd.concat([table, pd.DataFrame([macro])], ignore_index=True)
+
+
+def most_confident_wrong(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Row indices of the n wrong predictions with the highest predicted probability (pure)."""
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    return wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:n]
+
+
+def save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(metrics: pd.DataFrame, path: Path, metric: str = "accuracy") -> None:
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    column = f"valid_{metric}" if f"valid_{metric}" in metrics else "valid_accuracy"
+    for k, m in metrics.groupby("fold"):
+        line, = loss_ax.plot(m["epoch"], m["train_loss"], label=f"fold {k} train")
+        loss_ax.plot(m["epoch"], m["valid_loss"], "--", color=line.get_color(), label=f"fold {k} valid")
+        if metric == "accuracy" and "train_accuracy" in m and m["train_accuracy"].notna().any():
+            acc_ax.plot(m["epoch"], m["train_accuracy"], color=line.get_color(), alpha=0.5)
+        acc_ax.plot(m["epoch"], m[column], "--", color=line.get_color(), label=f"fold {k} valid")
+    loss_ax.set(title="loss (train: label-smoothed, augmented; valid: hard labels)", xlabel="epoch", yscale="log")
+    acc_ax.set(title=f"{metric} (solid: train batches, dashed: valid)", xlabel="epoch")
+    loss_ax.legend(fontsize=7, ncol=2)
+    acc_ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def plot_schedule(schedule: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for k, s in schedule.groupby("fold"):
+        ax.plot(s["step"], s["lr"], lw=2 if k == schedule["fold"].min() else 0.8, label=f"fold {k}")
+    ax.set(title="learning rate per optimizer step, as applied", xlabel="step", ylabel="lr")
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
+    ax.set(title="OOF confusion matrix (rows: true, columns: predicted)", xlabel="predicted", ylabel="true",
+           xticks=range(len(matrix)), yticks=range(len(matrix)))
+    save(fig, path)
+
+
+def plot_wrong(images, labels: np.ndarray, probs: np.ndarray, rows: np.ndarray, names: tuple[str, ...], path: Path) -> None:
+    cols = 8
+    fig, axes = plt.subplots(max(1, -(-len(rows) // cols)), cols, figsize=(cols * 1.3, 1.5 * max(1, -(-len(rows) // cols))))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, r in zip(np.atleast_1d(axes).ravel(), rows):
+        image = np.asarray(images[r])  # (C, H, W) uint8
+        ax.imshow(image[0] if len(image) == 1 else image.transpose(1, 2, 0), cmap="gray")
+        ax.set_title(f"true {names[labels[r]]} pred {names[probs[r].argmax()]}\np={probs[r].max():.2f}", fontsize=7)
+    save(fig, path)
+
+
+def plot_importance(table: pd.DataFrame, path: Path, top: int = 30) -> None:
+    shown = table.head(top).iloc[::-1]
+    folds = len([c for c in table.columns if c.startswith("fold ")])
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(shown) + 1.2))
+    ax.barh(shown["feature"].astype(str), shown["mean"])
+    ax.set(title=f"total split gain, mean over {folds} folds (top {len(shown)} of {len(table)})", xlabel="gain")
+    ax.tick_params(axis="y", labelsize=7)
+    save(fig, path)
+
+
+def plot_residuals(preds: np.ndarray, targets: np.ndarray, name: str, path: Path) -> None:
+    """OOF prediction against truth (the diagonal is perfect) and the residuals' histogram, for one target."""
+    fig, (fit_ax, res_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fit_ax.scatter(targets, preds, s=4, alpha=0.4)
+    lo, hi = float(min(targets.min(), preds.min())), float(max(targets.max(), preds.max()))
+    fit_ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    fit_ax.set(title=f"{name}: OOF prediction against truth", xlabel="true", ylabel="predicted")
+    res_ax.hist(preds - targets, bins=50)
+    res_ax.set(title=f"{name}: residuals (predicted - true)", xlabel="residual", ylabel="rows")
+    save(fig, path)
+
+
+def largest_residuals(ids: np.ndarray, preds: np.ndarray, targets: np.ndarray, n: int) -> pd.DataFrame:
+    """The n OOF rows predicted furthest from their truth (pure)."""
+    worst = np.argsort(-np.abs(preds - targets), kind="stable")[:n]
+    return pd.DataFrame({"train row": ids[worst], "true": targets[worst].astype(float),
+                         "predicted": preds[worst].astype(float)})
+
+
+def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
+    """Write exp_dir/report/ (PNGs, CSVs, report.md); `images` are the train images by id (array or tensor), or
+    None where the input is not images (no wrong.png).
+
+    Everything is read and checked before the first figure is written; the CV is recomputed from oof.csv.
+    Curves where there are epochs (neural learners), feature importance where the learner has it (gbm),
+    confusions and per-class scores for classes, predicted-against-true and residuals for regression.
+    """
+    config = read_json(exp_dir / "config.json", "experiment config")
+    task = DataSpec.from_config(config, str(exp_dir / "config.json")).task
+    metrics, oof = read_table(exp_dir / "metrics.csv"), read_table(exp_dir / "oof.csv")
+    for name, table, columns in (("metrics.csv", metrics, ["epoch", "train_loss", "valid_loss"]), ("oof.csv", oof, ["id"])):
+        if table is None or any(c not in table.columns for c in columns):
+            raise PipelineError(f"{exp_dir / name}: missing or damaged (needs {', '.join(columns)}); "
+                                f"retrain with: python -m pipeline.train --exp {exp_dir.name} --overwrite")
+    n_splits = config.get("n_splits") if isinstance(config.get("n_splits"), int) else int(oof["fold"].max()) + 1
+    cv = cv_summary(oof, n_splits, task)  # validates oof.csv; cv.json may be stale or hand-edited
+    saved = read_json(exp_dir / "cv.json", "CV summary") if (exp_dir / "cv.json").exists() else {}
+    tta = saved.get("oof_tta")
+    if isinstance(tta, dict) and isinstance(tta.get(task.metric), float) and isinstance(tta.get("loss"), float):
+        cv["oof_tta"] = tta | {"preset": str(tta.get("preset", "?"))}
+    ids = oof["id"].to_numpy()
+    if images is not None and ids.max() >= len(images):
+        raise PipelineError(f"{exp_dir / 'oof.csv'}: id {ids.max()} is beyond the {len(images):,} train rows; "
+                            "pass the --data it was trained on")
+    model = str(config.get("model", ""))
+    gbm = model_form(model) == "gbm"
+    importance = boosted.importance(exp_dir, model) if gbm else None
+    out = exp_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    if not gbm:  # a gbm fold is one row (its best iteration): no curve to draw
+        plot_curves(metrics, out / "curves.png", task.metric)
+        sections.append("## Training curves\n![curves](curves.png)\n")
+        if (exp_dir / "schedule.csv").is_file():
+            plot_schedule(read_table(exp_dir / "schedule.csv"), out / "lr.png")
+            sections.append("## Learning-rate schedule\n![lr](lr.png)\n")
+    else:
+        best = ", ".join(f"fold {int(r.fold)}: {int(r.epoch)}" for r in metrics.itertuples())
+        sections.append(f"## Boosting\nbest iteration per fold (early stopping on the fold's validation rows): {best}\n")
+    if importance is not None:
+        write_csv(importance, out / "importance.csv")
+        plot_importance(importance, out / "importance.png")
+        sections.append("## Feature importance (total split gain; all features in importance.csv)\n"
+                        f"![importance](importance.png)\n\n{markdown_table(importance.head(15), '.1f')}\n")
+    if task.has_classes:  # confusions and per-class scores mean something for classes only
+        probs, labels = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
+        preds = probs.argmax(1)
+        matrix = confusion_matrix(labels, preds, labels=np.arange(task.num_outputs))
+        plot_confusion(matrix, out / "confusion.png")
+        write_csv(pd.DataFrame(matrix, index=pd.Index(task.classes, name="true"), columns=task.classes).reset_index(),
+                  out / "confusion.csv")  # rows: the true class (first column), columns: the predicted one
+        classes = per_class_scores(labels, preds, task.num_outputs).assign(
+            **{"class": [*task.classes, "macro avg"]})
+        write_csv(classes, out / "per_class.csv")
+        sections.append(f"## OOF confusion matrix\n![confusion](confusion.png)\n\n## Per-class scores (OOF)\n"
+                        f"{markdown_table(classes, '.4f')}\n")
+        if images is not None:
+            wrong = most_confident_wrong(probs, labels, n_wrong)
+            shown = {r: (images[int(ids[r])].cpu() if hasattr(images, "cpu") else images[int(ids[r])]) for r in wrong}
+            plot_wrong(shown, labels, probs, wrong, task.classes, out / "wrong.png")
+            sections.append(f"## Most confidently wrong OOF images ({len(wrong)})\n![wrong](wrong.png)\n")
+    if task.kind == "regression":
+        preds, targets = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
+        target = task.target_columns()[0]
+        plot_residuals(preds[:, 0], targets, target, out / "residuals.png")
+        worst = largest_residuals(ids, preds[:, 0], targets, 10)
+        sections.append(f"## Residuals (OOF)\n![residuals](residuals.png)\n\nThe rows predicted furthest from "
+                        f"their {target}:\n\n{markdown_table(worst, '.4f')}\n")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(report_markdown(exp_dir.name, config, cv, sections))
+    return out / "report.md"
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str) -> str:
+    cell = lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def report_markdown(name: str, config: dict, cv: dict, sections: list[str]) -> str:
+    metric = cv.get("metric", "accuracy")
+    folds = pd.DataFrame([{"fold": k, **s} for k, s in cv["per_fold"].items()])
+    tta = (f"\nOOF with TTA ({cv['oof_tta']['preset']}): {metric} {cv['oof_tta'][metric]:.5f}, "
+           f"loss {cv['oof_tta']['loss']:.4f}\n" if "oof_tta" in cv else "")
+    keys = ("model", "epochs", "batch_size", "lr", "label_smoothing", "img_size") if model_form(
+        str(config.get("model", ""))) != "gbm" else ("model", "select_features", "gbm_params")
+    recipe = ", ".join(f"{k} {config.get(k, '?')}" for k in keys)
+    body = "\n".join(sections)
+    return f"""# Experiment {name}
+
+{recipe}
+
+## Local CV
+OOF {metric} {cv['oof'][metric]:.5f}, loss {cv['oof']['loss']:.4f} over {cv['rows']:,} rows
+({'all folds' if cv['complete'] else 'folds ' + ', '.join(map(str, cv['folds_present'])) + ' only'});
+fold {metric} {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f} (mean +- std over folds).
+{tta}
+{markdown_table(folds, '.5f')}
+
+{body}"""
+
+
+def report_command(exp: str, weights_dir: str, data_flag: str) -> str:
+    """The report command for an experiment trained with these --weights-dir and --data, as it must be typed."""
+    defaults = Config()
+    words = ["python -m pipeline.report --exp", shlex.quote(exp)]
+    if weights_dir != defaults.weights_dir:
+        words += ["--weights-dir", shlex.quote(weights_dir)]
+    if data_flag != defaults.data:
+        words += ["--data", shlex.quote(data_flag)]
+    return " ".join(words)
