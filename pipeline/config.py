@@ -35,7 +35,7 @@ class Config:
     target_col: tuple[str, ...] = ()  # make_folds: target column(s) of the train CSV; () = detect
     image_dir: str = ""  # make_folds: folder of the train images (class-folders: of the class folders); '' = detect
     task: str = ""  # make_folds: multiclass | multilabel | regression; '' = detect from the targets
-    metric: str = ""  # make_folds: accuracy | macro_f1 | micro_f1 | roc_auc | log_loss | rmse | mse | mae | qwk; '' = the task's default
+    metric: str = ""  # make_folds: accuracy | macro_f1 | micro_f1 | roc_auc | log_loss | rmse | mse | mae | mcrmse | qwk; '' = the task's default
     threshold: float = 0.5  # multilabel: a label is predicted at probability >= threshold, 0 < x < 1
     cache_dir: str = ".cache"  # decoded image files, reused by every fold, experiment and inference run
     features: tuple[str, ...] = ()  # make_folds, tables: the feature columns to use; () = every column but the id and target(s)
@@ -183,8 +183,9 @@ RULES = {  # field -> (test, rule text)
     "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders", "table"),
                "must be pixels, csv-images, class-folders or table"),
     "task": (lambda v: v in ("", "multiclass", "multilabel", "regression"), "must be multiclass, multilabel or regression"),
-    "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "mse", "mae", "qwk"),
-               "must be accuracy, macro_f1, micro_f1, roc_auc, log_loss, rmse, mse, mae or qwk"),
+    "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "mse", "mae",
+                               "mcrmse", "qwk"),
+               "must be accuracy, macro_f1, micro_f1, roc_auc, log_loss, rmse, mse, mae, mcrmse or qwk"),
     "threshold": (lambda v: 0 < v < 1, "must be between 0 and 1"),
     "ensemble": (lambda v: v in ("mean", "learned", "greedy", "rank"), "must be mean, learned, greedy or rank"),
     "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),

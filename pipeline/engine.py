@@ -241,6 +241,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     correct = torch.zeros((), device=device, dtype=torch.long)
     lrs = []
     model.train()
+    scale = spec.task.loss_scale(model)  # several regression targets: each weighed in its own units
     bar = tqdm(range(n_steps), desc=desc, leave=False, unit="step", dynamic_ncols=True,
                disable=None if BARS and ranks.main else True)
     workers = albumentations_batches(images, order, batch, spec.augment, generator) \
@@ -264,7 +265,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         if mix is not None:
             loss = spec.task.loss(logits.float(), soft, 0.0)
         else:
-            loss = spec.task.loss(logits.float(), y, cfg.label_smoothing)
+            loss = spec.task.loss(logits.float(), y, cfg.label_smoothing, scale)
         backward_and_step(loss, model, optimizer, scaler, cfg.clip_grad)
         if ema is not None:  # the exponential moving average of the weights, after every optimizer step
             ema.update(model, step=step)

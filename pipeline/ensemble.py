@@ -21,16 +21,6 @@ def blend(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.tensordot(weights, probs, axes=1)
 
 
-def _blend_loss(blended: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
-    """The task's loss of blended predictions: log loss, binary log loss, or squared error."""
-    if kind == "multiclass":
-        return -torch.log(blended[torch.arange(len(targets)), targets].clamp_min(1e-15)).mean()
-    if kind == "multilabel":
-        p = blended.clamp(1e-15, 1 - 1e-15)
-        return -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
-    return ((blended[:, 0] - targets) ** 2).mean()
-
-
 def fit_weights(probs: np.ndarray, targets: np.ndarray, task: Task, steps: int = 300, lr: float = 0.05) -> np.ndarray:
     """Softmax-normalised weights (M,) minimising the task's loss of blend(probs, w) on these rows.
 
@@ -41,7 +31,7 @@ def fit_weights(probs: np.ndarray, targets: np.ndarray, task: Task, steps: int =
     logits = torch.zeros(len(probs), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     for _ in range(steps):
-        loss = _blend_loss(torch.tensordot(logits.softmax(0), p, dims=1), y, task.kind)
+        loss = task.prediction_loss(torch.tensordot(logits.softmax(0), p, dims=1), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

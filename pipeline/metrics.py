@@ -1,8 +1,9 @@
 """Competition metrics (pure, scikit-learn), each with its direction, shared by validation, OOF, CV and the ensemble.
 
 Predictions are what the task's activation gives: class probabilities (N, C) for multiclass, per-label
-probabilities (N, C) for multilabel, values (N, 1) for regression. Targets: class indices (N,) int,
-0/1 matrix (N, C), values (N,).
+probabilities (N, C) for multilabel, values (N, T) for regression on T targets. Targets: class indices (N,) int,
+0/1 matrix (N, C), values (N,) or (N, T). rmse, mse and mae pool every cell of several targets; mcrmse (the mean over
+the target columns of each column's RMSE, CommonLit's and Feedback Prize's metric) weighs each target alike.
 """
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def rmse(values: np.ndarray, targets: np.ndarray) -> float:
     return float(np.sqrt(np.mean((values.reshape(-1) - targets.reshape(-1)) ** 2)))
 
 
+def mcrmse(values: np.ndarray, targets: np.ndarray) -> float:
+    """Mean column-wise RMSE: each target column's RMSE, averaged (one target: its RMSE).
+
+    >>> mcrmse(np.array([[0.0, 0.0], [0.0, 0.0]]), np.array([[3.0, 1.0], [3.0, 1.0]]))
+    2.0
+    """
+    diff = values.reshape(len(values), -1) - targets.reshape(len(values), -1)
+    return float(np.sqrt((diff ** 2).mean(0)).mean())
+
+
 def mean_roc_auc(scores: np.ndarray, onehot: np.ndarray) -> float:
     """Macro ROC AUC over the columns that have both positives and negatives here (a small fold may lack a class)."""
     cols = [c for c in range(onehot.shape[1]) if 0 < onehot[:, c].sum() < len(onehot)]
@@ -66,12 +77,14 @@ def compute(name: str, preds: np.ndarray, targets: np.ndarray, kind: str, thresh
         return rmse(preds, targets)
     if name == "mse":  # HW1's metric
         return rmse(preds, targets) ** 2
+    if name == "mcrmse":
+        return mcrmse(preds, targets)
     if name == "mae":
         return float(np.mean(np.abs(preds.reshape(-1) - targets.reshape(-1))))
     if name == "roc_auc":
         return mean_roc_auc(preds, _onehot(targets, preds.shape[1]))
     hard = _hard(preds, kind, threshold)
-    truth = np.rint(targets).astype(np.int64) if kind == "regression" else targets.astype(np.int64)
+    truth = np.rint(targets.reshape(-1)).astype(np.int64) if kind == "regression" else targets.astype(np.int64)
     if name == "accuracy":
         return float((hard == truth).all(1).mean() if hard.ndim == 2 else (hard == truth).mean())
     if name in ("macro_f1", "micro_f1"):
@@ -92,6 +105,7 @@ METRICS = {
     "rmse": (False, ("regression",)),
     "mse": (False, ("regression",)),
     "mae": (False, ("regression",)),
+    "mcrmse": (False, ("regression",)),
     "qwk": (True, ("multiclass", "regression")),
 }
 DEFAULT_METRIC = {"multiclass": "accuracy", "multilabel": "roc_auc", "regression": "rmse"}

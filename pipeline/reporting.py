@@ -182,13 +182,15 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
             shown = {r: (images[int(ids[r])].cpu() if hasattr(images, "cpu") else images[int(ids[r])]) for r in wrong}
             plot_wrong(shown, labels, probs, wrong, task.classes, out / "wrong.png")
             sections.append(f"## Most confidently wrong OOF images ({len(wrong)})\n![wrong](wrong.png)\n")
-    if task.kind == "regression":
+    if not task.outputs_probabilities:  # values: residuals of each target
         preds, targets = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
-        target = task.target_columns()[0]
-        plot_residuals(preds[:, 0], targets, target, out / "residuals.png")
-        worst = largest_residuals(ids, preds[:, 0], targets, 10)
-        sections.append(f"## Residuals (OOF)\n![residuals](residuals.png)\n\nThe rows predicted furthest from "
-                        f"their {target}:\n\n{markdown_table(worst, '.4f')}\n")
+        targets = targets.reshape(len(preds), -1)
+        for j, target in enumerate(task.classes):
+            png = "residuals.png" if j == 0 else f"residuals_{j}.png"
+            plot_residuals(preds[:, j], targets[:, j], target, out / png)
+            worst = largest_residuals(ids, preds[:, j], targets[:, j], 10)
+            sections.append(f"## Residuals of {target} (OOF)\n![residuals]({png})\n\nThe rows predicted furthest "
+                            f"from their {target}:\n\n{markdown_table(worst, '.4f')}\n")
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report_markdown(exp_dir.name, config, cv, sections))
     return out / "report.md"

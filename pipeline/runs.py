@@ -157,8 +157,8 @@ def check_comparable(weights_dir: Path, a: str, b: str) -> None:
 def compare(weights_dir: Path, a: str, b: str) -> dict:
     check_comparable(weights_dir, a, b)
     probs, labels, folds, task = read_oofs(weights_dir, (a, b))
-    if task.kind == "regression":
-        return compare_errors(a, b, probs[:, :, 0], labels, folds, task)
+    if not task.outputs_probabilities:
+        return compare_errors(a, b, probs, labels.reshape(len(labels), -1), folds, task)
     if not task.has_classes:
         raise PipelineError(f"--compare: the paired test compares rows each model gets right; {a} and {b} are "
                             f"{task.kind}: compare their CV with python -m pipeline.runs")
@@ -176,12 +176,12 @@ def compare(weights_dir: Path, a: str, b: str) -> dict:
 
 def compare_errors(a: str, b: str, preds: np.ndarray, targets: np.ndarray, folds: np.ndarray, task) -> dict:
     """Regression: the metric's difference overall and per fold, and Wilcoxon's test on each row's error (absolute
-    for mae, squared otherwise)."""
+    for mae, squared otherwise; several targets: the mean over them). preds (2, N, T), targets (N, T)."""
     power = 1 if task.metric == "mae" else 2
-    errors = np.abs(preds - targets) ** power  # (2, N)
+    errors = (np.abs(preds - targets) ** power).mean(2)  # (2, N)
     test = paired_errors(errors[0], errors[1])
     m = task.metric
-    score = lambda p, rows: task.scores(p[rows][:, None], targets[rows])[m]  # noqa: E731
+    score = lambda p, rows: task.scores(p[rows], targets[rows])[m]  # noqa: E731
     every = np.ones(len(targets), dtype=bool)
     diff = score(preds[1], every) - score(preds[0], every)
     per_fold = np.array([score(preds[1], folds == k) - score(preds[0], folds == k) for k in np.unique(folds)])

@@ -41,7 +41,7 @@ def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, whe
         raise PipelineError(f"{where}: row {row + 1}: {id_col} should be {str(want[row])!r}, found {str(ids[row])!r}")
     mode, columns = task.submission_mode(sample)
     for col in columns:
-        bad, rule = _bad_values(sub[col], mode, task)
+        bad, rule = task.bad_cells(sub[col], mode)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise PipelineError(f"{where}: row {row + 1}: {col} must be {rule}, found {_show(sub[col].iloc[row])}")
@@ -49,21 +49,6 @@ def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, whe
 
 def _show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
-
-
-def _bad_values(values: pd.Series, mode: str, task: Task) -> tuple[np.ndarray, str]:
-    """Which cells break the column's rule, and the rule in words."""
-    if mode in ("probabilities", "positive") or task.kind == "regression":
-        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-        if task.kind == "regression" and mode == "labels":
-            return ~np.isfinite(numbers), "a finite number"
-        return ~(np.isfinite(numbers) & (numbers >= 0) & (numbers <= 1)), "a probability in [0, 1]"
-    names = set(task.classes)
-    text = values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))  # 3.0 is class 3
-    if task.kind == "multilabel":
-        return text.map(lambda v: not v.split() or any(t not in names for t in v.split())).to_numpy(), \
-            f"space-separated names among {', '.join(task.classes[:5])}"
-    return ~text.isin(names).to_numpy(), f"one of the classes {', '.join(task.classes[:10])}"
 
 
 def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Description | None]:

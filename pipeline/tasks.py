@@ -2,7 +2,7 @@
 
     multiclass   targets (N,) int class index; softmax + cross-entropy; StratifiedKFold
     multilabel   targets (N, C) 0/1;          sigmoid + BCE;          MultilabelStratifiedKFold
-    regression   targets (N,) float;          identity + MSE;         StratifiedKFold on target bins
+    regression   targets (N,) float, or (N, T) for T target columns; identity + MSE; StratifiedKFold on target bins
 
 Training, OOF, inference and the ensemble call these methods and never branch on the kind themselves.
 """
@@ -24,7 +24,7 @@ KINDS = ("multiclass", "multilabel", "regression")
 @dataclass(frozen=True)
 class Task:
     kind: str  # multiclass | multilabel | regression
-    classes: tuple[str, ...]  # output names in order: class names, label names, or (target column,) for regression
+    classes: tuple[str, ...]  # output names in order: class names, label names, or the target column(s) for regression
     metric: str = ""  # competition metric; '' = the kind's default (accuracy, roc_auc, rmse)
     threshold: float = 0.5  # multilabel: a label is predicted at probability >= threshold
 
@@ -38,13 +38,15 @@ class Task:
         if self.kind not in metrics.METRICS[self.metric][1]:
             raise PipelineError(f"--metric: {self.metric} does not apply to a {self.kind} task; valid: "
                                 + ", ".join(m for m, (_, kinds) in metrics.METRICS.items() if self.kind in kinds))
+        if self.kind == "regression" and not self.classes:
+            raise PipelineError("regression task: needs at least one target column")
         if self.kind != "regression" and len(self.classes) < 2:
             raise PipelineError(f"{self.kind} task: needs at least 2 classes, found {len(self.classes)}")
 
     # -- shapes and files ---------------------------------------------------------------------------------
     @property
     def num_outputs(self) -> int:
-        return 1 if self.kind == "regression" else len(self.classes)
+        return len(self.classes)  # regression: one output per target column
 
     @property
     def higher_is_better(self) -> bool:
@@ -65,17 +67,26 @@ class Task:
         """Label smoothing has labels to soften (multiclass, multilabel), not values."""
         return self.kind != "regression"
 
+    @property
+    def several_targets(self) -> bool:
+        """Regression on several target columns at once (targets (N, T) rather than (N,))."""
+        return self.kind == "regression" and len(self.classes) > 1
+
     def prediction_summary(self, preds: np.ndarray) -> str:
         """One phrase on a set of predictions (N, outputs), for the line that reports a written submission."""
         if self.kind == "multiclass":
             return f"predicted class counts {np.bincount(preds.argmax(1), minlength=preds.shape[1]).tolist()}"
         if self.kind == "multilabel":
             return f"labels per row {(preds >= self.threshold).sum(1).mean():.2f} on average"
+        if self.several_targets:
+            return "predictions " + ", ".join(f"{name} {col.min():.4g}..{col.max():.4g}"
+                                              for name, col in zip(self.classes[:4], preds.T))
         return f"predictions {preds.min():.4g}..{preds.max():.4g} (mean {preds.mean():.4g})"
 
     def describe(self) -> str:
         if self.kind == "regression":
-            return f"regression on {self.classes[0]}, metric {self.metric}"
+            shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
+            return f"regression on {shown}, metric {self.metric}"
         shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
         return f"{self.kind}, {len(self.classes)} classes ({shown}), metric {self.metric}"
 
@@ -92,36 +103,72 @@ class Task:
                                 "remake the folds with: python -m pipeline.make_folds --overwrite") from None
 
     def target_columns(self) -> list[str]:
-        """OOF columns holding the truth: label (class index), y0..y{C-1} (0/1), or target (value)."""
-        return {"multiclass": ["label"], "regression": ["target"]}.get(self.kind) or [f"y{c}" for c in range(self.num_outputs)]
+        """OOF columns holding the truth: label (class index), target (one value), or y0..y{C-1} (0/1 labels, or the
+        values of several targets)."""
+        if self.kind == "multiclass" or (self.kind == "regression" and not self.several_targets):
+            return ["label" if self.kind == "multiclass" else "target"]
+        return [f"y{c}" for c in range(self.num_outputs)]
 
     def targets_frame(self, targets: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(targets.reshape(len(targets), -1), columns=self.target_columns())
 
     def targets_from(self, frame: pd.DataFrame) -> np.ndarray:
         values = frame[self.target_columns()].to_numpy()
-        return values[:, 0].astype(np.int64) if self.kind == "multiclass" else (
-            values[:, 0].astype(np.float32) if self.kind == "regression" else values.astype(np.float32))
+        if self.kind == "multiclass":
+            return values[:, 0].astype(np.int64)
+        return values[:, 0].astype(np.float32) if values.shape[1] == 1 and self.kind == "regression" \
+            else values.astype(np.float32)
 
     # -- training -----------------------------------------------------------------------------------------
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-        """Training loss on float32 logits; label smoothing here only (validation uses hard targets)."""
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+             scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss on float32 logits; label smoothing here only (validation uses hard targets). scale: several
+        targets' spreads (loss_scale): each target's error counts in its own units, so a target in thousands does not
+        drown one in hundredths."""
         if self.kind == "multiclass":
             return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
         if self.kind == "multilabel":
             soft = targets * (1 - label_smoothing) + 0.5 * label_smoothing
             return F.binary_cross_entropy_with_logits(logits, soft)
-        return F.mse_loss(logits.reshape(-1), targets)
+        if scale is not None:
+            return (((logits.reshape(targets.shape) - targets) / scale) ** 2).mean()
+        return F.mse_loss(logits.reshape(targets.shape), targets)
+
+    def loss_scale(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """Several targets: their standard deviations on the fold's training rows, as output_head gave `model`;
+        None otherwise (one target's loss stays in its units)."""
+        head = model  # inside (Distributed)DataParallel's .module and torch.compile's ._orig_mod
+        while not isinstance(head, Standardized) and (getattr(head, "_orig_mod", None) or getattr(head, "module", None)):
+            head = getattr(head, "_orig_mod", None) or head.module
+        if not self.several_targets or not isinstance(head, Standardized):
+            return None
+        return head.target_std.detach().float()
+
+    def prediction_loss(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of activated predictions (probabilities or values, as blends mix them): log loss, binary log loss
+        per label, or squared error."""
+        if self.kind == "multiclass":
+            return -torch.log(preds[torch.arange(len(targets)), targets].clamp_min(1e-15)).mean()
+        if self.kind == "multilabel":
+            p = preds.clamp(1e-15, 1 - 1e-15)
+            return -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+        return ((preds.reshape(targets.shape) - targets) ** 2).mean()
 
     def output_head(self, model: torch.nn.Module, targets: np.ndarray | None = None) -> torch.nn.Module:
         """The model as this task trains it. Regression: the network learns standardised targets and answers in the
-        target's units (mean and std of `targets`, the fold's training rows; None: filled in by a checkpoint);
-        a price in the thousands is otherwise far from where a fresh network's outputs start."""
+        target's units (mean and std of `targets` per target column, the fold's training rows; None: filled in by a
+        checkpoint); a price in the thousands is otherwise far from where a fresh network's outputs start."""
         if self.kind != "regression":
             return model
-        values = np.asarray(targets, dtype=np.float64).reshape(-1) if targets is not None else np.zeros(2)
-        std = float(values.std()) if targets is not None and values.std() > 0 else 1.0
-        return Standardized(model, float(values.mean()) if targets is not None else 0.0, std)
+        columns = self.num_outputs
+        values = (np.asarray(targets, dtype=np.float64).reshape(-1, columns) if targets is not None
+                  else np.zeros((2, columns)))
+        std = values.std(0)
+        std[std == 0] = 1.0
+        mean = values.mean(0)
+        if columns == 1:  # one target: scalar buffers, as checkpoints before several targets hold them
+            return Standardized(model, float(mean[0]), float(std[0]) if targets is not None else 1.0)
+        return Standardized(model, mean, std if targets is not None else np.ones(columns))
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Model outputs -> what metrics and submissions read: probabilities, or values."""
@@ -148,7 +195,7 @@ class Task:
                                     "or merge or drop that class)")
             return assign_folds(targets, n_splits, seed, groups)
         if self.kind == "regression":
-            return assign_folds(target_bins(targets, n_splits), n_splits, seed, groups)
+            return assign_folds(target_bins(level(targets), n_splits), n_splits, seed, groups)
         if groups is not None:
             raise PipelineError("--group-col: grouped folds are not available for multilabel tasks "
                                 "(no maintained multilabel group splitter); drop --group-col")
@@ -192,8 +239,9 @@ class Task:
                 out[col] = preds[:, self.classes.index(str(col))]
         elif mode == "positive":
             out[columns[0]] = preds[:, 1]
-        elif self.kind == "regression":
-            out[columns[0]] = preds.reshape(-1)
+        elif mode == "values":
+            for j, col in enumerate(columns):  # by name where the sample names the targets, else in their order
+                out[col] = preds[:, self.classes.index(col) if set(columns) == set(self.classes) else j]
         elif self.kind == "multilabel":
             out[columns[0]] = [label_string(p, self.classes, self.threshold) for p in preds]
         else:
@@ -201,9 +249,31 @@ class Task:
             out[columns[0]] = pd.array(names.astype(np.int64)) if _all_int(self.classes) else names
         return out
 
+    def bad_cells(self, values: pd.Series, mode: str) -> tuple[np.ndarray, str]:
+        """Which cells of a submission column (filled in `mode`, see submission_mode) break its rule, and the rule in
+        words: submit checks a file with it before uploading."""
+        if mode in ("probabilities", "positive", "values"):
+            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+            if mode == "values":
+                return ~np.isfinite(numbers), "a finite number"
+            return ~(np.isfinite(numbers) & (numbers >= 0) & (numbers <= 1)), "a probability in [0, 1]"
+        names = set(self.classes)
+        text = values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))  # 3.0 is 3
+        if self.kind == "multilabel":
+            return text.map(lambda v: not v.split() or any(t not in names for t in v.split())).to_numpy(), \
+                f"space-separated names among {', '.join(self.classes[:5])}"
+        return ~text.isin(names).to_numpy(), f"one of the classes {', '.join(self.classes[:10])}"
+
     def submission_mode(self, sample: pd.DataFrame) -> tuple[str, list[str]]:
-        """'labels' (one column), 'probabilities' (one column per class) or 'positive' (binary, P(class 1))."""
+        """'labels' (one column), 'probabilities' (one column per class), 'positive' (binary, P(class 1)) or 'values'
+        (regression: one column per target)."""
         columns = [str(c) for c in sample.columns[1:]]
+        if self.kind == "regression":
+            if len(columns) != self.num_outputs:
+                raise PipelineError(f"sample_submission.csv: {len(columns)} value column(s) after the id "
+                                    f"({', '.join(columns[:5])}) for {self.num_outputs} regression target(s) "
+                                    f"({', '.join(self.classes[:5])})")
+            return "values", columns
         if self.kind != "regression" and len(columns) > 1 and set(columns) == set(self.classes):
             return "probabilities", columns
         if len(columns) == 1 and self.kind == "multiclass" and len(self.classes) == 2 \
@@ -219,8 +289,8 @@ class Standardized(torch.nn.Module):
     """A regression network's output in the target's units: net(x) * target_std + target_mean (buffers, saved with
     the weights). Checkpoints from before it hold the bare network: `load_state_dict` takes both."""
 
-    def __init__(self, net: torch.nn.Module, mean: float = 0.0, std: float = 1.0):
-        super().__init__()
+    def __init__(self, net: torch.nn.Module, mean: float | np.ndarray = 0.0, std: float | np.ndarray = 1.0):
+        super().__init__()  # scalars for one target, (T,) for several (broadcast over the outputs' last dimension)
         self.net = net
         self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
@@ -253,6 +323,20 @@ def target_bins(values: np.ndarray, n_splits: int) -> np.ndarray:
     n_bins = int(max(1, min(10, len(values) // (2 * n_splits))))
     edges = np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1])
     return np.searchsorted(edges, values, side="right").astype(np.int64)
+
+
+def level(targets: np.ndarray) -> np.ndarray:
+    """One number per row to stratify a regression on: the value, or for several targets the mean of the row's
+    standardised values (rows high on every target apart from rows low on every one).
+
+    >>> level(np.array([[1.0, 100.0], [3.0, 300.0]])).tolist()
+    [-1.0, 1.0]
+    """
+    values = np.asarray(targets, dtype=np.float64)
+    if values.ndim == 1 or values.shape[1] == 1:
+        return values.reshape(-1)
+    std = values.std(0)
+    return ((values - values.mean(0)) / np.where(std > 0, std, 1.0)).mean(1)
 
 
 def _all_int(names: tuple[str, ...]) -> bool:

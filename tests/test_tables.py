@@ -270,3 +270,43 @@ def test_tune_searches_lightgbm_parameters(workdir, capsys):
     capsys.readouterr()
     assert sweep.main(["--data", "sample-table", "--model", "lightgbm"]) == 2  # its grid is a neural recipe
     assert "python -m pipeline.tune --model lightgbm --data sample-table" in capsys.readouterr().err
+
+
+def test_regression_on_several_targets_at_once(tmp_path, workdir, capsys):
+    """Diabetes with two targets the test lacks, on scales 1,000x apart (disease progression 25..346, blood pressure
+    62..133 divided by 1,000), the sample naming them in the other order: one network fits both, each in its units."""
+    frame = load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"})
+    frame["bp"] = frame["bp"] / 1000
+    frame.insert(0, "id", np.arange(len(frame)))
+    root = tmp_path / "two"
+    root.mkdir()
+    frame.iloc[:350].to_csv(root / "train.csv", index=False)
+    frame.iloc[350:].drop(columns=["progression", "bp"]).to_csv(root / "test.csv", index=False)
+    pd.DataFrame({"id": frame["id"].iloc[350:], "progression": 0.0, "bp": 0.0}).to_csv(root / "sample_submission.csv",
+                                                                                        index=False)
+    out = stages(capsys, root, "--model", "mlp", "--epochs", "15", exp="two").out
+    assert "target bp, progression (regression on bp, progression, metric rmse)" in out  # train.csv's order
+    sub = pd.read_csv("submissions/two.csv")
+    assert list(sub.columns) == ["id", "progression", "bp"]  # the sample's order, each column its own target
+    truth = frame.iloc[350:]
+    for col in ("bp", "progression"):  # each in its target's units, and learned (the mean would score 1.0 std)
+        assert abs(sub[col].mean() - truth[col].mean()) < 0.5 * truth[col].std(), col
+        assert np.sqrt(np.mean((sub[col].to_numpy() - truth[col].to_numpy()) ** 2)) < 0.9 * truth[col].std(), col
+    oof = pd.read_csv(workdir / "weights/two/oof.csv")
+    assert {"y0", "y1", "p0", "p1"} <= set(oof.columns)
+    assert oof.sort_values("id")["y0"].to_numpy() == pytest.approx(frame["bp"].iloc[:350].to_numpy())
+    assert train.main(["--data", str(root), "--model", "lightgbm", "--exp", "gbm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a booster fits one target" in err and "--model mlp" in err
+    from pipeline import report, runs
+
+    assert report.main(["--exp", "two", "--data", str(root)]) == 0
+    assert {"residuals.png", "residuals_1.png"} <= {p.name for p in (workdir / "weights/two/report").iterdir()}
+    assert "Residuals of bp" in (workdir / "weights/two/report/report.md").read_text()
+    assert train.main(["--data", str(root), "--model", "mlp", "--epochs", "2", "--exp", "short"]) == 0
+    result = runs.compare(workdir / "weights", "short", "two")
+    a, b = (pd.read_csv(workdir / f"weights/{e}/oof.csv").sort_values("id") for e in ("short", "two"))
+    errors = [(((t[["p0", "p1"]].to_numpy() - t[["y0", "y1"]].to_numpy()) ** 2).mean(1)) for t in (a, b)]
+    from scipy.stats import wilcoxon
+
+    assert result["p_value"] == pytest.approx(wilcoxon(*errors).pvalue)

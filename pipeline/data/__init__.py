@@ -371,7 +371,7 @@ def read_train(src: Source, desc: Description | None = None) -> TrainSet:
     found, train = describe(src, desc.layout, desc.id_col, desc.target_cols, desc.image_dir if desc.layout != "class-folders"
                             else desc.root + desc.image_dir, desc.task.kind, desc.task.metric, desc.task.threshold,
                             desc.group_col, known=desc)
-    if desc.task.kind != "regression" and found.task.classes != desc.task.classes:
+    if desc.task.outputs_probabilities and found.task.classes != desc.task.classes:
         raise PipelineError(f"--data: its classes ({', '.join(found.task.classes[:5])}, ...) differ from the ones "
                             f"the folds were made with ({', '.join(desc.task.classes[:5])}, ...); remake the folds")
     return train

@@ -16,13 +16,20 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
 
     One column: numbers with more than 30 distinct values, or written as floats (6.0), or whose column in the sample
     submission holds a value that is neither an integer nor a probability (4.5) -> regression; strings with
-    space-separated names -> multilabel; otherwise multiclass. Several 0/1 columns -> multilabel.
+    space-separated names -> multilabel; otherwise multiclass. Several 0/1 columns -> multilabel; several numeric
+    columns holding any other value (or `kind` regression) -> regression on all of them at once.
     """
     _no_missing(frame, where)
     cols = [str(c) for c in frame.columns]
     if len(cols) > 1:
-        if kind and kind != "multilabel":
+        if kind == "multiclass":
             raise PipelineError(f"--task {kind}: takes one target column, got {len(cols)} ({', '.join(cols[:4])})")
+        numeric = all(pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in cols)
+        if kind == "regression" or (not kind and numeric and not frame.isin([0, 1, 0.0, 1.0]).to_numpy().all()):
+            for col in cols:
+                if not pd.api.types.is_numeric_dtype(frame[col]) or pd.api.types.is_bool_dtype(frame[col]):
+                    _numeric_values(frame[col], where)
+            return Task("regression", tuple(cols), metric, threshold)
         bad = ~frame.isin([0, 1, 0.0, 1.0]).to_numpy()
         if bad.any():
             row, col = np.argwhere(bad)[0]
@@ -38,8 +45,7 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
                 "multilabel" if not numeric and _label_sets(values) else "multiclass")
     if kind == "regression":
         if not numeric:
-            raise PipelineError(f"{where}: column {cols[0]}: a regression target must be numeric, found "
-                                f"{values[pd.to_numeric(values, errors='coerce').isna()].iloc[0]!r}")
+            _numeric_values(values, where)
         return Task("regression", (cols[0],), metric, threshold)
     if kind == "multilabel":
         return Task("multilabel", tuple(_tokens(values)), metric, threshold)
@@ -84,12 +90,15 @@ def encode(frame: pd.DataFrame, task: Task, where: str) -> np.ndarray:
     """Targets as the task trains on them: class indices (N,), 0/1 (N, C) float32, or values (N,) float32."""
     _no_missing(frame, where)
     if task.kind == "regression":
-        values = pd.to_numeric(frame.iloc[:, 0], errors="coerce").to_numpy(dtype=np.float64)
+        if len(frame.columns) != task.num_outputs:
+            raise PipelineError(f"{where}: {len(frame.columns)} target column(s) for a regression on "
+                                f"{task.num_outputs} ({', '.join(task.classes[:5])})")
+        values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
-            row = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise PipelineError(f"{where}: row {row + 1}, column {frame.columns[0]}: target must be a finite number, "
-                                f"found {frame.iat[row, 0]!r}")
-        return values.astype(np.float32)
+            row, col = np.argwhere(~np.isfinite(values))[0]
+            raise PipelineError(f"{where}: row {row + 1}, column {frame.columns[col]}: target must be a finite number, "
+                                f"found {frame.iat[row, col]!r}")
+        return values[:, 0].astype(np.float32) if task.num_outputs == 1 else values.astype(np.float32)
     if task.kind == "multilabel" and len(frame.columns) > 1:
         return frame[list(task.classes)].to_numpy(dtype=np.float32)
     names = label_text(frame.iloc[:, 0]).to_numpy()
@@ -109,6 +118,13 @@ def encode(frame: pd.DataFrame, task: Task, where: str) -> np.ndarray:
         raise PipelineError(f"{where}: row {row + 1}, column {frame.columns[0]}: label {names[row]!r} is not one of "
                             f"the {len(task.classes)} classes ({', '.join(task.classes[:5])}, ...)")
     return codes
+
+
+def _numeric_values(values: pd.Series, where: str) -> None:
+    """Refuse a regression target holding text, naming the first such value."""
+    bad = values[pd.to_numeric(values, errors="coerce").isna()]
+    if len(bad):
+        raise PipelineError(f"{where}: column {values.name}: a regression target must be numeric, found {bad.iloc[0]!r}")
 
 
 def _label_sets(values: pd.Series) -> bool:

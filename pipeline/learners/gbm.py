@@ -181,6 +181,9 @@ def _objective(task, requested) -> dict:
     if task.kind == "multilabel":
         raise PipelineError("--model lightgbm: multilabel tasks are not supported by the gbm learner "
                             "(it would need one booster per label); train a neural model for this competition")
+    if task.several_targets:
+        raise PipelineError(f"--model lightgbm: a booster fits one target; this regression has {task.num_outputs} "
+                            f"({', '.join(task.classes[:4])}); train a neural model (--model mlp) for all of them at once")
     if task.kind == "regression":
         return {"objective": requested or "regression"}
     derived = {"objective": "binary"} if task.num_outputs == 2 else {"objective": "multiclass",
