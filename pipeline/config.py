@@ -46,6 +46,7 @@ class Config:
     pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
     img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
     hidden: str = ""  # mlp: comma-separated hidden layer sizes, e.g. 512,256; '' = 256,128
+    cat_encoding: str = "onehot"  # tables, mlp: categorical columns as one-hot blocks (onehot) or learned embeddings (embed)
     select_features: int = 0  # tables: keep the K best columns by univariate score (scikit-learn SelectKBest), fitted per fold on its training rows; 0 = all
     gbm_params: str = ""  # lightgbm: JSON/YAML file of LightGBM parameters over the defaults (learning_rate 0.05, num_leaves 31, ...)
     # training
@@ -178,6 +179,7 @@ RULES = {  # field -> (test, rule text)
     "drop_path_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "ema": (lambda v: v == 0 or 0.5 <= v < 1, "must be 0 (off) or in [0.5, 1)"),
     "select_features": (lambda v: 0 <= v <= 100_000, "must be 0 (all) or a number of columns"),
+    "cat_encoding": (lambda v: v in ("onehot", "embed"), "must be onehot or embed"),
     "aug": (lambda v: v in ("", "digits", "natural", "none") or v.endswith((".json", ".yaml", ".yml")),
             "must be digits, natural, none or an albumentations .json/.yaml file"),
     "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders", "table"),
@@ -246,7 +248,8 @@ TRAIN_FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "
                "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema",
                "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix",
                "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
-               "gpus", "sync_bn", "lr_scale", "hidden", "select_features", "gbm_params"]
+               "gpus", "sync_bn", "lr_scale", "hidden", "select_features", "cat_encoding",
+               "gbm_params"]
 
 
 def command(module: str, cfg: Config, names: list[str], **changes) -> str:

@@ -27,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
 # Fields that define what an experiment trains; --resume refuses a run that changes one of them.
-RECIPE = ["model", "pretrained_path", "img_size", "hidden", "select_features", "gbm_params", "epochs", "batch_size", "lr", "weight_decay",
+RECIPE = ["model", "pretrained_path", "img_size", "hidden", "select_features", "cat_encoding", "gbm_params", "epochs", "batch_size", "lr", "weight_decay",
           "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
           "mixup", "cutmix", "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
           "drop_rate", "drop_path_rate", "seed"]

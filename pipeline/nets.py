@@ -1,7 +1,9 @@
 """The project's own networks for non-image inputs, by name; each declares the input form it wants.
 
     mlp   (B, F) vectors (a table's preprocessed features, or a flattened image): the course's HW1/HW2 network,
-          Linear + BatchNorm1d + ReLU + Dropout blocks of --hidden sizes, then a linear head.
+          Linear + BatchNorm1d + ReLU + Dropout blocks of --hidden sizes, then a linear head; a table's categorical
+          columns as one-hot blocks in the vector, or (--cat-encoding embed) as slot indices in its last columns,
+          each looked up in its own learned embedding.
 
 timm's registry holds the image backbones; `lightgbm` is not a network: it names the gbm learner
 (pipeline.learners).
@@ -33,13 +35,28 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def embedding_dim(slots: int) -> int:
+    """Width of a categorical column's embedding: half its slots, at most 50 (the rule of fast.ai's first tabular
+    models and of the Rossmann entity-embedding write-ups).
+
+    >>> embedding_dim(3), embedding_dim(12), embedding_dim(1000)
+    (2, 6, 50)
+    """
+    return max(1, min(50, (slots + 1) // 2))
+
+
 class MLP(nn.Module):
-    """(B, ...) -> flattened (B, F) -> [Linear, BatchNorm1d, ReLU, Dropout] per hidden size -> (B, num_classes)."""
+    """(B, ...) -> flattened (B, F) -> [Linear, BatchNorm1d, ReLU, Dropout] per hidden size -> (B, num_classes).
+
+    embeddings: the slots of each categorical column held as an index in the input's last len(embeddings) columns;
+    each index is replaced by its learned embedding_dim(slots) vector before the first layer."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = DEFAULT_HIDDEN,
-                 drop_rate: float = 0.1):
+                 drop_rate: float = 0.1, embeddings: tuple[int, ...] = ()):
         super().__init__()
-        layers, width = [nn.Flatten()], in_features
+        self.n_dense = in_features - len(embeddings)
+        self.embeddings = nn.ModuleList(nn.Embedding(slots, embedding_dim(slots)) for slots in embeddings)
+        layers, width = [nn.Flatten()], self.n_dense + sum(e.embedding_dim for e in self.embeddings)
         for size in hidden:
             layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
             width = size
@@ -47,13 +64,17 @@ class MLP(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.embeddings):
+            slots = x[:, self.n_dense:].long()  # (B, categorical columns): exact small integers held as floats
+            x = torch.cat([x[:, :self.n_dense], *(emb(slots[:, i]) for i, emb in enumerate(self.embeddings))], 1)
         return self.head(self.body(x))
 
 
 NETS = {"mlp": "vector"}  # name -> the input form it wants
 
 
-def build_net(name: str, num_classes: int, n_features: int, hidden: str = "", drop_rate: float = 0.0) -> nn.Module:
+def build_net(name: str, num_classes: int, n_features: int, hidden: str = "", drop_rate: float = 0.0,
+              embeddings: tuple[int, ...] = ()) -> nn.Module:
     if name == "mlp":
-        return MLP(n_features, num_classes, parse_hidden(hidden), drop_rate if drop_rate else 0.1)
+        return MLP(n_features, num_classes, parse_hidden(hidden), drop_rate if drop_rate else 0.1, tuple(embeddings))
     raise PipelineError(f"--model: unknown network {name!r}; the project's own: {', '.join(NETS)}")

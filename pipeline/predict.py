@@ -89,15 +89,19 @@ def model_suffix(config: dict) -> str:
 
 def fold_input(path: Path, rows: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     """Rows as the fold at `path` sees them: its own saved preprocessing applied (tables), or as they are."""
-    kind = spec.input_kind
-    if not kind.has_preprocessing:
+    if not spec.input_kind.has_preprocessing:
         return rows
+    return spec.input_kind.apply_fold(fold_state(path), rows)
+
+
+def fold_state(path: Path) -> dict:
+    """The preprocessing state saved beside the fold at `path` (fold<k>.prep.json)."""
     prep = path.with_name(path.name.split(".")[0] + ".prep.json")
     if not prep.is_file():
         raise PipelineError(f"{prep}: missing (the preprocessing {path.name} was trained with); retrain with --overwrite")
     from pipeline import preprocess
 
-    return kind.apply_fold(preprocess.load(prep), rows)
+    return preprocess.load(prep)
 
 
 def fold_predictions(path: Path, rows: torch.Tensor, cfg: Config, config: dict, preset: str, device: torch.device,
@@ -147,10 +151,10 @@ def load_fold_model(path: Path, device: torch.device, experiment: dict | None = 
         if saved.get(key) != want:
             raise PipelineError(f"{path}: checkpoint has {key}={saved.get(key)!r}, the data needs {want}")
     spec = DataSpec.from_config(saved, str(path))
-    n_features = fold_input(path, torch.zeros(0, len(spec.features.get("names", []))), spec).shape[1] \
-        if spec.input_kind.has_preprocessing else 0  # the width the fold's preprocessing gives
+    net_input = spec.input_kind.net_input(saved["in_chans"], saved["img_size"], fold_state(path)) \
+        if spec.input_kind.has_preprocessing else {}  # the width (and embedded slots) the fold's preprocessing gives
     model = build_model(saved["model"], saved["num_classes"], saved["in_chans"], saved["img_size"], pretrained=False,
-                        n_features=n_features, hidden=str(saved.get("hidden", "")))
+                        hidden=str(saved.get("hidden", "")), **net_input)
     model = spec.task.output_head(model)  # regression: its mean and std come with the weights
     try:
         model.load_state_dict(ckpt["state_dict"])

@@ -24,12 +24,14 @@ from pipeline.errors import PipelineError, quote
 
 VERSION = 1
 TASK_KINDS = ("multiclass", "multilabel", "regression")
+ENCODINGS = ("onehot", "embed")  # categorical columns for the MLP: one-hot blocks, or slot indices for embeddings
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def fit(x: np.ndarray, categorical: list[int], cardinalities: list[int], names: list[str], y: np.ndarray | None = None,
-        task_kind: str = "regression", select_k: int = 0) -> dict:
-    """The preprocessing of the rows `x` (a fold's training rows), as a JSON-able dict.
+        task_kind: str = "regression", select_k: int = 0, encoding: str = "onehot") -> dict:
+    """The preprocessing of the rows `x` (a fold's training rows), as a JSON-able dict. encoding: how apply gives
+    categorical columns to the MLP, one-hot blocks ('onehot') or one slot index each for an embedding ('embed').
 
     >>> x = np.array([[1.0, 0], [3.0, 1], [np.nan, 1], [5.0, np.nan]], dtype=np.float32)
     >>> state = fit(x, categorical=[1], cardinalities=[3], names=["age", "city"])
@@ -47,12 +49,15 @@ def fit(x: np.ndarray, categorical: list[int], cardinalities: list[int], names: 
              "selection": {"k": 0, "score_func": None, "scores": None}}
     if select_k:
         state = _select(state, x, y, task_kind, select_k)
-    return state
+    if encoding not in ENCODINGS:
+        raise PipelineError(f"--cat-encoding: must be {' or '.join(ENCODINGS)}, got {quote(encoding)}")
+    return state | {"encoding": encoding}
 
 
 def apply(state: dict, x: np.ndarray) -> np.ndarray:
     """(n, F) raw rows -> (n, F') float32 for the MLP: standardized numeric columns, then one one-hot block per
-    categorical column (one slot per category seen in training, then one slot for unseen or missing). Finite.
+    categorical column (one slot per category seen in training, then one slot for unseen or missing); with the
+    'embed' encoding, one column per categorical column holding that slot's index instead (embedding_sizes). Finite.
 
     >>> x = np.array([[1.0, 0], [3.0, 1], [1.0, 1], [3.0, 0]], dtype=np.float32)
     >>> state = fit(x, [1], [3], ["age", "city"])  # age: median 2, mean 2, scale 1; city: codes 0 and 1 seen
@@ -64,7 +69,11 @@ def apply(state: dict, x: np.ndarray) -> np.ndarray:
     v = x[:, num["columns"]].astype(np.float64)  # (n, numeric kept)
     v = np.where(np.isfinite(v), v, np.asarray(num["median"]))
     blocks = [(v - np.asarray(num["mean"])) / np.asarray(num["scale"])]
+    embed = state.get("encoding", "onehot") == "embed"  # states from before embeddings: one-hot
     for j, seen in zip(cat["columns"], cat["categories"]):
+        if embed:
+            blocks.append(_slots(x[:, j], seen)[:, None].astype(np.float64))
+            continue
         onehot = np.zeros((len(x), len(seen) + 1))  # (n, seen + unseen/missing slot)
         onehot[np.arange(len(x)), _slots(x[:, j], seen)] = 1.0
         blocks.append(onehot)
@@ -91,6 +100,20 @@ def gbm_apply(state: dict, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def embedding_sizes(state: dict) -> list[int]:
+    """With the 'embed' encoding, the slots (seen categories + unseen) of each categorical column, whose indices are
+    apply's last columns in this order; [] for one-hot.
+
+    >>> x = np.array([[1.0, 0], [3.0, 1], [1.0, 1], [3.0, 0]], dtype=np.float32)
+    >>> state = fit(x, [1], [3], ["age", "city"], encoding="embed")
+    >>> embedding_sizes(state), apply(state, np.array([[1.0, 1], [3.0, 2]], dtype=np.float32)).tolist()
+    ([3], [[-1.0, 1.0], [1.0, 2.0]])
+    """
+    if state.get("encoding", "onehot") != "embed":
+        return []
+    return [len(seen) + 1 for seen in state["categorical"]["categories"]]
+
+
 def gbm_categorical(state: dict) -> list[int]:
     """Indices of the categorical columns among gbm_apply's columns (LightGBM's categorical_feature)."""
     return [state["kept"].index(j) for j in state["categorical"]["columns"]]
@@ -101,7 +124,8 @@ def output_names(state: dict) -> list[str]:
     names = state["names"]
     out = [names[j] for j in state["numeric"]["columns"]]
     for j, seen in zip(state["categorical"]["columns"], state["categorical"]["categories"]):
-        out += [f"{names[j]}={c}" for c in seen] + [f"{names[j]}=unseen"]
+        embed = state.get("encoding", "onehot") == "embed"
+        out += [names[j]] if embed else [f"{names[j]}={c}" for c in seen] + [f"{names[j]}=unseen"]
     return out
 
 
@@ -247,6 +271,8 @@ def _state_problem(state: dict) -> str:
     n, num, cat, kept = state["n_features"], state["numeric"], state["categorical"], state["kept"]
     if state["version"] != VERSION:
         return f"version {quote(state['version'])}, expected {VERSION}"
+    if state.get("encoding", "onehot") not in ENCODINGS:
+        return f"encoding {quote(state['encoding'])}, expected {' or '.join(ENCODINGS)}"
     if len(state["names"]) != n or not all(isinstance(name, str) for name in state["names"]):
         return f"expected {n} feature names"
     if kept != sorted(set(kept)) or not all(isinstance(j, int) and 0 <= j < n for j in kept):

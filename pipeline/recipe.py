@@ -44,14 +44,14 @@ def mixer(cfg: Config, task, batch_size: int):
 
 
 def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch.device, ranks: Ranks = SINGLE,
-               n_features: int = 0, train_targets: np.ndarray | None = None):
+               net_input: dict | None = None, train_targets: np.ndarray | None = None):
     """Fold k's model and the wrapper that trains it (DistributedDataParallel under torchrun, DataParallel over the
     visible GPUs of one process), the optimizer, and the generator for batch order and augmentation (seeded alike
-    on every rank: all draw the same global order)."""
+    on every rank: all draw the same global order). net_input: what a vector model gets (the input kind's)."""
     seed_everything(cfg.seed + k, cfg.deterministic)  # weight init, dropout, python and numpy: per fold
     model = build_model(cfg.model, spec.task.num_outputs, in_chans, cfg.img_size, pretrained=cfg.pretrained,
                         pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate,
-                        drop_path_rate=cfg.drop_path_rate, n_features=n_features, hidden=cfg.hidden)
+                        drop_path_rate=cfg.drop_path_rate, hidden=cfg.hidden, **(net_input or {}))
     model = spec.task.output_head(model, train_targets).to(device)  # regression: standardised on these rows
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -77,6 +77,9 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     folds = read_folds(cfg.folds_path, train.train_hash, len(train.targets))
     cfg.fold_ids(folds.n_splits)  # a fold the folds file lacks is refused here
     neural = model_form(cfg.model) != "gbm"
+    if cfg.cat_encoding != Config().cat_encoding and not (neural and desc.spec_features.get("categorical")):
+        say(f"notice: --cat-encoding {cfg.cat_encoding} applies to a neural model on a table's categorical columns; "
+            f"{'LightGBM splits on categories itself' if not neural else 'this data has none'}: ignored")
     if not neural:  # the torch engine's notices (batch size, warmup, precision) would be noise
         say = (lambda *_: None)
     if cfg.batch_size == 0:
@@ -175,9 +178,9 @@ def train_full(cfg: Config, resolved: dict, spec: DataSpec, src, desc, train, ex
         targets = torch.from_numpy(train.targets).to(device)
         rows = torch.arange(len(targets), device=images.device)
         k = int(resolved["n_splits"])  # seeds apart from every fold's
-        images, n_features = fold_inputs(images, rows, targets, spec, cfg, exp_dir / "full.prep.json")
+        images, net_input = fold_inputs(images, rows, targets, spec, cfg, exp_dir / "full.prep.json")
         model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device,
-                                                      n_features=n_features, train_targets=train.targets)
+                                                      net_input=net_input, train_targets=train.targets)
         scaler, mix = grad_scaler(cfg.precision, device), mixer(cfg, spec.task, cfg.batch_size)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(rows), cfg.batch_size))
         ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema else None
@@ -218,16 +221,17 @@ def fit_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torch.
 
 
 def fold_inputs(images: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, spec: DataSpec, cfg: Config,
-                path: Path, ranks: Ranks = SINGLE) -> tuple[torch.Tensor, int]:
-    """The rows as this fold's model sees them, and the width a vector model gets: the input kind's preprocessing
+                path: Path, ranks: Ranks = SINGLE) -> tuple[torch.Tensor, dict]:
+    """The rows as this fold's model sees them, and what a vector model gets (width, embedded slots): the input
+    kind's preprocessing
     (tables: imputation, scaling, encoding, selection) fitted on the fold's training `rows` alone and saved at
     `path` (JSON) for inference; images pass through."""
-    fitted, state = spec.input_kind.fit_fold(images, rows, targets, spec, cfg.select_features)
+    fitted, state = spec.input_kind.fit_fold(images, rows, targets, spec, cfg)
     if state is not None and ranks.main:
         from pipeline import preprocess
 
         preprocess.save(state, path)
-    return fitted, spec.input_kind.n_features(int(images.shape[1]) if images.ndim == 4 else 0, cfg.img_size, state)
+    return fitted, spec.input_kind.net_input(int(images.shape[1]) if images.ndim == 4 else 0, cfg.img_size, state)
 
 
 def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,
@@ -238,8 +242,8 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(images.device)
     valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(images.device)
     valid_targets = targets[valid_idx.to(device)].cpu().numpy()
-    images, n_features = fold_inputs(images, train_idx, targets, spec, cfg, exp_dir / f"fold{k}.prep.json", ranks)
-    model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device, ranks, n_features,
+    images, net_input = fold_inputs(images, train_idx, targets, spec, cfg, exp_dir / f"fold{k}.prep.json", ranks)
+    model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device, ranks, net_input,
                                                   targets[train_idx.to(targets.device)].cpu().numpy())
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(train_idx), cfg.batch_size),
                                spec.task.higher_is_better)

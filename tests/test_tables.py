@@ -310,3 +310,26 @@ def test_regression_on_several_targets_at_once(tmp_path, workdir, capsys):
     from scipy.stats import wilcoxon
 
     assert result["p_value"] == pytest.approx(wilcoxon(*errors).pvalue)
+
+
+def test_categorical_columns_as_learned_embeddings(wine, workdir, capsys):
+    """--cat-encoding embed: the fold's state holds each text column as one slot index, the network looks each up in
+    its own embedding (3 colours + the unseen slot -> 4 rows of width 2), and a colour train never had still predicts."""
+    printed = stages(capsys, wine, "--model", "mlp", "--epochs", "8", "--cat-encoding", "embed", exp="emb")
+    state = read_json(workdir / "weights/emb/fold0.prep.json", "prep")
+    assert state["encoding"] == "embed" and state["names"][-1] == "shade"
+    from pipeline import preprocess
+    from pipeline.predict import load_fold_model
+
+    assert preprocess.output_names(state)[-1] == "shade" and preprocess.embedding_sizes(state) == [4]
+    import torch
+
+    model = load_fold_model(workdir / "weights/emb/fold0.pth", torch.device("cpu"))[0]
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert [tuple(t.weight.shape) for t in tables] == [(4, 2)]
+    cv = json.loads((workdir / "weights/emb/cv.json").read_text())
+    assert cv["oof"]["accuracy"] > 0.85, printed.out
+    sub = pd.read_csv("submissions/emb.csv")
+    assert set(sub["cultivar"]) <= {"barolo", "grignolino", "barbera"}
+    assert train.main(["--data", str(wine), "--model", "lightgbm", "--cat-encoding", "embed", "--exp", "g"]) == 0
+    assert "notice: --cat-encoding embed applies to a neural model" in capsys.readouterr().out

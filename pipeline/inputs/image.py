@@ -22,14 +22,14 @@ class ImageInput:
     def tta_check(self, preset: str) -> None:
         """Every preset applies to images (tta.with_tta names an unknown one)."""
 
-    def fit_fold(self, data: torch.Tensor, train_rows: torch.Tensor, targets: torch.Tensor, spec,
-                 select_k: int = 0) -> tuple[torch.Tensor, dict | None]:
-        """Nothing to fit: the fold trains on the data as it is."""
-        return data, None
-
     def apply_fold(self, state: dict | None, data):
         return data
 
-    def n_features(self, in_chans: int, img_size: int, state: dict | None) -> int:
-        """What a vector model (mlp) gets: the flattened image."""
-        return in_chans * img_size * img_size
+    def fit_fold(self, data: torch.Tensor, train_rows: torch.Tensor, targets: torch.Tensor, spec,
+                 cfg) -> tuple[torch.Tensor, dict | None]:
+        """Nothing to fit: the fold trains on the data as it is."""
+        return data, None
+
+    def net_input(self, in_chans: int, img_size: int, state: dict | None) -> dict:
+        """What a vector model (mlp) gets: the flattened image, no categorical slots."""
+        return {"n_features": in_chans * img_size * img_size, "embeddings": ()}

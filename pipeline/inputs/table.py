@@ -31,14 +31,15 @@ class TableInput:
         raise PipelineError("--tta: tables have no test-time augmentation; infer without --tta")
 
     def fit_fold(self, data: torch.Tensor, train_rows: torch.Tensor, targets: torch.Tensor, spec,
-                 select_k: int = 0) -> tuple[torch.Tensor, dict]:
-        """The fold's preprocessing fitted on `train_rows` only; every row transformed with it (on data's device)."""
+                 cfg) -> tuple[torch.Tensor, dict]:
+        """The fold's preprocessing fitted on `train_rows` only (--select-features, --cat-encoding); every row
+        transformed with it (on data's device)."""
         raw = data.cpu().numpy()
         rows = train_rows.cpu().numpy()
         state = preprocess.fit(raw[rows], list(spec.features.get("categorical", [])),
                                list(spec.features.get("cardinalities", [])), list(spec.features.get("names", [])),
                                y=targets[train_rows.to(targets.device)].cpu().numpy(), task_kind=spec.task.kind,
-                               select_k=select_k)
+                               select_k=cfg.select_features, encoding=cfg.cat_encoding)
         return self.apply_fold(state, data), state
 
     def apply_fold(self, state: dict, data) -> torch.Tensor:
@@ -47,5 +48,6 @@ class TableInput:
         out = torch.from_numpy(np.ascontiguousarray(preprocess.apply(state, raw), dtype=np.float32))
         return out.to(data.device) if isinstance(data, torch.Tensor) else out
 
-    def n_features(self, in_chans: int, img_size: int, state: dict | None) -> int:
-        return len(preprocess.output_names(state))
+    def net_input(self, in_chans: int, img_size: int, state: dict | None) -> dict:
+        """The MLP's input: apply's width, and the slots of each categorical column it embeds (the last columns)."""
+        return {"n_features": len(preprocess.output_names(state)), "embeddings": tuple(preprocess.embedding_sizes(state))}
