@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -354,7 +355,75 @@ def oof_arrays(oof: pd.DataFrame, task: Task, where: str = "oof.csv") -> tuple[n
     return preds, targets
 
 
-def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> dict:
+@dataclass
+class CVSummary:
+    """An experiment's local CV (cv.json): each fold's scores and the OOF rows' together, in the competition metric.
+    The JSON also holds what follows from these (folds present, complete, fold mean and std) for other readers."""
+    metric: str
+    higher_is_better: bool
+    n_splits: int
+    per_fold: dict[int, dict[str, float]]  # fold -> {metric: value, 'loss': value, ...}
+    oof: dict[str, float]  # every OOF row scored together: the local CV
+    rows: int
+    train_seconds: float | None = None  # the train run that wrote it, wall time
+    selection: dict = field(default_factory=dict)  # fold -> which of its best epoch and SWA average it kept
+    oof_tta: dict | None = None  # OOF scores with TTA and their 'preset' (train --oof-tta, infer --oof-tta)
+
+    @property
+    def folds_present(self) -> list[int]:
+        return sorted(self.per_fold)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.per_fold) == self.n_splits
+
+    @property
+    def score(self) -> float:
+        return self.oof[self.metric]
+
+    @property
+    def fold_mean(self) -> float:
+        values = [s[self.metric] for s in self.per_fold.values()]
+        return float(np.nanmean(values)) if values else float("nan")
+
+    @property
+    def fold_std(self) -> float:
+        values = [s[self.metric] for s in self.per_fold.values()]
+        return float(np.nanstd(values)) if values else float("nan")
+
+    def to_dict(self) -> dict:
+        out = {"metric": self.metric, "higher_is_better": self.higher_is_better, "folds_present": self.folds_present,
+               "n_splits": self.n_splits, "complete": self.complete, "per_fold": self.per_fold, "oof": self.oof,
+               "rows": self.rows, "fold_mean": self.fold_mean, "fold_std": self.fold_std, "selection": self.selection}
+        extra = {"train_seconds": self.train_seconds, "oof_tta": self.oof_tta}
+        return out | {k: v for k, v in extra.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "cv.json") -> CVSummary:
+        """A cv.json as read, checked; files from before a field existed get its old name (log_loss for the loss)."""
+        try:
+            metric = str(d.get("metric", "accuracy"))
+            score = lambda s: {str(m): float(v) for m, v in s.items()} | (  # noqa: E731
+                {"loss": float(s["log_loss"])} if "loss" not in s and "log_loss" in s else {})
+            tta = d.get("oof_tta")
+            cv = cls(metric, bool(d.get("higher_is_better", True)), int(d["n_splits"]),
+                     {int(k): score(s) for k, s in d["per_fold"].items()}, score(d["oof"]), int(d["rows"]),
+                     float(d["train_seconds"]) if d.get("train_seconds") is not None else None,
+                     dict(d.get("selection") or {}),
+                     score({k: v for k, v in tta.items() if k != "preset"}) | {"preset": str(tta.get("preset", "?"))}
+                     if isinstance(tta, dict) else None)
+            cv.score  # noqa: B018 - the metric must be among the scores
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise PipelineError(f"{where}: damaged CV summary ({type(e).__name__}: {str(e)[:60]}); rewrite it with: "
+                                "python -m pipeline.train --resume (same --exp)") from None
+        return cv
+
+    @classmethod
+    def read(cls, path: Path) -> CVSummary:
+        return cls.from_dict(read_json(path, "CV summary"), str(path))
+
+
+def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> CVSummary:
     """Per-fold and overall scores in the competition's metric, from OOF rows (pure)."""
     preds, targets = oof_arrays(oof, task)
     if oof["id"].duplicated().any():  # two fold assignments mixed: every CV figure would be wrong
@@ -363,19 +432,14 @@ def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> dict:
                             "folds files: retrain it with --overwrite --fold all")
     fold = oof["fold"].to_numpy()
     per_fold = {int(k): task.scores(preds[fold == k], targets[fold == k]) for k in sorted(np.unique(fold))}
-    values = np.array([s[task.metric] for s in per_fold.values()])
-    return {
-        "metric": task.metric, "higher_is_better": task.higher_is_better,
-        "folds_present": list(per_fold), "n_splits": n_splits, "complete": len(per_fold) == n_splits,
-        "per_fold": per_fold, "oof": task.scores(preds, targets), "rows": int(len(oof)),
-        "fold_mean": float(np.nanmean(values)), "fold_std": float(np.nanstd(values)),
-    }
+    return CVSummary(task.metric, task.higher_is_better, n_splits, per_fold, task.scores(preds, targets), int(len(oof)))
 
 
-def write_cv(exp_dir: Path, n_splits: int, extra: dict, task: Task) -> dict:
-    cv = cv_summary(read_table(exp_dir / "oof.csv"), n_splits, task) | extra
-    cv["selection"] = read_selection(exp_dir, cv["folds_present"])
-    write_json(cv, exp_dir / "cv.json")
+def write_cv(exp_dir: Path, n_splits: int, train_seconds: float, task: Task) -> CVSummary:
+    cv = cv_summary(read_table(exp_dir / "oof.csv"), n_splits, task)
+    cv.train_seconds = train_seconds
+    cv.selection = read_selection(exp_dir, cv.folds_present)
+    write_json(cv.to_dict(), exp_dir / "cv.json")
     return cv
 
 
@@ -388,12 +452,12 @@ def _kept(sel: dict | None, metric: str) -> str:
     return f"  (kept {'SWA' if sel['kept'] == 'swa' else 'the best epoch'}; {swa}, {other})"
 
 
-def format_cv(cv: dict, name: str) -> str:
-    metric = cv.get("metric", "accuracy")
-    chosen = {int(k): v for k, v in cv.get("selection", {}).items()}
+def format_cv(cv: CVSummary, name: str) -> str:
+    metric = cv.metric
+    chosen = {int(k): v for k, v in cv.selection.items()}
     lines = [f"fold {k}: {metric} {s[metric]:.5f}  loss {s['loss']:.4f}{_kept(chosen.get(int(k)), metric)}"
-             for k, s in cv["per_fold"].items()]
-    present = "all folds" if cv["complete"] else f"folds {', '.join(map(str, cv['folds_present']))} of {cv['n_splits']} only"
-    lines.append(f"local CV ({name}, {present}, {cv['rows']:,} OOF rows): {metric} {cv['oof'][metric]:.5f} "
-                 f"(fold mean {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f})  loss {cv['oof']['loss']:.4f}")
+             for k, s in cv.per_fold.items()]
+    present = "all folds" if cv.complete else f"folds {', '.join(map(str, cv.folds_present))} of {cv.n_splits} only"
+    lines.append(f"local CV ({name}, {present}, {cv.rows:,} OOF rows): {metric} {cv.score:.5f} "
+                 f"(fold mean {cv.fold_mean:.5f} +- {cv.fold_std:.5f})  loss {cv.oof['loss']:.4f}")
     return "\n".join(lines)

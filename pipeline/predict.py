@@ -23,7 +23,7 @@ from pipeline.config import Config, flag
 from pipeline.engine import DataSpec, predict
 from pipeline.ensemble import combine, honest_scores
 from pipeline.errors import PipelineError
-from pipeline.experiment import RECIPE, cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
+from pipeline.experiment import RECIPE, CVSummary, cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
 from pipeline.inputs import model_form
 from pipeline.models import build_model
 from pipeline.tasks import Task
@@ -204,7 +204,7 @@ def writable_dir(preferred: Path, fallback: Path) -> Path:
 
 
 def oof_tta(exp_dir: Path, images: torch.Tensor, preset: str, batch_size: int, device: torch.device,
-            precision: str = "auto") -> dict:
+            precision: str = "auto") -> CVSummary:
     """Each fold's best model with TTA on its own validation rows: oof_tta.csv and its scores in cv.json."""
     from pipeline.tta import with_tta
 
@@ -220,12 +220,12 @@ def oof_tta(exp_dir: Path, images: torch.Tensor, preset: str, batch_size: int, d
             pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))))
     table = pd.concat(parts).sort_values("id").reset_index(drop=True)
     write_csv(table, exp_dir / "oof_tta.csv")
-    cv = read_json(exp_dir / "cv.json", "CV summary")
-    cv["oof_tta"] = cv_summary(table, cv["n_splits"], spec.task)["oof"] | {"preset": preset}
-    write_json(cv, exp_dir / "cv.json")
+    cv = CVSummary.read(exp_dir / "cv.json")
+    cv.oof_tta = cv_summary(table, cv.n_splits, spec.task).oof | {"preset": preset}
+    write_json(cv.to_dict(), exp_dir / "cv.json")
     m = spec.task.metric
-    print(f"OOF with TTA ({preset}): {m} {cv['oof_tta'][m]:.5f}  loss {cv['oof_tta']['loss']:.4f}  "
-          f"(without: {cv['oof'][m]:.5f}  {cv['oof']['loss']:.4f})")
+    print(f"OOF with TTA ({preset}): {m} {cv.oof_tta[m]:.5f}  loss {cv.oof_tta['loss']:.4f}  "
+          f"(without: {cv.oof[m]:.5f}  {cv.oof['loss']:.4f})")
     return cv
 
 

@@ -18,7 +18,7 @@ from pipeline.checkpoint import atomic_path, read_json, write_csv  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.engine import DataSpec  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.experiment import cv_summary, oof_arrays, read_table  # noqa: E402
+from pipeline.experiment import CVSummary, cv_summary, oof_arrays, read_table  # noqa: E402
 from pipeline.inputs import model_form  # noqa: E402
 from pipeline.learners import boosted  # noqa: E402
 
@@ -137,10 +137,12 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
                                 f"retrain with: python -m pipeline.train --exp {exp_dir.name} --overwrite")
     n_splits = config.get("n_splits") if isinstance(config.get("n_splits"), int) else int(oof["fold"].max()) + 1
     cv = cv_summary(oof, n_splits, task)  # validates oof.csv; cv.json may be stale or hand-edited
-    saved = read_json(exp_dir / "cv.json", "CV summary") if (exp_dir / "cv.json").exists() else {}
-    tta = saved.get("oof_tta")
-    if isinstance(tta, dict) and isinstance(tta.get(task.metric), float) and isinstance(tta.get("loss"), float):
-        cv["oof_tta"] = tta | {"preset": str(tta.get("preset", "?"))}
+    try:  # its TTA scores, when a sound cv.json of this metric has them
+        saved = CVSummary.read(exp_dir / "cv.json") if (exp_dir / "cv.json").exists() else None
+    except PipelineError:
+        saved = None
+    if saved is not None and saved.oof_tta and task.metric in saved.oof_tta and "loss" in saved.oof_tta:
+        cv.oof_tta = saved.oof_tta
     ids = oof["id"].to_numpy()
     if images is not None and ids.max() >= len(images):
         raise PipelineError(f"{exp_dir / 'oof.csv'}: id {ids.max()} is beyond the {len(images):,} train rows; "
@@ -203,11 +205,11 @@ def markdown_table(df: pd.DataFrame, floatfmt: str) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(name: str, config: dict, cv: dict, sections: list[str]) -> str:
-    metric = cv.get("metric", "accuracy")
-    folds = pd.DataFrame([{"fold": k, **s} for k, s in cv["per_fold"].items()])
-    tta = (f"\nOOF with TTA ({cv['oof_tta']['preset']}): {metric} {cv['oof_tta'][metric]:.5f}, "
-           f"loss {cv['oof_tta']['loss']:.4f}\n" if "oof_tta" in cv else "")
+def report_markdown(name: str, config: dict, cv: CVSummary, sections: list[str]) -> str:
+    metric = cv.metric
+    folds = pd.DataFrame([{"fold": k, **s} for k, s in cv.per_fold.items()])
+    tta = (f"\nOOF with TTA ({cv.oof_tta['preset']}): {metric} {cv.oof_tta[metric]:.5f}, "
+           f"loss {cv.oof_tta['loss']:.4f}\n" if cv.oof_tta else "")
     keys = ("model", "epochs", "batch_size", "lr", "label_smoothing", "img_size") if model_form(
         str(config.get("model", ""))) != "gbm" else ("model", "select_features", "gbm_params")
     recipe = ", ".join(f"{k} {config.get(k, '?')}" for k in keys)
@@ -217,9 +219,9 @@ def report_markdown(name: str, config: dict, cv: dict, sections: list[str]) -> s
 {recipe}
 
 ## Local CV
-OOF {metric} {cv['oof'][metric]:.5f}, loss {cv['oof']['loss']:.4f} over {cv['rows']:,} rows
-({'all folds' if cv['complete'] else 'folds ' + ', '.join(map(str, cv['folds_present'])) + ' only'});
-fold {metric} {cv['fold_mean']:.5f} +- {cv['fold_std']:.5f} (mean +- std over folds).
+OOF {metric} {cv.score:.5f}, loss {cv.oof['loss']:.4f} over {cv.rows:,} rows
+({'all folds' if cv.complete else 'folds ' + ', '.join(map(str, cv.folds_present)) + ' only'});
+fold {metric} {cv.fold_mean:.5f} +- {cv.fold_std:.5f} (mean +- std over folds).
 {tta}
 {markdown_table(folds, '.5f')}
 

@@ -19,7 +19,7 @@ from pipeline.checkpoint import read_json
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.engine import DataSpec
-from pipeline.experiment import experiment_dir
+from pipeline.experiment import CVSummary, experiment_dir
 from pipeline.inputs import model_form
 from pipeline.predict import experiment_config, read_oofs
 
@@ -71,23 +71,20 @@ def summarise(exp_dir: Path) -> dict:
 def _summary(exp_dir: Path) -> dict:
     config = read_json(exp_dir / "config.json", "experiment config")
     cv_path = exp_dir / "cv.json"
-    cv = read_json(cv_path, "CV summary") if cv_path.exists() else {}
-    oof, oof_tta, metric = cv.get("oof", {}), cv.get("oof_tta", {}), str(cv.get("metric", "accuracy"))
-    if not isinstance(oof, dict) or not isinstance(oof_tta, dict):
-        raise PipelineError(f"{cv_path}: damaged CV summary; rewrite it with: python -m pipeline.train "
-                            f"--exp {exp_dir.name} --resume")
+    cv = CVSummary.read(cv_path) if cv_path.exists() else None  # None: no fold finished yet
     return {
         "group": group_of(config, str(exp_dir / "config.json")),
         "exp": exp_dir.name, "model": config.get("model"),
         **({"epochs": "-", "batch": "-", "lr": "-", "smooth": "-"} if model_form(str(config.get("model"))) == "gbm"
            else {"epochs": config.get("epochs"), "batch": config.get("batch_size"), "lr": config.get("lr"),
                  "smooth": config.get("label_smoothing")}),  # a boosted model has no epochs, batches or lr schedule
-        "folds": f"{len(cv.get('folds_present', []))}/{config.get('n_splits')}",
-        "metric": metric if cv else "-", "cv": _number(oof.get(metric)),
-        "fold_std": _number(cv.get("fold_std", cv.get("fold_accuracy_std"))),
-        "cv_tta": _number(oof_tta.get(metric)), "loss": _number(oof.get("loss", oof.get("log_loss"))),
-        "higher": bool(cv.get("higher_is_better", True)),
-        "train_s": _number(cv.get("train_seconds")),
+        "folds": f"{len(cv.folds_present) if cv else 0}/{config.get('n_splits')}",
+        "metric": cv.metric if cv else "-", "cv": _number(cv.score if cv else None),
+        "fold_std": _number(cv.fold_std if cv else None),
+        "cv_tta": _number((cv.oof_tta or {}).get(cv.metric) if cv else None),
+        "loss": _number(cv.oof.get("loss") if cv else None),
+        "higher": cv.higher_is_better if cv else True,
+        "train_s": _number(cv.train_seconds if cv else None),
         "date": dt.datetime.fromtimestamp((cv_path if cv_path.is_file() else exp_dir / "config.json").stat().st_mtime)
                   .strftime("%Y-%m-%d %H:%M"),
     }

@@ -61,9 +61,9 @@ def run(cfg: Config, extra: dict) -> pd.DataFrame:
     for name, cell in cells.items():
         print(f"== sweep {name}")
         cv = train.run(cell)
-        metric, higher = cv["metric"], cv["higher_is_better"]
-        rows.append({"lr": cell.lr, "batch_size": cell.batch_size, "metric": metric, "valid_score": cv["oof"][metric],
-                     "valid_loss": cv["oof"]["loss"], "train_seconds": cv["train_seconds"]})
+        metric, higher = cv.metric, cv.higher_is_better
+        rows.append({"lr": cell.lr, "batch_size": cell.batch_size, "metric": metric, "valid_score": cv.score,
+                     "valid_loss": cv.oof["loss"], "train_seconds": cv.train_seconds})
         write_csv(pd.DataFrame(rows), out_dir / "sweep.csv")  # kept up to date: an interrupted sweep keeps its cells
     table = pd.DataFrame(rows)
     grid = grid_table(rows)

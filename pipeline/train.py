@@ -118,8 +118,7 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> 
         if failed and len(failed) == len(todo) and not (exp_dir / "oof.csv").is_file():
             raise PipelineError("; ".join(failed.values()))
         with experiment.tables_locked(exp_dir):  # single-fold jobs may be writing their rows meanwhile
-            cv = experiment.write_cv(exp_dir, job.folds.n_splits,
-                                     {"train_seconds": round(time.perf_counter() - started, 1)}, desc.task)
+            cv = experiment.write_cv(exp_dir, job.folds.n_splits, round(time.perf_counter() - started, 1), desc.task)
         print(experiment.format_cv(cv, cfg.exp_name))
         if failed:
             raise PipelineError(f"{len(failed)} of {len(todo)} folds did not finish: " + "; ".join(failed.values())

@@ -28,7 +28,7 @@ from pipeline.inputs import check_model, input_kind, model_form
 from pipeline.learners import gbm_learner
 from pipeline.models import build_model, pretrained_stats, unwrap
 from pipeline.recipe import check_finite, finish_swa, fold_setup, make_optimizer, mixer, stop_early
-from pipeline.resume import check_snapshot, restore, snapshot
+from pipeline.resume import FoldProgress, check_snapshot, restore, snapshot
 
 def data_description(cfg: Config, src) -> data.Description:
     """What make_folds saved beside the folds file; detected with defaults for a folds file older than that."""
@@ -254,43 +254,43 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     mix = mixer(cfg, spec.task, cfg.batch_size)
     judged = ema.module if ema is not None else net  # what is validated, saved as best and predicted with
     metric = spec.task.metric
-    state = {"epoch": 0, "step": 0, "best": None, "best_preds": None, "best_epoch": 0}
+    state = FoldProgress()
     last = exp_dir / f"fold{k}.last.pth"
     if cfg.resume and last.is_file():
         state = restore(load_checkpoint(last), model, optimizer, generator, last, scaler, ema, scheduler, swa)
         check_snapshot(state, (len(valid_idx), spec.task.num_outputs), metric, cfg.epochs, last)
-        say(f"resume: fold {k} continues after epoch {state['epoch']} of {cfg.epochs} "
-            f"(best {metric} so far {state['best'][metric]:.5f})")
+        say(f"resume: fold {k} continues after epoch {state.epoch} of {cfg.epochs} "
+            f"(best {metric} so far {state.best[metric]:.5f})")
     x_valid = images[valid_idx]
     with BackgroundWriter() as writer:  # checkpoints go to disk while the next epoch trains
-        for epoch in range(state["epoch"], cfg.epochs):
+        for epoch in range(state.epoch, cfg.epochs):
             t0 = time.perf_counter()
             epoch_result = train_one_epoch(net, optimizer, scheduler, images, train_idx, targets, cfg, spec,
-                                           state["step"], generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}",
+                                           state.step, generator, desc=f"fold {k} epoch {epoch + 1}/{cfg.epochs}",
                                            scaler=scaler, ema=ema, mix=mix, ranks=ranks)
-            state["step"], loss = epoch_result.step, epoch_result.loss
+            state.step, loss = epoch_result.step, epoch_result.loss
             lr = optimizer.param_groups[0]["lr"]
             validator = unwrap(judged) if ranks.distributed else judged  # DataParallel validates on every GPU
             distributed.sync_buffers(validator, ranks)  # every rank validates rank 0's weights
             preds = distributed.gather_rows(
                 lambda a, b: predict(validator, x_valid[a:b], 2 * cfg.batch_size // ranks.world, spec, device,
                                      precision=cfg.precision), len(x_valid), ranks, device)
-            check_finite(loss, preds, unwrap(judged), k, epoch, state["epoch"])
+            check_finite(loss, preds, unwrap(judged), k, epoch, state.epoch)
             valid = spec.task.scores(preds, valid_targets)
             seconds = time.perf_counter() - t0  # training and validation; checkpoint writes are timed apart
             scheduler.step(epoch + 1, valid[metric])  # plateau decays here; the step-driven schedules ignore it
             if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
                 swa.update_parameters(model)
-            improved = spec.task.better(valid, state["best"])
+            improved = spec.task.better(valid, state.best)
             if improved:  # best by the competition metric, ties broken by the lower loss
-                state |= {"best": valid, "best_preds": preds, "best_epoch": epoch + 1}
+                state.improve(epoch + 1, valid, preds)
                 if ranks.main:
                     writer.save({"state_dict": unwrap(judged).state_dict(), "config": resolved, "fold": k,
                              "epoch": epoch + 1, "score": valid}, exp_dir / f"fold{k}.pth")
             row = {"fold": k, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": epoch_result.accuracy,
                    "valid_loss": valid["loss"]} | {f"valid_{m}": v for m, v in valid.items() if m != "loss"} \
                 | {"lr": lr, "seconds": round(seconds, 3)}
-            state["epoch"] = epoch + 1
+            state.epoch = epoch + 1
             if ranks.main:
                 experiment.append_metrics(exp_dir, row, epoch_result.lrs)
                 writer.save(snapshot(state, model, optimizer, generator, scaler, ema, scheduler, swa), last)
@@ -299,33 +299,33 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
                        f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} img/s{'  *best' if improved else ''}")
             if on_epoch is not None:
                 on_epoch(epoch + 1, valid)
-            if stop_early(epoch + 1, state["best_epoch"], cfg.patience):
+            if stop_early(epoch + 1, state.best_epoch, cfg.patience):
                 say(f"fold {k}: no better {metric} for {cfg.patience} epochs since epoch "
-                           f"{state['best_epoch']}: stopped early (--patience)")
+                           f"{state.best_epoch}: stopped early (--patience)")
                 break
-        if state["best_preds"] is None:
+        if state.best_preds is None:
             raise TrainingDiverged(f"fold {k}: no epoch gave a usable {metric} (it was NaN every epoch)")
-        selection = {"fold": k, "best_epoch": state["best_epoch"], f"best_epoch_{metric}": state["best"][metric],
+        selection = {"fold": k, "best_epoch": state.best_epoch, f"best_epoch_{metric}": state.best[metric],
                      "swa_epochs": 0, f"swa_{metric}": float("nan"), "kept": "best_epoch"}
         if swa is not None:
-            swa_preds = finish_swa(swa, cfg, spec, images, train_idx, x_valid, device, k, state["epoch"])
+            swa_preds = finish_swa(swa, cfg, spec, images, train_idx, x_valid, device, k, state.epoch)
             if swa_preds is not None:
                 swa_score = spec.task.scores(swa_preds, valid_targets)
-                keep = spec.task.better(swa_score, state["best"])
+                keep = spec.task.better(swa_score, state.best)
                 selection |= {"swa_epochs": int(swa.n_averaged), f"swa_{metric}": swa_score[metric],
                               "kept": "swa" if keep else "best_epoch"}
                 say(f"fold {k}: SWA of the last {int(swa.n_averaged)} epochs: valid {metric} "
-                           f"{swa_score[metric]:.5f} vs best epoch {state['best_epoch']}: {state['best'][metric]:.5f}"
+                           f"{swa_score[metric]:.5f} vs best epoch {state.best_epoch}: {state.best[metric]:.5f}"
                            f" -> keeping {'SWA' if keep else 'the best epoch'}")
                 if keep:
-                    state["best_preds"] = swa_preds
+                    state.best_preds = swa_preds
                 if keep and ranks.main:
                     writer.save({"state_dict": swa.module.state_dict(), "config": resolved, "fold": k,
-                                 "epoch": state["epoch"], "score": swa_score, "swa_epochs": int(swa.n_averaged)},
+                                 "epoch": state.epoch, "score": swa_score, "swa_epochs": int(swa.n_averaged)},
                                 exp_dir / f"fold{k}.pth")
         writer.wait()
         say(f"fold {k}: checkpoints written in the background, {writer.seconds:.1f}s of disk time "
                    "(not in the img/s above)")
     if ranks.main:
         experiment.write_selection(exp_dir, selection)
-    return state["best_preds"]
+    return state.best_preds

@@ -71,7 +71,7 @@ def run(cfg: Config, extra: dict):
 
         cell = replace(trial_config(params, f"trial{trial.number}"), exp=(f"trial{trial.number}",),
                        weights_dir=str(out_dir), overwrite=True)
-        return train.run(cell, on_epoch=report)["oof"][metric]
+        return train.run(cell, on_epoch=report).score
 
     task = trainer.data_description(cfg, data.resolve(cfg.data)).task
     metric = task.metric

@@ -529,7 +529,7 @@ def test_damaged_resume_snapshot_values_are_refused(project, edit, message, caps
     args = ["--data", project, "--exp", "r", "--fold", "0", "--epochs", "2", "--batch-size", "32"]
     assert train.main(args) == 0
     from pipeline.recipe import fold_setup
-    from pipeline.resume import snapshot  # a real snapshot of fold 0 after its first epoch
+    from pipeline.resume import FoldProgress, snapshot  # a real snapshot of fold 0 after its first epoch
     snap = torch.load("weights/r/fold0.pth", weights_only=True)
     model_state = snap["state_dict"]
     oof = pd.read_csv("weights/r/oof.csv")
@@ -538,8 +538,8 @@ def test_damaged_resume_snapshot_values_are_refused(project, edit, message, caps
     spec = DataSpec(Task("multiclass", tuple(str(i) for i in range(10))), 28, (0.1,), (0.3,))
     model, _, optimizer, generator = fold_setup(cfg, spec, 1, 0, torch.device("cpu"))
     model.load_state_dict(model_state)
-    state = snapshot({"epoch": 1, "step": 5, "best_epoch": 1, "best": {"accuracy": 0.5, "loss": 1.0, "log_loss": 1.0},
-                      "best_preds": preds.numpy()}, model, optimizer, generator)
+    state = snapshot(FoldProgress(1, 5, {"accuracy": 0.5, "loss": 1.0, "log_loss": 1.0}, preds.numpy(), 1), model,
+                     optimizer, generator)
     edit(state)
     Path("weights/r/oof.csv").unlink()  # fold 0 unfinished again
     torch.save(state, "weights/r/fold0.last.pth")

@@ -226,7 +226,7 @@ def test_schedule_flags_end_to_end(tiny_comp, workdir, capsys):
 def test_resume_snapshot_carries_the_plateau_counters_and_the_swa_average(tmp_path):
     from torch.optim.swa_utils import AveragedModel
 
-    from pipeline.resume import restore, snapshot
+    from pipeline.resume import FoldProgress, restore, snapshot
 
     cfg = Config(**BASE, epochs=8, warmup_epochs=0, sched="plateau", decay_epochs=3)
 
@@ -242,10 +242,10 @@ def test_resume_snapshot_carries_the_plateau_counters_and_the_swa_average(tmp_pa
     with torch.no_grad():
         model.weight.add_(1.0)
     swa.update_parameters(model)
-    state = {"epoch": 3, "step": 6, "best": {"accuracy": 0.9, "loss": 1.0}, "best_epoch": 1,
-             "best_preds": np.zeros((2, 2), np.float32)}
+    state = FoldProgress(3, 6, {"accuracy": 0.9, "loss": 1.0}, np.zeros((2, 2), np.float32), 1)
     saved = snapshot(state, model, optimizer, generator, scheduler=scheduler, swa=swa)
     model2, optimizer2, scheduler2, swa2, generator2 = parts()
-    restore(saved, model2, optimizer2, generator2, tmp_path / "x", scheduler=scheduler2, swa=swa2)
+    back = restore(saved, model2, optimizer2, generator2, tmp_path / "x", scheduler=scheduler2, swa=swa2)
+    assert (back.epoch, back.step, back.best, back.best_epoch) == (3, 6, {"accuracy": 0.9, "loss": 1.0}, 1)
     assert scheduler2.lr_scheduler.num_bad_epochs == 2 and scheduler2.lr_scheduler.best == 0.9
     assert int(swa2.n_averaged) == 1 and torch.equal(swa2.module.weight, swa.module.weight)
