@@ -34,7 +34,7 @@ from timm.optim import create_optimizer_v2
 
 from pipeline import data
 from pipeline.augment import MEAN, STD, albumentations_affine
-from pipeline.config import Config, parse_stage, to_dict
+from pipeline.config import Config, ExperimentConfig, parse_stage
 from pipeline.engine import (DataSpec, auto_batch_size, autocast, backward_and_step, grad_scaler, make_scheduler, resolve_device,
                              steps_per_epoch)
 from pipeline.errors import main_guard
@@ -114,7 +114,7 @@ def pipeline_fold(cfg: Config, train: data.TrainSet, folds: np.ndarray, device: 
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
     spec = DataSpec(DIGITS, cfg.img_size, (MEAN,), (STD,), "digits")
-    resolved = to_dict(cfg) | {"n_splits": 5, "num_classes": data.NUM_CLASSES, "in_chans": 1, "data_spec": spec.to_dict()}
+    resolved = ExperimentConfig.resolve(cfg, n_splits=5, num_classes=data.NUM_CLASSES, data_spec=spec.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
         probs = train_fold(cfg, resolved, spec, 0, images, labels, folds, Path(tmp), device)
         seconds = pd.read_csv(Path(tmp) / "metrics.csv")["seconds"].tolist()

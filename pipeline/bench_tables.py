@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, ExperimentConfig, to_dict
 from pipeline.engine import DataSpec, backward_and_step, make_scheduler, steps_per_epoch
 from pipeline.folds import assign_folds
 from pipeline.nets import MLP, parse_hidden
@@ -77,7 +77,7 @@ def pipeline_mlp(cfg: Config, x: np.ndarray, y: np.ndarray, folds: np.ndarray, d
 
     spec = DataSpec(TASK, 0, (0.0,), (1.0,), "none", "table",
                     {"names": [f"f{j}" for j in range(FEATURES)], "categorical": [], "cardinalities": []})
-    resolved = to_dict(cfg) | {"n_splits": 5, "num_classes": 1, "in_chans": 1, "data_spec": spec.to_dict()}
+    resolved = ExperimentConfig.resolve(cfg, n_splits=5, num_classes=1, data_spec=spec.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
         preds = train_fold(cfg, resolved, spec, 0, torch.from_numpy(x).to(device), torch.from_numpy(y).to(device),
                            folds, Path(tmp), device)

@@ -168,8 +168,11 @@ def check_state_dict(state, path: Path) -> None:
 FOLD_CONFIG = {"model": str, "num_classes": int, "in_chans": int, "img_size": int, "n_splits": int}
 
 
-def check_fold_config(ckpt: dict, path: Path) -> dict:
-    """The resolved config saved in a fold checkpoint, with the keys and types inference rebuilds from."""
+def check_fold_config(ckpt: dict, path: Path):
+    """The resolved config saved in a fold checkpoint (a config.ExperimentConfig), with the keys and types inference
+    rebuilds from."""
+    from pipeline.config import ExperimentConfig
+
     config = ckpt.get("config")
     if not isinstance(config, dict):
         raise PipelineError(f"{path}: no 'config' mapping in the checkpoint; it was not written by pipeline.train")
@@ -180,7 +183,7 @@ def check_fold_config(ckpt: dict, path: Path) -> dict:
     if not (1 <= config["num_classes"] <= 100_000 and 1 <= config["in_chans"] <= 16 and 16 <= config["img_size"] <= 512):
         raise PipelineError(f"{path}: config num_classes/in_chans/img_size out of range: "
                             f"{config['num_classes']}/{config['in_chans']}/{config['img_size']}")
-    return config
+    return ExperimentConfig.from_dict(config, str(path))
 
 
 def _refusal(message: str) -> str:

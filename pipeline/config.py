@@ -402,6 +402,72 @@ def parse_stage(argv: list[str] | None, prog: str, names: list[str], doc: str = 
     return make_config(values, source=config_file or prog), extras
 
 
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """An experiment's config.json, and the 'config' inside each of its checkpoints: the train flags as resolved (the
+    recipe) and what the data and the folds fixed. Written flat, as one JSON mapping (to_dict); read back checked
+    (from_dict). The recipe stays the mapping it was saved as: a file from an older version may hold a field this
+    one lacks, and `setting` gives a field the file lacks its default."""
+    recipe: dict  # Config's fields as resolved (to_dict(cfg))
+    n_splits: int  # folds in the folds file
+    num_classes: int = 10  # model outputs (Task.num_outputs); older Digit Recognizer files lack it
+    in_chans: int = 1  # image channels the model takes
+    train_hash: str = ""  # of the train file the folds were made on
+    folds_hash: str = ""  # of the folds file every fold must share
+    group_col: str = ""
+    data_spec: dict | None = None  # engine.DataSpec.to_dict(); None: trained before specs were saved (digits)
+    data: dict | None = None  # data.Description.to_dict(); None: trained before layouts existed
+    IDENTITY = ("n_splits", "num_classes", "in_chans", "train_hash", "folds_hash", "group_col", "data_spec", "data")
+
+    @property
+    def model(self) -> str:
+        return str(self.setting("model"))
+
+    @property
+    def img_size(self) -> int:
+        return int(self.setting("img_size"))
+
+    def setting(self, name: str):
+        """A recipe field, an identity field, or (absent from an older file) the field's default."""
+        if name in self.IDENTITY:
+            return getattr(self, name)
+        return self.recipe[name] if name in self.recipe else getattr(Config(), name, None)
+
+    def to_dict(self) -> dict:
+        fixed = {name: getattr(self, name) for name in self.IDENTITY}
+        return self.recipe | {k: v for k, v in fixed.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> ExperimentConfig:
+        """A saved mapping, the fields stages rebuild from checked (one line naming `where` otherwise)."""
+        if not isinstance(d, dict):
+            raise PipelineError(f"{where}: expected a mapping of settings, found {type(d).__name__}")
+        n_splits = d.get("n_splits")
+        if not isinstance(n_splits, int) or isinstance(n_splits, bool) or not 2 <= n_splits <= 20:
+            raise PipelineError(f"{where}: n_splits must be 2..20, found {n_splits!r}; retrain the experiment with "
+                                "--overwrite")
+        for key, kind in (("num_classes", int), ("in_chans", int), ("img_size", int), ("model", str),
+                          ("train_hash", str), ("folds_hash", str), ("group_col", str), ("data_spec", dict),
+                          ("data", dict)):
+            if key in d and d[key] is not None and (not isinstance(d[key], kind) or isinstance(d[key], bool)):
+                raise PipelineError(f"{where}: {key} must be {_type_name(kind) if kind is not dict else 'a mapping'}, "
+                                    f"found {quote(d[key])}; retrain the experiment with --overwrite")
+        fixed = {k: d[k] for k in cls.IDENTITY if k in d and d[k] is not None}
+        return cls({k: v for k, v in d.items() if k not in cls.IDENTITY}, **fixed)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ExperimentConfig:
+        from pipeline.checkpoint import read_json
+
+        return cls.from_dict(read_json(path, "experiment config"), str(path))
+
+    @classmethod
+    def resolve(cls, cfg: Config, **fixed) -> ExperimentConfig:
+        """What train saves for a run of `cfg` (its flags as resolved) on data and folds that fixed `fixed`."""
+        recipe = {k: v for k, v in to_dict(cfg).items() if k not in cls.IDENTITY}  # 'data': the description, not --data
+        return cls(recipe | {"exp": [cfg.exp_name]}, **fixed)
+
+
 def to_dict(cfg: Config) -> dict:
     """JSON-ready dict of the config (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}

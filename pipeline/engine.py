@@ -49,13 +49,14 @@ class DataSpec:
                 "std": list(self.std), "augment": self.augment, "kind": self.kind, "features": self.features}
 
     @classmethod
-    def from_config(cls, config: dict, where: str) -> DataSpec:
-        """From a resolved config (config.json or a checkpoint's); Digit Recognizer's before specs were saved."""
-        spec = config.get("data_spec")
+    def from_config(cls, config, where: str) -> DataSpec:
+        """From a resolved config (config.ExperimentConfig: config.json's or a checkpoint's); Digit Recognizer's before
+        specs were saved."""
+        spec = config.data_spec
         if spec is None:  # trained before task kinds existed: 10 digits, MNIST statistics
             from pipeline.augment import MEAN, STD
-            return cls(Task("multiclass", tuple(str(i) for i in range(int(config.get("num_classes", 10))))),
-                       int(config.get("img_size", 28)), (MEAN,), (STD,))
+            return cls(Task("multiclass", tuple(str(i) for i in range(config.num_classes))), config.img_size,
+                       (MEAN,), (STD,))
         try:
             if not isinstance(spec, dict) or not isinstance(spec.get("task"), dict):
                 raise TypeError(f"expected a mapping with a task, found {type(spec).__name__}")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.checkpoint import read_json, write_csv, write_json
-from pipeline.config import Config
+from pipeline.config import Config, ExperimentConfig
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
@@ -183,13 +183,13 @@ def _remove_matching(folder: Path, names: re.Pattern) -> None:
             path.unlink()  # a link itself, never its target
 
 
-def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwrite: bool) -> list[int]:
+def prepare(exp_dir: Path, config: ExperimentConfig, folds: list[int], resume: bool, overwrite: bool) -> list[int]:
     """Apply the no-silent-overwrite policy (call while holding the lock); return the folds still to train."""
     saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
     artifacts = sorted(p.name for p in exp_dir.glob("*") if p.name != "config.json" and not p.name.startswith(".")) if exp_dir.is_dir() else []
     if not artifacts and (not resume or saved is None):
         return folds  # nothing trained yet (--resume on a new experiment, a SLURM job's first fold): start
-    if overwrite and len(folds) == config["n_splits"]:
+    if overwrite and len(folds) == config.n_splits:
         remove_artifacts(exp_dir)
         return folds
     if not resume and not overwrite:
@@ -199,14 +199,14 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
         raise PipelineError(f"{'--resume' if resume else '--overwrite --fold ' + ','.join(map(str, folds))}: {exp_dir} "
                             "has no config.json, so which folds file and recipe its folds used is unknown; retrain "
                             "every fold with --overwrite --fold all, or use another --exp")
-    changed = [f for f in RECIPE + DATA_IDENTITY if _saved(saved, f) != config.get(f)]
-    stale = other_folds_hash(exp_dir, config["folds_hash"], folds if overwrite else [])
+    changed = [f for f in RECIPE + DATA_IDENTITY if _saved(saved, f) != config.setting(f)]
+    stale = other_folds_hash(exp_dir, config.folds_hash, folds if overwrite else [])
     if stale and "folds_hash" not in changed:  # config.json says one folds file, a kept checkpoint another
         changed, saved = ["folds_hash", *changed], saved | {"folds_hash": stale}
     if overwrite:
         if changed:
             raise PipelineError(f"--overwrite: {exp_dir}'s other folds were trained with {_what(changed[0])}="
-                                f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; one experiment "
+                                f"{saved.get(changed[0])!r}, this run has {config.setting(changed[0])!r}; one experiment "
                                 "holds one recipe and one folds file: use --fold all, or another --exp")
         for k in folds:
             forget_fold(exp_dir, k)
@@ -217,7 +217,7 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
                   "with --overwrite --fold all, or restore the old folds file" if f == "folds_hash" else
                   "resume with the same settings or use --overwrite / another --exp")
         raise PipelineError(f"--resume: {exp_dir} was trained with {_what(f)}={saved.get(f)!r}, this run has "
-                            f"{config.get(f)!r}; {advice}")
+                            f"{config.setting(f)!r}; {advice}")
     finished = done_folds(exp_dir)
     for k in finished:  # a kill between writing the OOF and removing the epoch state leaves a stale one
         (exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
@@ -226,13 +226,13 @@ def prepare(exp_dir: Path, config: dict, folds: list[int], resume: bool, overwri
     return [k for k in folds if k not in finished]
 
 
-def prepare_full(exp_dir: Path, config: dict, overwrite: bool) -> None:
+def prepare_full(exp_dir: Path, config: ExperimentConfig, overwrite: bool) -> None:
     """--fold full joins an experiment only with the same recipe and data; an existing full.pth needs --overwrite."""
     saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
-    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and _saved(saved, f) != config.get(f)]
+    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and _saved(saved, f) != config.setting(f)]
     if changed:
         raise PipelineError(f"--fold full: {exp_dir}'s folds were trained with {_what(changed[0])}="
-                            f"{saved.get(changed[0])!r}, this run has {config.get(changed[0])!r}; the full-data model "
+                            f"{saved.get(changed[0])!r}, this run has {config.setting(changed[0])!r}; the full-data model "
                             "must share the folds' recipe: use the same flags, or another --exp")
     if (exp_dir / "full.pth").exists() and not overwrite:
         raise PipelineError(f"{exp_dir}/full.pth exists; add --overwrite to train it again")

@@ -18,8 +18,7 @@ import time
 import torch
 
 from pipeline import trainer
-from pipeline.checkpoint import read_json
-from pipeline.config import Config, make_config, to_dict
+from pipeline.config import Config, ExperimentConfig, make_config, to_dict
 from pipeline.engine import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.experiment import HeldLock
@@ -101,7 +100,7 @@ def fold_worker(values: dict, me: int, device_name: str, folds, results, threads
         cfg = make_config(values | {"device": device_name, "gpus": ""}, "fold worker")
         job = trainer.setup(cfg, quiet=True)
         device = resolve_device(device_name)
-        resolved = read_json(job.exp_dir / "config.json", "experiment config")
+        resolved = ExperimentConfig.read(job.exp_dir / "config.json")
         images, targets = job.images(device)
     except KeyboardInterrupt:
         return

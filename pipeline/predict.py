@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 from pipeline import data
-from pipeline.checkpoint import check_fold_config, load_checkpoint, read_json, write_csv, write_json, write_npy
-from pipeline.config import Config, flag
+from pipeline.checkpoint import check_fold_config, load_checkpoint, write_csv, write_json, write_npy
+from pipeline.config import Config, ExperimentConfig, flag
 from pipeline.engine import DataSpec, predict
 from pipeline.ensemble import combine, honest_scores
 from pipeline.errors import PipelineError
@@ -34,8 +34,8 @@ def experiment_data(exp_dir: Path) -> tuple[data.Description, DataSpec]:
     config = experiment_config(exp_dir)
     where = str(exp_dir / "config.json")
     spec = DataSpec.from_config(config, where)
-    if "data" in config:
-        return data.Description.from_dict(config["data"], where), spec
+    if config.data is not None:
+        return data.Description.from_dict(config.data, where), spec
     return data.Description("pixels", spec.task, side=28, channels=1), spec  # trained before layouts existed
 
 
@@ -48,24 +48,19 @@ def default_experiment(weights_dir: Path, model: str) -> str:
     raise PipelineError(f"--exp: {weights_dir}/ holds several experiments ({', '.join(found)}); name one or more")
 
 
-def experiment_config(exp_dir: Path) -> dict:
+def experiment_config(exp_dir: Path) -> ExperimentConfig:
     """config.json of a trained experiment, checked for what inference and blending rely on."""
     if not (exp_dir / "config.json").exists():
         found = sorted(p.parent.name for p in exp_dir.parent.glob("*/config.json"))
         raise PipelineError(f"{exp_dir}: not a trained experiment (no config.json); "
                             + (f"experiments in {exp_dir.parent}/: {', '.join(found)}" if found else "none trained yet"))
-    config = read_json(exp_dir / "config.json", "experiment config")
-    n_splits = config.get("n_splits")
-    if not isinstance(n_splits, int) or isinstance(n_splits, bool) or not 2 <= n_splits <= 20:
-        raise PipelineError(f"{exp_dir / 'config.json'}: n_splits must be 2..20, found {n_splits!r}; "
-                            "retrain the experiment with --overwrite")
-    return config
+    return ExperimentConfig.read(exp_dir / "config.json")
 
 
 def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
     """The k fold checkpoints of an experiment, refusing a partial set (cfg: the --data and --weights-dir in use)."""
     config = experiment_config(exp_dir)
-    n_splits, suffix = config["n_splits"], model_suffix(config)
+    n_splits, suffix = config.n_splits, model_suffix(config)
     paths = [exp_dir / f"fold{k}{suffix}" for k in range(n_splits)]
     missing = [k for k, p in enumerate(paths) if not p.is_file()]
     if missing:
@@ -80,11 +75,11 @@ def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
     return paths
 
 
-def model_suffix(config: dict) -> str:
+def model_suffix(config: ExperimentConfig) -> str:
     """A fold's model file: fold<k>.pth (torch), fold<k>.txt (a boosting library's text model)."""
     from pipeline.learners.boosted import SUFFIX
 
-    return SUFFIX if model_form(str(config.get("model", ""))) == "gbm" else ".pth"
+    return SUFFIX if model_form(config.model) == "gbm" else ".pth"
 
 
 def fold_input(path: Path, rows: torch.Tensor, spec: DataSpec) -> torch.Tensor:
@@ -104,14 +99,15 @@ def fold_state(path: Path) -> dict:
     return preprocess.load(prep)
 
 
-def fold_predictions(path: Path, rows: torch.Tensor, cfg: Config, config: dict, preset: str, device: torch.device,
+def fold_predictions(path: Path, rows: torch.Tensor, cfg: Config, config: ExperimentConfig, preset: str,
+                     device: torch.device,
                      desc: str) -> np.ndarray:
     """One fold's predictions (N, outputs) for raw rows, by its learner, through its own preprocessing."""
     spec = DataSpec.from_config(config, str(path.parent / "config.json"))
-    if model_form(str(config.get("model", ""))) == "gbm":
+    if model_form(config.model) == "gbm":
         from pipeline.learners import boosted
 
-        return boosted.predict_fold(path, rows.cpu().numpy(), spec, str(config["model"]))
+        return boosted.predict_fold(path, rows.cpu().numpy(), spec, config.model)
     model, spec = load_fold_model(path, device, config)
     if cfg.tta:
         from pipeline.tta import with_tta  # ttach is needed only with --tta
@@ -125,16 +121,17 @@ def train_command(exp_dir: Path, cfg: Config, what: str) -> str:
     recipe as saved in config.json, since train refuses to add to an experiment with another recipe."""
     config, defaults = experiment_config(exp_dir), Config()
     words = ["python -m pipeline.train --exp", shlex.quote(exp_dir.name), what]
-    where = {"data": cfg.data, "weights_dir": cfg.weights_dir, "folds_path": config.get("folds_path")}
+    where = {"data": cfg.data, "weights_dir": cfg.weights_dir, "folds_path": config.setting("folds_path")}
     for name in ["pretrained", *where, *RECIPE]:
-        value = where[name] if name in where else config.get(name)
+        value = where[name] if name in where else config.setting(name)
         if value is None or value == getattr(defaults, name):
             continue
         words += [flag(name)] if value is True else [flag(name), shlex.quote(str(value))]
     return " ".join(words)
 
 
-def load_fold_model(path: Path, device: torch.device, experiment: dict | None = None) -> tuple[torch.nn.Module, DataSpec]:
+def load_fold_model(path: Path, device: torch.device,
+                    experiment: ExperimentConfig | None = None) -> tuple[torch.nn.Module, DataSpec]:
     """Rebuild the fold's model from the config stored in its checkpoint (pretrained=False).
 
     `experiment`: the experiment's config.json; a checkpoint trained on other folds or for other outputs is refused.
@@ -142,25 +139,25 @@ def load_fold_model(path: Path, device: torch.device, experiment: dict | None = 
     ckpt = load_checkpoint(path)
     saved = check_fold_config(ckpt, path)
     experiment = experiment or saved
-    if saved.get("folds_hash") != experiment.get("folds_hash"):
-        raise PipelineError(f"{path}: trained on folds file {saved.get('folds_hash')!r}, the experiment's config.json "
-                            f"says {experiment.get('folds_hash')!r}; its folds mix two fold assignments: retrain with "
+    if saved.folds_hash != experiment.folds_hash:
+        raise PipelineError(f"{path}: trained on folds file {saved.folds_hash!r}, the experiment's config.json "
+                            f"says {experiment.folds_hash!r}; its folds mix two fold assignments: retrain with "
                             "--overwrite --fold all")
-    for key, default in (("num_classes", 10), ("in_chans", 1)):
-        want = experiment.get(key, default)
-        if saved.get(key) != want:
-            raise PipelineError(f"{path}: checkpoint has {key}={saved.get(key)!r}, the data needs {want}")
+    for key in ("num_classes", "in_chans"):
+        if getattr(saved, key) != getattr(experiment, key):
+            raise PipelineError(f"{path}: checkpoint has {key}={getattr(saved, key)!r}, the data needs "
+                                f"{getattr(experiment, key)}")
     spec = DataSpec.from_config(saved, str(path))
-    net_input = spec.input_kind.net_input(saved["in_chans"], saved["img_size"], fold_state(path)) \
+    net_input = spec.input_kind.net_input(saved.in_chans, saved.img_size, fold_state(path)) \
         if spec.input_kind.has_preprocessing else {}  # the width (and embedded slots) the fold's preprocessing gives
-    model = build_model(saved["model"], saved["num_classes"], saved["in_chans"], saved["img_size"], pretrained=False,
-                        hidden=str(saved.get("hidden", "")), **net_input)
+    model = build_model(saved.model, saved.num_classes, saved.in_chans, saved.img_size, pretrained=False,
+                        hidden=str(saved.setting("hidden")), **net_input)
     model = spec.task.output_head(model)  # regression: its mean and std come with the weights
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         detail = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise PipelineError(f"{path}: weights do not fit {saved['model']} ({detail[min(1, len(detail) - 1)][:120]})") from None
+        raise PipelineError(f"{path}: weights do not fit {saved.model} ({detail[min(1, len(detail) - 1)][:120]})") from None
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model.to(device).eval(), spec
@@ -234,7 +231,7 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
     frames, hashes = [], []
     task = experiment_data(experiment_dir(weights_dir, exps[0]))[1].task
     for e in exps:
-        hashes.append(experiment_config(experiment_dir(weights_dir, e)).get("folds_hash"))
+        hashes.append(experiment_config(experiment_dir(weights_dir, e)).folds_hash)
         path = weights_dir / e / "oof.csv"
         table = read_table(path)
         if table is None:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from pipeline import data
-from pipeline.checkpoint import read_json
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import experiment_dir
@@ -22,17 +21,17 @@ def run(cfg: Config) -> Path:
     exp_dir = experiment_dir(cfg.weights_dir, cfg.exp[0] if cfg.exp else cfg.model)
     if not (exp_dir / "oof.csv").is_file():
         raise PipelineError(f"{exp_dir}: no oof.csv to report on; train it with: python -m pipeline.train --exp {exp_dir.name}")
-    config = read_json(exp_dir / "config.json", "experiment config")
-    from pipeline.predict import experiment_data
+    from pipeline.predict import experiment_config, experiment_data
 
+    config = experiment_config(exp_dir)
     desc = experiment_data(exp_dir)[0]
     src = data.resolve(cfg.data)
     train = data.read_train_as(src, desc, cfg.data, str(exp_dir / "config.json"), new_folds=False)
-    trained_on = config.get("train_hash")
+    trained_on = config.train_hash
     if trained_on != train.train_hash:
         raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "
                             f"({trained_on}); pass the same --data")
-    images = data.train_images(src, desc, train, int(config.get("img_size", 28)), cfg.cache_dir) \
+    images = data.train_images(src, desc, train, config.img_size, cfg.cache_dir) \
         if desc.kind == "image" else None  # other inputs have no picture of a row
     path = write_report(exp_dir, images)
     print(f"wrote {path} and its figures in {path.parent}/")

@@ -14,8 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
-from pipeline.checkpoint import atomic_path, read_json, write_csv  # noqa: E402
-from pipeline.config import Config  # noqa: E402
+from pipeline.checkpoint import atomic_path, write_csv  # noqa: E402
+from pipeline.config import Config, ExperimentConfig  # noqa: E402
 from pipeline.engine import DataSpec  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.experiment import CVSummary, cv_summary, oof_arrays, read_table  # noqa: E402
@@ -128,14 +128,14 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
     Curves where there are epochs (neural learners), feature importance where the learner has it (gbm),
     confusions and per-class scores for classes, predicted-against-true and residuals for regression.
     """
-    config = read_json(exp_dir / "config.json", "experiment config")
+    config = ExperimentConfig.read(exp_dir / "config.json")
     task = DataSpec.from_config(config, str(exp_dir / "config.json")).task
     metrics, oof = read_table(exp_dir / "metrics.csv"), read_table(exp_dir / "oof.csv")
     for name, table, columns in (("metrics.csv", metrics, ["epoch", "train_loss", "valid_loss"]), ("oof.csv", oof, ["id"])):
         if table is None or any(c not in table.columns for c in columns):
             raise PipelineError(f"{exp_dir / name}: missing or damaged (needs {', '.join(columns)}); "
                                 f"retrain with: python -m pipeline.train --exp {exp_dir.name} --overwrite")
-    n_splits = config.get("n_splits") if isinstance(config.get("n_splits"), int) else int(oof["fold"].max()) + 1
+    n_splits = config.n_splits
     cv = cv_summary(oof, n_splits, task)  # validates oof.csv; cv.json may be stale or hand-edited
     try:  # its TTA scores, when a sound cv.json of this metric has them
         saved = CVSummary.read(exp_dir / "cv.json") if (exp_dir / "cv.json").exists() else None
@@ -147,7 +147,7 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
     if images is not None and ids.max() >= len(images):
         raise PipelineError(f"{exp_dir / 'oof.csv'}: id {ids.max()} is beyond the {len(images):,} train rows; "
                             "pass the --data it was trained on")
-    model = str(config.get("model", ""))
+    model = config.model
     gbm = model_form(model) == "gbm"
     importance = boosted.importance(exp_dir, model) if gbm else None
     out = exp_dir / "report"
@@ -205,14 +205,14 @@ def markdown_table(df: pd.DataFrame, floatfmt: str) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(name: str, config: dict, cv: CVSummary, sections: list[str]) -> str:
+def report_markdown(name: str, config: ExperimentConfig, cv: CVSummary, sections: list[str]) -> str:
     metric = cv.metric
     folds = pd.DataFrame([{"fold": k, **s} for k, s in cv.per_fold.items()])
     tta = (f"\nOOF with TTA ({cv.oof_tta['preset']}): {metric} {cv.oof_tta[metric]:.5f}, "
            f"loss {cv.oof_tta['loss']:.4f}\n" if cv.oof_tta else "")
     keys = ("model", "epochs", "batch_size", "lr", "label_smoothing", "img_size") if model_form(
-        str(config.get("model", ""))) != "gbm" else ("model", "select_features", "gbm_params")
-    recipe = ", ".join(f"{k} {config.get(k, '?')}" for k in keys)
+        config.model) != "gbm" else ("model", "select_features", "gbm_params")
+    recipe = ", ".join(f"{k} {config.setting(k)}" for k in keys)
     body = "\n".join(sections)
     return f"""# Experiment {name}
 

@@ -15,8 +15,7 @@ import pandas as pd
 from scipy.stats import binomtest, wilcoxon
 
 from pipeline import data
-from pipeline.checkpoint import read_json
-from pipeline.config import Config, parse_config
+from pipeline.config import Config, ExperimentConfig, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.engine import DataSpec
 from pipeline.experiment import CVSummary, experiment_dir
@@ -50,14 +49,13 @@ def collect(weights_dir: Path) -> pd.DataFrame:
             .drop(columns=["rank", "higher", "position"]).reset_index(drop=True))
 
 
-def group_of(config: dict, where: str) -> str:
+def group_of(config: ExperimentConfig, where: str) -> str:
     """What makes two experiments' CVs comparable: the same train data (its hash) judged by the same metric."""
     spec = DataSpec.from_config(config, where)
-    described = config.get("data")
-    what = (data.Description.from_dict(described, where).summary() if isinstance(described, dict)
+    what = (data.Description.from_dict(config.data, where).summary() if config.data is not None
             else spec.task.describe())
     direction = "higher" if spec.task.higher_is_better else "lower"
-    return f"{what}; train hash {config.get('train_hash', '?')} ({direction} is better)"
+    return f"{what}; train hash {config.train_hash or '?'} ({direction} is better)"
 
 
 def summarise(exp_dir: Path) -> dict:
@@ -69,16 +67,16 @@ def summarise(exp_dir: Path) -> dict:
 
 
 def _summary(exp_dir: Path) -> dict:
-    config = read_json(exp_dir / "config.json", "experiment config")
+    config = experiment_config(exp_dir)
     cv_path = exp_dir / "cv.json"
     cv = CVSummary.read(cv_path) if cv_path.exists() else None  # None: no fold finished yet
     return {
         "group": group_of(config, str(exp_dir / "config.json")),
-        "exp": exp_dir.name, "model": config.get("model"),
-        **({"epochs": "-", "batch": "-", "lr": "-", "smooth": "-"} if model_form(str(config.get("model"))) == "gbm"
-           else {"epochs": config.get("epochs"), "batch": config.get("batch_size"), "lr": config.get("lr"),
-                 "smooth": config.get("label_smoothing")}),  # a boosted model has no epochs, batches or lr schedule
-        "folds": f"{len(cv.folds_present) if cv else 0}/{config.get('n_splits')}",
+        "exp": exp_dir.name, "model": config.model,
+        **({"epochs": "-", "batch": "-", "lr": "-", "smooth": "-"} if model_form(config.model) == "gbm"
+           else {"epochs": config.setting("epochs"), "batch": config.setting("batch_size"), "lr": config.setting("lr"),
+                 "smooth": config.setting("label_smoothing")}),  # a boosted model has no epochs, batches or lr schedule
+        "folds": f"{len(cv.folds_present) if cv else 0}/{config.n_splits}",
         "metric": cv.metric if cv else "-", "cv": _number(cv.score if cv else None),
         "fold_std": _number(cv.fold_std if cv else None),
         "cv_tta": _number((cv.oof_tta or {}).get(cv.metric) if cv else None),
@@ -138,16 +136,16 @@ def check_comparable(weights_dir: Path, a: str, b: str) -> None:
     refuse with whichever of those fails first."""
     configs = {e: experiment_config(experiment_dir(weights_dir, e)) for e in (a, b)}
     specs = {e: DataSpec.from_config(c, str(weights_dir / e / "config.json")) for e, c in configs.items()}
-    if configs[a].get("train_hash") != configs[b].get("train_hash"):
+    if configs[a].train_hash != configs[b].train_hash:
         raise PipelineError(f"--compare: {a} and {b} were trained on different data (train hash "
-                            f"{configs[a].get('train_hash')!r} vs {configs[b].get('train_hash')!r}); the paired test "
+                            f"{configs[a].train_hash!r} vs {configs[b].train_hash!r}); the paired test "
                             "compares two experiments' predictions of the same rows: compare within one competition")
     if specs[a].task != specs[b].task:
         raise PipelineError(f"--compare: {a} is {specs[a].task.describe()}, {b} is {specs[b].task.describe()}; the "
                             "paired test compares experiments of one task judged by one metric")
-    if configs[a].get("folds_hash") != configs[b].get("folds_hash"):
+    if configs[a].folds_hash != configs[b].folds_hash:
         raise PipelineError(f"--compare: {a} and {b} were trained on different folds files (hash "
-                            f"{configs[a].get('folds_hash')!r} vs {configs[b].get('folds_hash')!r}); the per-fold "
+                            f"{configs[a].folds_hash!r} vs {configs[b].folds_hash!r}); the per-fold "
                             "differences need the same folds: retrain one on the other's folds file")
 
 

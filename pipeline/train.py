@@ -19,7 +19,7 @@ import torch
 
 from pipeline import distributed, experiment
 from pipeline.checkpoint import write_json
-from pipeline.config import TRAIN_FLAGS, Config, command, parse_config
+from pipeline.config import TRAIN_FLAGS, Config, ExperimentConfig, command, parse_config
 from pipeline.distributed import Ranks
 from pipeline.engine import (resolve_device)
 from pipeline.errors import PipelineError, main_guard
@@ -30,7 +30,7 @@ FLAGS = TRAIN_FLAGS
 REPORT_FLAGS = ["exp", "data", "weights_dir", "cache_dir"]  # what `python -m pipeline.report` needs to find the run
 
 
-def prepared(exp_dir: Path, resolved: dict, fold_ids: list[int], cfg: Config) -> list[int] | str:
+def prepared(exp_dir: Path, resolved: ExperimentConfig, fold_ids: list[int], cfg: Config) -> list[int] | str:
     """The folds still to train, or why not (as text, so rank 0 can tell the other ranks before it stops)."""
     try:
         return experiment.prepare(exp_dir, resolved, fold_ids, cfg.resume, cfg.overwrite)
@@ -92,7 +92,7 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> 
                   f"starting {max(1, len(todo))}")
             devices = devices[:max(1, len(todo))]
         if ranks.main:
-            write_json(job.resolved, exp_dir / "config.json")
+            write_json(job.resolved.to_dict(), exp_dir / "config.json")
             where = (f"{len(devices)} parallel fold processes on {', '.join(devices)}" if len(devices) > 1 else
                      f"{ranks.world} ranks (DistributedDataParallel)" if ranks.distributed else
                      f"device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''}")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from pipeline import data, distributed, experiment
 from pipeline.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, write_json
 from pipeline.augment import is_albumentations, load_albumentations
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, ExperimentConfig
 from pipeline.distributed import SINGLE, Ranks
 from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, make_scheduler, on_device, predict,
                              resolve_device, resolve_precision, steps_per_epoch, train_one_epoch)
@@ -48,7 +48,7 @@ class Setup:
     train: data.TrainSet
     folds: object
     spec: DataSpec
-    resolved: dict
+    resolved: ExperimentConfig
 
     def images(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, targets): the decoded train images on the device (or host memory), the targets on the device."""
@@ -114,9 +114,9 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     else:
         build_model(cfg.model, desc.task.num_outputs, desc.channels, cfg.img_size, cfg.pretrained, cfg.pretrained_path,
                     cfg.drop_rate, cfg.drop_path_rate, len(spec.features.get("names", [])), cfg.hidden)  # fail fast
-    resolved = to_dict(cfg) | {"exp": [cfg.exp_name], "n_splits": folds.n_splits, "num_classes": desc.task.num_outputs,
-                               "in_chans": desc.channels, "train_hash": train.train_hash, "folds_hash": folds.folds_hash,
-                               "group_col": desc.group_col, "data_spec": spec.to_dict(), "data": desc.to_dict()}
+    resolved = ExperimentConfig.resolve(cfg, n_splits=folds.n_splits, num_classes=desc.task.num_outputs,
+                                        in_chans=desc.channels, train_hash=train.train_hash, folds_hash=folds.folds_hash,
+                                        group_col=desc.group_col, data_spec=spec.to_dict(), data=desc.to_dict())
     return Setup(cfg, exp_dir, src, desc, train, folds, spec, resolved)
 
 
@@ -158,7 +158,7 @@ def check_batch(cfg: Config, ranks: Ranks) -> None:
                                 f"got {cfg.batch_size // ranks.world} per rank")
 
 
-def train_full(cfg: Config, resolved: dict, spec: DataSpec, src, desc, train, exp_dir: Path, device: torch.device,
+def train_full(cfg: Config, resolved: ExperimentConfig, spec: DataSpec, src, desc, train, exp_dir: Path, device: torch.device,
                ranks: Ranks = SINGLE) -> dict:
     """--fold full: every row for the same epochs, no validation (so no CV, no best epoch): the last epoch is saved."""
     if ranks.distributed:
@@ -172,14 +172,14 @@ def train_full(cfg: Config, resolved: dict, spec: DataSpec, src, desc, train, ex
     with experiment.locked(exp_dir):
         experiment.prepare_full(exp_dir, resolved, cfg.overwrite)
         if not (exp_dir / "config.json").exists():
-            write_json(resolved | {"fold": "all"}, exp_dir / "config.json")
+            write_json(resolved.to_dict() | {"fold": "all"}, exp_dir / "config.json")
         images = on_device(data.train_images(src, desc, train, cfg.img_size, cfg.cache_dir),
                            device if not is_albumentations(spec.augment) else torch.device("cpu"))
         targets = torch.from_numpy(train.targets).to(device)
         rows = torch.arange(len(targets), device=images.device)
-        k = int(resolved["n_splits"])  # seeds apart from every fold's
+        k = resolved.n_splits  # seeds apart from every fold's
         images, net_input = fold_inputs(images, rows, targets, spec, cfg, exp_dir / "full.prep.json")
-        model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device,
+        model, net, optimizer, generator = fold_setup(cfg, spec, resolved.in_chans, k, device,
                                                       net_input=net_input, train_targets=train.targets)
         scaler, mix = grad_scaler(cfg.precision, device), mixer(cfg, spec.task, cfg.batch_size)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(rows), cfg.batch_size))
@@ -201,13 +201,13 @@ def train_full(cfg: Config, resolved: dict, spec: DataSpec, src, desc, train, ex
             finish_swa(swa, cfg, spec, images, rows, None, device, "full", cfg.epochs)
             final = swa.module
             print(f"full: saving the SWA average of the last {int(swa.n_averaged)} epochs (no validation to choose by)")
-        save_checkpoint({"state_dict": final.state_dict(), "config": resolved, "fold": "full", "epoch": cfg.epochs},
+        save_checkpoint({"state_dict": final.state_dict(), "config": resolved.to_dict(), "fold": "full", "epoch": cfg.epochs},
                         exp_dir / "full.pth")
     print(f"wrote {exp_dir}/full.pth (no CV for it: every row was trained on); add it at inference with --with-full")
     return {"full": str(exp_dir / "full.pth")}
 
 
-def fit_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,
+def fit_fold(cfg: Config, resolved: ExperimentConfig, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,
              folds: np.ndarray, exp_dir: Path, device: torch.device, on_epoch=None, ranks: Ranks = SINGLE) -> np.ndarray:
     """Fold k by its learner (the model name picks it): a boosting library's, or the torch engine (train_fold)."""
     if model_form(cfg.model) == "gbm":
@@ -234,7 +234,7 @@ def fold_inputs(images: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
     return fitted, spec.input_kind.net_input(int(images.shape[1]) if images.ndim == 4 else 0, cfg.img_size, state)
 
 
-def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,
+def train_fold(cfg: Config, resolved: ExperimentConfig, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,
                folds: np.ndarray, exp_dir: Path, device: torch.device, on_epoch=None,
                ranks: Ranks = SINGLE) -> np.ndarray:
     """Train fold k; save its best epoch (or its SWA average, when that scores better) by the competition metric;
@@ -243,7 +243,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
     valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(images.device)
     valid_targets = targets[valid_idx.to(device)].cpu().numpy()
     images, net_input = fold_inputs(images, train_idx, targets, spec, cfg, exp_dir / f"fold{k}.prep.json", ranks)
-    model, net, optimizer, generator = fold_setup(cfg, spec, int(resolved["in_chans"]), k, device, ranks, net_input,
+    model, net, optimizer, generator = fold_setup(cfg, spec, resolved.in_chans, k, device, ranks, net_input,
                                                   targets[train_idx.to(targets.device)].cpu().numpy())
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(train_idx), cfg.batch_size),
                                spec.task.higher_is_better)
@@ -285,7 +285,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
             if improved:  # best by the competition metric, ties broken by the lower loss
                 state.improve(epoch + 1, valid, preds)
                 if ranks.main:
-                    writer.save({"state_dict": unwrap(judged).state_dict(), "config": resolved, "fold": k,
+                    writer.save({"state_dict": unwrap(judged).state_dict(), "config": resolved.to_dict(), "fold": k,
                              "epoch": epoch + 1, "score": valid}, exp_dir / f"fold{k}.pth")
             row = {"fold": k, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": epoch_result.accuracy,
                    "valid_loss": valid["loss"]} | {f"valid_{m}": v for m, v in valid.items() if m != "loss"} \
@@ -320,7 +320,7 @@ def train_fold(cfg: Config, resolved: dict, spec: DataSpec, k: int, images: torc
                 if keep:
                     state.best_preds = swa_preds
                 if keep and ranks.main:
-                    writer.save({"state_dict": swa.module.state_dict(), "config": resolved, "fold": k,
+                    writer.save({"state_dict": swa.module.state_dict(), "config": resolved.to_dict(), "fold": k,
                                  "epoch": state.epoch, "score": swa_score, "swa_epochs": int(swa.n_averaged)},
                                 exp_dir / f"fold{k}.pth")
         writer.wait()

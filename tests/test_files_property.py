@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import train
-from pipeline.config import RULES, Config, parse_config
+from pipeline.config import RULES, Config, ExperimentConfig, parse_config
 from pipeline.errors import PipelineError
 from pipeline.predict import load_fold_model
 from pipeline.models import build_model
@@ -81,6 +81,9 @@ junk = st.one_of(st.none(), st.integers(-5, 10**6), st.floats(allow_nan=True), s
                                   torch.zeros(0), torch.ones(64, 1, 3, 3)]))
 
 
+EXPERIMENT = ExperimentConfig({}, n_splits=5, num_classes=10, in_chans=1, folds_hash="abc")
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=st.sampled_from(["top", "config", "state_dict"]), key_index=st.integers(0, 40), value=junk,
        delete=st.booleans(), cut=st.one_of(st.none(), st.integers(0, 200_000)))
@@ -99,7 +102,7 @@ def test_damaged_checkpoints_load_or_refuse(good_checkpoint, where, key_index, v
         if cut is not None:
             path.write_bytes(path.read_bytes()[:cut])
         try:
-            model, spec = load_fold_model(path, torch.device("cpu"), {"folds_hash": "abc", "num_classes": 10, "in_chans": 1})
+            model, spec = load_fold_model(path, torch.device("cpu"), EXPERIMENT)
         except PipelineError as e:
             one_line(e)
             return

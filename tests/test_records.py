@@ -20,3 +20,23 @@ def test_cv_summary_round_trips_and_derives_its_figures(tmp_path):
     path.write_text(json.dumps(written | {"oof": {"accuracy": 0.9, "loss": 0.1}}))  # no score in its own metric
     with pytest.raises(PipelineError, match=r"cv.json: damaged CV summary \(KeyError: 'rmse'\)"):
         CVSummary.read(path)
+
+
+def test_experiment_config_round_trips_and_fills_fields_older_files_lack(tmp_path):
+    from pipeline.config import Config, ExperimentConfig, to_dict
+
+    resolved = ExperimentConfig.resolve(Config(model="mlp", epochs=7, exp=("a",)), n_splits=3, num_classes=2,
+                                        folds_hash="f00", data_spec={"task": {}})
+    flat = resolved.to_dict()  # config.json: one flat mapping, as files before the record were written
+    assert flat["model"] == "mlp" and flat["n_splits"] == 3 and flat["exp"] == ["a"] and "data" not in flat
+    back = ExperimentConfig.from_dict(json.loads(json.dumps(flat)), "config.json")
+    assert back == resolved and (back.model, back.setting("epochs"), back.in_chans) == ("mlp", 7, 1)
+    older = {k: v for k, v in flat.items() if k not in ("cat_encoding", "num_classes", "data_spec")}
+    old = ExperimentConfig.from_dict(older, "config.json")  # written before those fields existed
+    assert (old.setting("cat_encoding"), old.num_classes, old.data_spec) == ("onehot", 10, None)
+    assert to_dict(Config())["n_splits"] == 5 and old.setting("n_splits") == 3  # the folds', not make_folds' default
+    for bad, message in (({"n_splits": 1}, "n_splits must be 2..20, found 1"),
+                         ({"in_chans": "3"}, "in_chans must be an integer, found '3'"),
+                         ({"data": [1]}, "data must be a mapping")):
+        with pytest.raises(PipelineError, match=message):
+            ExperimentConfig.from_dict(flat | bad, "config.json")

@@ -21,7 +21,7 @@ from pipeline.learners import gbm_learner
 SUFFIX = ".txt"  # the fold's model file: fold<k>.txt
 
 
-def train_fold(cfg, resolved: dict, spec, k: int, data: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
+def train_fold(cfg, resolved, spec, k: int, data: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
                exp_dir: Path, main: bool = True) -> np.ndarray:
     """Fit fold k; save its model and preprocessing; return its validation predictions (n_valid, outputs)."""
     library = gbm_learner(cfg.model)
