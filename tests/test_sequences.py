@@ -1,0 +1,45 @@
+"""Sequences and frames: packed data, batches gathered from it, and sequence models that never read padding."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.packed import by_length, context_batch, crop_batch, pack, whole_batch
+from pipeline.seqnets import SEQUENCE_NETS, build_sequence_net
+
+
+@pytest.mark.parametrize("name", SEQUENCE_NETS)
+@pytest.mark.parametrize("pool", ["mean", "attention"])
+def test_an_utterance_alone_and_padded_in_a_batch_gives_the_same_prediction(name, pool):
+    torch.manual_seed(0)
+    net = build_sequence_net(name, 5, 3, hidden=16, layers=2, pool=pool).eval()
+    rng = np.random.default_rng(0)
+    short, long = rng.normal(size=(4, 5)), rng.normal(size=(9, 5))
+    x, lengths = whole_batch(pack([short, long]), torch.tensor([0, 1]))
+    assert x.shape == (2, 9, 5) and lengths.tolist() == [4, 9]
+    x[0, 4:] = 1e3  # whatever the padding holds, the short row's prediction is its own
+    with torch.no_grad():
+        batched = net(x, lengths)
+        alone = net(torch.tensor(short, dtype=torch.float32)[None], torch.tensor([4]))
+    assert torch.allclose(batched[0], alone[0], atol=1e-5), (batched[0], alone[0])
+
+
+def test_rows_of_an_image_are_steps():
+    net = build_sequence_net("lstm", 28, 10, hidden=8, layers=1).eval()
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_batches_gathered_from_the_packed_frames():
+    p = pack([np.arange(6.0)[:, None], 100 + np.arange(3.0)[:, None]])
+    x, n = crop_batch(p, torch.tensor([0, 1, 0]), 4, torch.Generator().manual_seed(1))
+    assert n.tolist() == [4, 3, 4]
+    for row in (0, 2):  # a window of 4 consecutive frames of sequence 0
+        start = int(x[row, 0, 0])
+        assert x[row, :, 0].tolist() == [float(start + i) for i in range(4)] and start <= 2
+    assert x[1, :, 0].tolist() == [100.0, 101.0, 102.0, 0.0]
+    window = context_batch(p, torch.arange(9), 2)[:, :, 0]  # frame labelling: 2 neighbours each side, in its sequence
+    assert window[0].tolist() == [0, 0, 0, 1, 2] and window[7].tolist() == [100, 100, 101, 102, 102]
+    assert window[5].tolist() == [3, 4, 5, 5, 5]
+    sub = p.subset(torch.tensor([1, 0]))
+    assert sub.lengths.tolist() == [3, 6] and sub.sequence(0)[:, 0].tolist() == [100, 101, 102]
+    batches = by_length(torch.tensor([3, 9, 1, 7]), 4, budget=16)  # at most 16 padded frames per batch
+    assert [b.tolist() for b in batches] == [[1], [3, 0], [2]]
