@@ -45,7 +45,11 @@ class Config:
     pretrained: bool = False  # start from timm's pretrained weights (downloaded from the hub: needs internet)
     pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
     img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
-    hidden: str = ""  # mlp: comma-separated hidden layer sizes, e.g. 512,256; '' = 256,128
+    hidden: str = ""  # mlp: comma-separated hidden layer sizes, e.g. 512,256; '' = 256,128. gru/lstm: the cell width ('' = 256); transformer/conformer: the model width ('' = 80)
+    layers: int = 2  # gru, lstm, transformer, conformer: stacked layers
+    pool: str = "mean"  # sequence models on whole sequences: mean (masked) or attention (learned weights over the steps)
+    crop_len: int = 128  # sequences: frames of the random window each training row is cut to (HW4's sample: 128)
+    context: int = 5  # frames: neighbours on each side of a frame in its input window (HW2's concat_nframes = 2K + 1)
     cat_encoding: str = "onehot"  # tables, mlp: categorical columns as one-hot blocks (onehot) or learned embeddings (embed)
     select_features: int = 0  # tables: keep the K best columns by univariate score (scikit-learn SelectKBest), fitted per fold on its training rows; 0 = all
     gbm_params: str = ""  # lightgbm: JSON/YAML file of LightGBM parameters over the defaults (learning_rate 0.05, num_leaves 31, ...)
@@ -180,10 +184,14 @@ RULES = {  # field -> (test, rule text)
     "ema": (lambda v: v == 0 or 0.5 <= v < 1, "must be 0 (off) or in [0.5, 1)"),
     "select_features": (lambda v: 0 <= v <= 100_000, "must be 0 (all) or a number of columns"),
     "cat_encoding": (lambda v: v in ("onehot", "embed"), "must be onehot or embed"),
-    "aug": (lambda v: v in ("", "digits", "natural", "none") or v.endswith((".json", ".yaml", ".yml")),
-            "must be digits, natural, none or an albumentations .json/.yaml file"),
-    "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders", "table"),
-               "must be pixels, csv-images, class-folders or table"),
+    "aug": (lambda v: v in ("", "digits", "natural", "none", "specaugment") or v.endswith((".json", ".yaml", ".yml")),
+            "must be digits, natural, none, specaugment or an albumentations .json/.yaml file"),
+    "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders", "table", "speakers", "frames"),
+               "must be pixels, csv-images, class-folders, table, speakers or frames"),
+    "layers": (lambda v: 1 <= v <= 64, "must be 1..64"),
+    "pool": (lambda v: v in ("mean", "attention"), "must be mean or attention"),
+    "crop_len": (lambda v: 1 <= v <= 100_000, "must be 1..100000 frames"),
+    "context": (lambda v: 0 <= v <= 1000, "must be 0..1000 frames on each side"),
     "task": (lambda v: v in ("", "multiclass", "multilabel", "regression"), "must be multiclass, multilabel or regression"),
     "metric": (lambda v: v in ("", "accuracy", "macro_f1", "micro_f1", "roc_auc", "log_loss", "rmse", "mse", "mae",
                                "mcrmse", "qwk"),
@@ -248,7 +256,7 @@ TRAIN_FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "
                "exp", "weights_dir", "device", "seed", "overwrite", "resume", "oof_tta", "tta_preset", "report", "cache_dir", "aug", "precision", "ema",
                "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix",
                "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
-               "gpus", "sync_bn", "lr_scale", "hidden", "select_features", "cat_encoding",
+               "gpus", "sync_bn", "lr_scale", "hidden", "layers", "pool", "crop_len", "context", "select_features", "cat_encoding",
                "gbm_params"]
 
 

@@ -72,7 +72,10 @@ class DataSpec:
 
 def on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """The whole uint8 array on the device when it fits in 80% of free GPU memory; else kept in host memory,
-    where batches stream from (pinned, asynchronous copies; see take)."""
+    where batches stream from (pinned, asynchronous copies; see take). Packed sequences (data.sequences' rows) alike."""
+    if not isinstance(images, np.ndarray):
+        fits = device.type == "cuda" and images.packed.values.nbytes < 0.8 * torch.cuda.mem_get_info(device)[0]
+        return images.to(device) if fits else images
     host = torch.from_numpy(images if images.flags.writeable else np.array(images))
     if device.type != "cuda":
         return host
@@ -254,15 +257,14 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         lrs.append(lr)
         idx = shard(order[i * batch:(i + 1) * batch], ranks)
         if workers is not None:  # augmented on the CPU by albumentations, in DataLoader workers
-            x = shard(next(workers), ranks).to(device, non_blocking=True)
-        else:  # augmented on the device, in one batch
-            x = spec.train_batch(take(images, idx, device), cfg, generator)
-        x = spec.inputs(x, channels_last)
+            x = spec.inputs(shard(next(workers), ranks).to(device, non_blocking=True), channels_last)
+        else:  # taken from the device-resident rows and augmented there, in one batch, the input kind's way
+            x = spec.input_kind.train_inputs(images, idx, device, spec, cfg, generator)
         y = targets[idx.to(device)]
         if mix is not None:  # timm's Mixup: mixed images, soft targets that already carry the label smoothing
             x, soft = mix(x, y)
         with autocast(device, cfg.precision):
-            logits = model(x)
+            logits = model(*x) if isinstance(x, tuple) else model(x)  # sequences: (x, lengths)
         if mix is not None:
             loss = spec.task.loss(logits.float(), soft, 0.0)
         else:
@@ -293,13 +295,11 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, spec: DataS
     The one forward path for validation, OOF and test (a ttach wrapper is just another model).
     """
     model.eval()
-    channels_last = device.type == "cuda"
-    out = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, unit="batch",
-                      disable=None if BARS and desc and len(starts) > 1 else True):
-        x = spec.inputs(images[start:start + batch_size].to(device, non_blocking=True), channels_last)
+    out = torch.empty((len(images), spec.task.num_outputs), dtype=torch.float32, device=device)
+    n_batches = -(-len(images) // max(1, batch_size))
+    for rows, x in tqdm(spec.input_kind.eval_inputs(images, batch_size, device, spec), total=n_batches, desc=desc,
+                        leave=False, unit="batch", disable=None if BARS and desc and n_batches > 1 else True):
         with autocast(device, precision):
-            logits = model(x)
-        out.append(spec.task.activate(logits.float()))
-    return torch.cat(out).cpu().numpy()
+            logits = model(*x) if isinstance(x, tuple) else model(x)  # sequences: (x, lengths)
+        out[rows.to(device)] = spec.task.activate(logits.float())  # batches may come in another order (by length)
+    return out.cpu().numpy()

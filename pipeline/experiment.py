@@ -28,7 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
 # Fields that define what an experiment trains; --resume refuses a run that changes one of them.
-RECIPE = ["model", "pretrained_path", "img_size", "hidden", "select_features", "cat_encoding", "gbm_params", "epochs", "batch_size", "lr", "weight_decay",
+RECIPE = ["model", "pretrained_path", "img_size", "hidden", "layers", "pool", "crop_len", "context", "select_features", "cat_encoding", "gbm_params", "epochs", "batch_size", "lr", "weight_decay",
           "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
           "mixup", "cutmix", "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
           "drop_rate", "drop_path_rate", "seed"]
@@ -56,6 +56,8 @@ def read_table(path: Path) -> pd.DataFrame | None:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PipelineError(f"{path}: unreadable ({str(e).strip().splitlines()[0][:80]}); "
                             "retrain the experiment with --overwrite") from None
+    if "fold" in table.columns and table.empty:  # every row removed (the one fold trained is being retrained)
+        table["fold"] = table["fold"].astype(np.int64)
     if "fold" not in table.columns or not pd.api.types.is_integer_dtype(table["fold"]):
         raise PipelineError(f"{path}: damaged (no integer 'fold' column); retrain the experiment with --overwrite")
     return table

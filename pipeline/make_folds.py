@@ -54,8 +54,9 @@ def run(cfg: Config) -> np.ndarray:
     sizes = np.bincount(folds, minlength=cfg.n_splits)
     how = {"multiclass": "stratified by label", "multilabel": "multilabel-stratified",
            "regression": "stratified by target bins"}[desc.task.kind]
+    grouped = cfg.group_col or ("utterance" if train.groups is not None else "")  # frames: by their utterance
     print(f"wrote {path}: {len(folds):,} rows in {cfg.n_splits} folds of {sizes.min():,}-{sizes.max():,} "
-          f"({how}{', grouped by ' + cfg.group_col if cfg.group_col else ''}, seed {cfg.seed})")
+          f"({how}{', grouped by ' + grouped if grouped else ''}, seed {cfg.seed})")
     return folds
 
 

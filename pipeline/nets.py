@@ -70,11 +70,20 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
-NETS = {"mlp": "vector"}  # name -> the input form it wants
+NETS = {"mlp": "vector", "gru": "sequence", "lstm": "sequence", "transformer": "sequence", "conformer": "sequence"}
 
 
 def build_net(name: str, num_classes: int, n_features: int, hidden: str = "", drop_rate: float = 0.0,
-              embeddings: tuple[int, ...] = ()) -> nn.Module:
+              embeddings: tuple[int, ...] = (), step_features: int = 0, layers: int = 2, pool: str = "mean",
+              steps: int = 1) -> nn.Module:
+    """mlp on vectors of n_features (a window of `steps` frames flattened: n_features * steps); a sequence network
+    on steps of `step_features` features."""
     if name == "mlp":
-        return MLP(n_features, num_classes, parse_hidden(hidden), drop_rate if drop_rate else 0.1, tuple(embeddings))
+        return MLP(n_features * max(1, steps), num_classes, parse_hidden(hidden), drop_rate if drop_rate else 0.1,
+                   tuple(embeddings))
+    if NETS.get(name) == "sequence":
+        from pipeline.seqnets import build_sequence_net
+
+        sizes = parse_hidden(hidden) if hidden.strip() else (0,)
+        return build_sequence_net(name, step_features, num_classes, sizes[0], layers, drop_rate or 0.1, pool)
     raise PipelineError(f"--model: unknown network {name!r}; the project's own: {', '.join(NETS)}")

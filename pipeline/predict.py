@@ -86,17 +86,15 @@ def fold_input(path: Path, rows: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     """Rows as the fold at `path` sees them: its own saved preprocessing applied (tables), or as they are."""
     if not spec.input_kind.has_preprocessing:
         return rows
-    return spec.input_kind.apply_fold(fold_state(path), rows)
+    return spec.input_kind.apply_fold(fold_state(path, spec), rows)
 
 
-def fold_state(path: Path) -> dict:
-    """The preprocessing state saved beside the fold at `path` (fold<k>.prep.json)."""
+def fold_state(path: Path, spec: DataSpec) -> dict:
+    """The preprocessing state saved beside the fold at `path` (fold<k>.prep.json), as its input kind reads it."""
     prep = path.with_name(path.name.split(".")[0] + ".prep.json")
     if not prep.is_file():
         raise PipelineError(f"{prep}: missing (the preprocessing {path.name} was trained with); retrain with --overwrite")
-    from pipeline import preprocess
-
-    return preprocess.load(prep)
+    return spec.input_kind.load_state(prep)
 
 
 def fold_predictions(path: Path, rows: torch.Tensor, cfg: Config, config: ExperimentConfig, preset: str,
@@ -148,10 +146,11 @@ def load_fold_model(path: Path, device: torch.device,
             raise PipelineError(f"{path}: checkpoint has {key}={getattr(saved, key)!r}, the data needs "
                                 f"{getattr(experiment, key)}")
     spec = DataSpec.from_config(saved, str(path))
-    net_input = spec.input_kind.net_input(saved.in_chans, saved.img_size, fold_state(path)) \
+    net_input = spec.input_kind.net_input(saved.in_chans, saved.img_size, fold_state(path, spec)) \
         if spec.input_kind.has_preprocessing else {}  # the width (and embedded slots) the fold's preprocessing gives
     model = build_model(saved.model, saved.num_classes, saved.in_chans, saved.img_size, pretrained=False,
-                        hidden=str(saved.setting("hidden")), **net_input)
+                        hidden=str(saved.setting("hidden")), layers=int(saved.setting("layers")),
+                        **({"pool": str(saved.setting("pool"))} | net_input))
     model = spec.task.output_head(model)  # regression: its mean and std come with the weights
     try:
         model.load_state_dict(ckpt["state_dict"])

@@ -51,7 +51,8 @@ def fold_setup(cfg: Config, spec: DataSpec, in_chans: int, k: int, device: torch
     seed_everything(cfg.seed + k, cfg.deterministic)  # weight init, dropout, python and numpy: per fold
     model = build_model(cfg.model, spec.task.num_outputs, in_chans, cfg.img_size, pretrained=cfg.pretrained,
                         pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate,
-                        drop_path_rate=cfg.drop_path_rate, hidden=cfg.hidden, **(net_input or {}))
+                        drop_path_rate=cfg.drop_path_rate, hidden=cfg.hidden, layers=cfg.layers,
+                        **({"pool": cfg.pool} | (net_input or {})))
     model = spec.task.output_head(model, train_targets).to(device)  # regression: standardised on these rows
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

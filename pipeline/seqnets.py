@@ -30,8 +30,8 @@ def step_mask(lengths: torch.Tensor | None, steps: int, device: torch.device) ->
 
 
 def as_steps(x: torch.Tensor) -> torch.Tensor:
-    """(B, T, F) as is; an image (B, 1, H, W) -> (B, H, W): its rows are the steps."""
-    return x.flatten(1, 2) if x.ndim == 4 and x.shape[1] == 1 else x
+    """(B, T, F) as is; an image (B, C, H, W) -> (B, H, C * W): its rows are the steps."""
+    return x.permute(0, 2, 1, 3).flatten(2) if x.ndim == 4 else x
 
 
 class Pool(nn.Module):
@@ -162,6 +162,8 @@ def build_sequence_net(name: str, n_features: int, num_classes: int, hidden: int
                        drop_rate: float = 0.1, pool: str = "mean") -> nn.Module:
     """gru / lstm (hidden: the cell width, 256 by default) or transformer / conformer (hidden: d_model, 80 by
     default, HW4's sample)."""
+    if n_features < 1:
+        raise ValueError(f"{name}: needs the features per step, got {n_features}")
     if name in ("gru", "lstm"):
         return RNN(name, n_features, num_classes, hidden or 256, layers, drop_rate, pool=pool)
     heads = 2 if (hidden or 80) % 2 == 0 else 1

@@ -97,7 +97,9 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     mean, std = desc.normalize
     if cfg.pretrained or cfg.pretrained_path:  # a pretrained backbone expects the statistics it was trained with
         mean, std = pretrained_stats(cfg.model, desc.channels) or (mean, std)
-    spec = DataSpec(desc.task, cfg.img_size, mean, std, cfg.aug or desc.augment, desc.kind, desc.spec_features)
+    kind = input_kind(desc.kind)
+    spec = DataSpec(desc.task, cfg.img_size, mean, std, cfg.aug or desc.augment, desc.kind,
+                    desc.spec_features | kind.settings(cfg))
     if is_albumentations(spec.augment):
         load_albumentations(spec.augment)  # a bad file fails here, before any work
     mixer(cfg, spec.task, cfg.batch_size)  # refused here when it cannot apply
@@ -222,16 +224,15 @@ def fit_fold(cfg: Config, resolved: ExperimentConfig, spec: DataSpec, k: int, im
 
 def fold_inputs(images: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, spec: DataSpec, cfg: Config,
                 path: Path, ranks: Ranks = SINGLE) -> tuple[torch.Tensor, dict]:
-    """The rows as this fold's model sees them, and what a vector model gets (width, embedded slots): the input
-    kind's preprocessing
-    (tables: imputation, scaling, encoding, selection) fitted on the fold's training `rows` alone and saved at
-    `path` (JSON) for inference; images pass through."""
+    """The rows as this fold's model sees them, and what the network gets (width, embedded slots, features per
+    step): the input kind's preprocessing (tables: imputation, scaling, encoding, selection; sequences: per-feature
+    normalisation) fitted on the fold's training `rows` alone and saved at `path` (JSON) for inference; images pass
+    through."""
     fitted, state = spec.input_kind.fit_fold(images, rows, targets, spec, cfg)
     if state is not None and ranks.main:
-        from pipeline import preprocess
-
-        preprocess.save(state, path)
-    return fitted, spec.input_kind.net_input(int(images.shape[1]) if images.ndim == 4 else 0, cfg.img_size, state)
+        spec.input_kind.save_state(state, path)
+    channels = int(images.shape[1]) if getattr(images, "ndim", 0) == 4 else 0
+    return fitted, spec.input_kind.net_input(channels, cfg.img_size, state)
 
 
 def train_fold(cfg: Config, resolved: ExperimentConfig, spec: DataSpec, k: int, images: torch.Tensor, targets: torch.Tensor,

@@ -43,3 +43,35 @@ def test_batches_gathered_from_the_packed_frames():
     assert sub.lengths.tolist() == [3, 6] and sub.sequence(0)[:, 0].tolist() == [100, 101, 102]
     batches = by_length(torch.tensor([3, 9, 1, 7]), 4, budget=16)  # at most 16 padded frames per batch
     assert [b.tolist() for b in batches] == [[1], [3, 0], [2]]
+
+
+@pytest.mark.slow
+def test_speakers_and_frames_through_the_four_stages_with_no_layout_flags(workdir, capsys):
+    """HW4's and HW2's layouts (the digits as utterances): make_folds -> train -> infer -> submit --dry-run; the
+    submissions have the course's headers in the test split's order; frames never straddle two folds' sides."""
+    import pandas as pd
+
+    from pipeline import infer, make_folds, submit, train
+
+    for data, exp, model, header in (("sample-speakers", "sp", "transformer", ["Id", "Category"]),
+                                     ("sample-frames", "fr", "lstm", ["Id", "Class"])):
+        folds = f"folds/{exp}.csv"
+        assert make_folds.main(["--data", data, "--n-splits", "2", "--folds-path", folds]) == 0
+        assert ("grouped by utterance" in capsys.readouterr().out) == (exp == "fr")
+        args = ["--data", data, "--folds-path", folds, "--exp", exp, "--model", model, "--hidden", "32",
+                "--epochs", "2", "--context", "2"]
+        assert train.main(args) == 0
+        assert infer.main(["--data", data, "--exp", exp]) == 0
+        assert submit.main([f"submissions/{exp}.csv", "--data", data, "--dry-run"]) == 0
+        sub = pd.read_csv(f"submissions/{exp}.csv")
+        truth = pd.read_csv(workdir / f"data/{data}/solution.csv")
+        assert list(sub.columns) == header and sub["Id"].tolist() == truth["Id"].tolist()
+        assert (sub[header[1]].astype(str) == truth[header[1]].astype(str)).mean() > 0.3  # learned (chance: 0.1)
+        assert infer.main(["--data", data, "--exp", exp, "--tta"]) == 2
+        assert f"{'sequence' if exp == 'sp' else 'frames'} rows have no test-time augmentation" in capsys.readouterr().err
+    folds = pd.read_csv("folds/fr.csv")
+    from pipeline import data as data_module
+
+    groups = data_module.read_train(data_module.resolve("sample-frames")).groups
+    sides = pd.DataFrame({"utt": groups, "fold": folds["fold"]}).groupby("utt")["fold"].nunique()
+    assert (sides == 1).all() and len(sides) > 100  # every utterance's frames in one fold

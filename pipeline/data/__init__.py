@@ -4,6 +4,8 @@
     csv-images      a train CSV (id/file column + target column(s)) and an image folder  (cassava, pawpularity)
     class-folders   train/<class name>/*, test/*                                           (food-11, ImageFolder)
     table           *train*.csv + *test*.csv of numeric and text columns                   (Titanic, HW1 COVID)
+    speakers        Dataset/mapping.json, metadata.json, testdata.json, uttr-*.pt          (HW4: speaker of an utterance)
+    frames          libriphone/feat/{train,test}/*.pt, train_labels.txt, *_split.txt      (HW2: phoneme of every frame)
 
 `describe` detects the layout and the task once (make_folds saves the result beside the folds); every later
 stage reads through that Description, so no stage branches on a layout.
@@ -23,6 +25,7 @@ import pandas as pd
 from pipeline.config import DEFAULT_DATA
 from pipeline.data import images as img
 from pipeline.data import pixels
+from pipeline.data import sequences as seq
 from pipeline.data import table as tab
 from pipeline.data.pixels import LABEL, PIXELS, SIDE  # noqa: F401 - the Digit Recognizer constants
 from pipeline.data.sample import write_sample, write_sample_images, write_sample_table  # noqa: F401
@@ -32,12 +35,14 @@ from pipeline.data.targets import encode, infer_task
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
-LAYOUTS = ("pixels", "csv-images", "class-folders", "table")
+LAYOUTS = ("pixels", "csv-images", "class-folders", "table", "speakers", "frames")
 TRAIN_CSVS = ("train.csv", "labels.csv", "train_labels.csv")
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # digits, on the 0..1 scale
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NUM_CLASSES = 10  # Digit Recognizer's, for the benchmark and the tests
-SAMPLES = {"sample": write_sample, "sample-images": write_sample_images, "sample-table": write_sample_table}
+SAMPLES = {"sample": write_sample, "sample-images": write_sample_images, "sample-table": write_sample_table,
+           "sample-speakers": seq.write_sample_speakers, "sample-frames": seq.write_sample_frames}
+SEQUENCE_KINDS = {"speakers": "sequence", "frames": "frames"}  # layout -> input kind
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Description:
     @property
     def kind(self) -> str:
         """The input kind (pipeline.inputs) of this layout's rows."""
-        return "table" if self.layout == "table" else "image"
+        return "table" if self.layout == "table" else SEQUENCE_KINDS.get(self.layout, "image")
 
     @property
     def columns(self) -> tab.Columns:
@@ -72,6 +77,10 @@ class Description:
         return self.columns.spec_features() if self.table else {}
 
     def summary(self) -> str:
+        if self.layout in SEQUENCE_KINDS:
+            rows = "frames" if self.layout == "frames" else "utterances"
+            return (f"{self.layout}: {self.root or './'}, {self.task.describe()}, {self.n_images:,} {rows}"
+                    + (" (folds grouped by utterance)" if self.layout == "frames" else ""))
         if self.layout == "table":
             c = self.columns
             return (f"table: id {c.id_col or '(row number)'}, target {', '.join(c.target_cols)} ({self.task.describe()}), "
@@ -85,15 +94,15 @@ class Description:
 
     @property
     def tta_preset(self) -> str:
-        return {"pixels": "digits", "table": ""}.get(self.layout, "hflip")
+        return {"pixels": "digits", "table": "", "speakers": "", "frames": ""}.get(self.layout, "hflip")
 
     @property
     def augment(self) -> str:
-        return {"pixels": "digits", "table": "none"}.get(self.layout, "natural")
+        return {"pixels": "digits", "table": "none", "speakers": "none", "frames": "none"}.get(self.layout, "natural")
 
     @property
     def normalize(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        if self.layout == "table":
+        if self.layout == "table" or self.layout in SEQUENCE_KINDS:
             return (0.0,), (1.0,)
         if self.layout == "pixels":
             return MNIST_MEAN, MNIST_STD
@@ -150,10 +159,18 @@ def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple
     root = str(PurePosixPath(train_csv).parent) + "/" if train_csv and "/" in train_csv else ""
     frame = parse_csv(src.read_file(train_csv), src.label(train_csv)) if train_csv else None
     if not layout:
-        layout = ("pixels" if frame is not None and pixels.is_pixels(frame) else "table" if _is_table(src, frame)
+        layout = ("speakers" if seq.find_speakers(src) is not None else "frames" if seq.find_frames(src) is not None
+                  else "pixels" if frame is not None and pixels.is_pixels(frame) else "table" if _is_table(src, frame)
                   else "csv-images" if frame is not None else "class-folders" if _class_root(src) is not None else "")
     if layout == "table":
         return _describe_table(src, id_col, target_cols, features, drop_cols, task, metric, threshold, group_col, known)
+    if layout in SEQUENCE_KINDS:
+        if group_col:
+            raise PipelineError(f"--group-col: the {layout} layout has no columns to group by"
+                                + (" (its folds are grouped by utterance already)" if layout == "frames" else ""))
+        if task and task != "multiclass":
+            raise PipelineError(f"--task {task}: the {layout} layout labels each row with one class (multiclass)")
+        return (_describe_speakers if layout == "speakers" else _describe_frames)(src, metric, threshold, known)
     if layout not in LAYOUTS:
         raise PipelineError(f"--data: {src.path}: no known layout (expected train.csv with pixel columns, a train CSV "
                             f"with an image column and an image folder, or train/<class>/ folders); found "
@@ -204,6 +221,43 @@ def _describe_table(src, id_col, target_cols, features, drop_cols, task, metric,
     return desc, TrainSet(encode(train[list(cols.target_cols)], the_task, where), np.arange(len(train), dtype=np.int64),
                           _groups(train, group_col, where), _hash(src.read_file(train_file)),
                           images=tab.matrix(train, cols))
+
+
+def _describe_speakers(src, metric, threshold, known):
+    """HW4: one row per utterance of metadata.json, its speaker the class (mapping.json's order)."""
+    root = seq.find_speakers(src)
+    if root is None:
+        raise PipelineError(f"--layout speakers: {src.path} has no metadata.json and mapping.json (HW4's Dataset/)")
+    files, names, classes = seq.speakers_train(src, root)
+    the_task = known.task if known is not None else Task("multiclass", classes, metric, threshold)
+    index = {c: i for i, c in enumerate(the_task.classes)}
+    targets = np.array([index.get(n, -1) for n in names], dtype=np.int64)
+    if (targets < 0).any():
+        raise PipelineError(f"--data: speaker {names[int(np.flatnonzero(targets < 0)[0])]!r} is not among the ones the "
+                            "folds were made with; remake the folds")
+    desc = Description("speakers", the_task, root=root, train_file=root + "metadata.json", n_images=len(files))
+    raw = src.read_file(root + "metadata.json") + src.read_file(root + "mapping.json")
+    return desc, TrainSet(targets, np.arange(len(files), dtype=np.int64), None, _hash(raw), files=tuple(files))
+
+
+def _describe_frames(src, metric, threshold, known):
+    """HW2: one row per frame of the train_split.txt utterances, labelled from train_labels.txt; folds are grouped by
+    utterance (neighbouring frames are near-copies: split apart, they would make the CV lie)."""
+    root = seq.find_frames(src)
+    if root is None:
+        raise PipelineError(f"--layout frames: {src.path} has no train_labels.txt and train_split.txt (HW2's libriphone/)")
+    utterances = seq.frames_split(src, root, "train")
+    labels = seq.frames_labels(src, root, utterances)
+    counts = [len(labels[u]) for u in utterances]
+    flat = pd.Series([v for u in utterances for v in labels[u]], name="label")
+    the_task = known.task if known is not None else infer_task(flat.to_frame(), src.label(root + "train_labels.txt"),
+                                                               "multiclass", metric, threshold)
+    targets = encode(flat.to_frame(), the_task, src.label(root + "train_labels.txt"))
+    groups = np.repeat(np.array(utterances, dtype=object), counts)
+    desc = Description("frames", the_task, root=root, train_file=root + "train_labels.txt", n_images=len(flat))
+    raw = src.read_file(root + "train_labels.txt") + src.read_file(root + "train_split.txt")
+    files = tuple(seq.frame_file(root, "train", u) for u in utterances)
+    return desc, TrainSet(targets, np.arange(len(flat), dtype=np.int64), groups, _hash(raw), files=files)
 
 
 def _sample_targets(sample: pd.DataFrame | None, targets) -> pd.DataFrame | None:
@@ -371,7 +425,7 @@ def read_train(src: Source, desc: Description | None = None) -> TrainSet:
     found, train = describe(src, desc.layout, desc.id_col, desc.target_cols, desc.image_dir if desc.layout != "class-folders"
                             else desc.root + desc.image_dir, desc.task.kind, desc.task.metric, desc.task.threshold,
                             desc.group_col, known=desc)
-    if desc.task.outputs_probabilities and found.task.classes != desc.task.classes:
+    if desc.task.outputs_probabilities and found.task.classes != desc.task.classes and desc.layout not in SEQUENCE_KINDS:
         raise PipelineError(f"--data: its classes ({', '.join(found.task.classes[:5])}, ...) differ from the ones "
                             f"the folds were made with ({', '.join(desc.task.classes[:5])}, ...); remake the folds")
     return train
@@ -408,12 +462,17 @@ def train_images(src: Source, desc: Description, train: TrainSet, img_size: int,
     """(N, C, H, W) uint8: the pixel array as read, or the image files decoded once at img_size (memory-mapped)."""
     if train.images is not None:
         return train.images
+    if desc.layout in SEQUENCE_KINDS:  # the feature files packed once: (sum of T, F) and the rows that view it
+        return seq.train_rows(src, desc.layout, desc.root, list(train.files), len(train.targets))
     return img.cached_images(src, list(train.files), img_size, desc.channels, cache_dir, "train")
 
 
 def submission_sample(src: Source, desc: Description | None) -> pd.DataFrame:
     """What a submission must look like: sample_submission.csv, or for a table competition that ships none (a
     class competition such as HW1), the test ids and the target's name."""
+    if desc is not None and desc.layout in SEQUENCE_KINDS:
+        sample = read_sample_submission(src, "", required=False)
+        return sample if sample is not None else seq.default_sample(src, desc.layout, desc.root, desc.task)
     if desc is not None and desc.layout == "table":
         sample = read_sample_submission(src, desc.root, required=False)
         return sample if sample is not None else tab.default_sample(tab.read_csv(src, desc.columns.test_file),
@@ -443,6 +502,9 @@ def read_test(src: Source, desc: Description, img_size: int, cache_dir: str) -> 
     table's raw features (N, F) float32."""
     if desc.layout == "table":
         return _table_test(src, desc)
+    if desc.layout in SEQUENCE_KINDS:
+        sample = submission_sample(src, desc)
+        return seq.test_rows(src, desc.layout, desc.root, sample), sample
     if desc.layout == "pixels":
         test_csv = src.find("test.csv")
         if test_csv is None:

@@ -91,7 +91,8 @@ def _gather(p: Packed, idx: torch.Tensor, starts: torch.Tensor, width: int) -> t
 
 def crop_batch(p: Packed, idx: torch.Tensor, crop: int, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random window of `crop` frames from each sequence idx (all of a shorter one, padded): (B, crop, F), lengths.
+    """A random window of `crop` frames from each sequence idx (all of a shorter one, padded): (B, <= crop, F),
+    lengths (a batch of short sequences pads only to its longest).
 
     >>> p = pack([np.arange(5.0)[:, None], np.arange(2.0)[:, None]])
     >>> x, n = crop_batch(p, torch.tensor([0, 1]), 3, torch.Generator().manual_seed(0))
@@ -103,7 +104,7 @@ def crop_batch(p: Packed, idx: torch.Tensor, crop: int, generator: torch.Generat
     device = generator.device if generator is not None else torch.device("cpu")
     draw = torch.rand(len(idx), generator=generator, device=device, dtype=torch.float64).to(room.device)
     starts = torch.floor(draw * (room + 1)).to(torch.int64)
-    return _gather(p, idx, starts, crop)
+    return _gather(p, idx, starts, min(crop, int(lengths.max())) if len(idx) else crop)  # pad to the batch's need
 
 
 def whole_batch(p: Packed, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,8 @@
     image   (N, C, H, W) uint8 on the device; augmentation and TTA on the device; no per-fold preprocessing
     table   (N, F) float32 raw features (NaN = missing, categories as codes); per-fold preprocessing fitted on the
             fold's training rows (imputation, scaling, one-hot, feature selection), saved beside the fold
+    sequence  variable-length (T, F) sequences packed in one tensor: random crops to train, whole ones to predict
+    frames    single frames of packed sequences, each with its neighbours (pipeline.inputs.sequence)
 
 Stages ask a kind (through DataSpec, which names it) and never branch on it: `train_batch` (the augmented
 training input), `model_input` (what the model consumes), `fit_fold` / `apply_fold` (per-fold preprocessing),
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 from pipeline.errors import PipelineError
 from pipeline.inputs.image import ImageInput
+from pipeline.inputs.sequence import FramesInput, SequenceInput
 from pipeline.inputs.table import TableInput
 
-KINDS = {"image": ImageInput(), "table": TableInput()}
+KINDS = {"image": ImageInput(), "table": TableInput(), "sequence": SequenceInput(), "frames": FramesInput()}
 
 
 def input_kind(name: str):
@@ -25,8 +28,8 @@ def input_kind(name: str):
 
 
 def model_form(name: str) -> str:
-    """What input a model name wants: 'gbm' (a gradient-boosting learner), 'vector' (the project's networks) or
-    'image' (timm's registry)."""
+    """What input a model name wants: 'gbm' (a gradient-boosting learner), 'vector' (the mlp), 'sequence' (gru, lstm,
+    transformer, conformer) or 'image' (timm's registry)."""
     from pipeline.learners import GBM_LEARNERS as LEARNERS
     from pipeline.nets import NETS
 

@@ -9,7 +9,7 @@ from pipeline.augment import augment, to_model_input
 class ImageInput:
     name = "image"
     has_preprocessing = False  # pixels need no fitted statistics: the normalisation is fixed per data set
-    forms = ("image", "vector")  # timm backbones; vector models (mlp) see the flattened image
+    forms = ("image", "vector", "sequence")  # timm backbones; the mlp sees the flattened image, sequence models its rows
     default_model = "digit_cnn"
 
     def train_batch(self, x: torch.Tensor, spec, cfg, generator: torch.Generator) -> torch.Tensor:
@@ -30,6 +30,23 @@ class ImageInput:
         """Nothing to fit: the fold trains on the data as it is."""
         return data, None
 
+    def settings(self, cfg) -> dict:
+        """What of the train flags this kind's batches need at inference too (saved in the data spec): nothing."""
+        return {}
+
     def net_input(self, in_chans: int, img_size: int, state: dict | None) -> dict:
-        """What a vector model (mlp) gets: the flattened image, no categorical slots."""
-        return {"n_features": in_chans * img_size * img_size, "embeddings": ()}
+        """What a vector model (mlp) gets: the flattened image, no categorical slots; a sequence model: its rows."""
+        return {"n_features": in_chans * img_size * img_size, "embeddings": (), "step_features": in_chans * img_size}
+
+    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
+        """A training batch as the model consumes it: rows taken (from the device, or streamed), augmented, normalised."""
+        from pipeline.engine import take
+
+        x = self.train_batch(take(data, idx, device), spec, cfg, generator)
+        return self.model_input(x, spec, device.type == "cuda")
+
+    def eval_inputs(self, data, batch_size: int, device: torch.device, spec):
+        """(positions in data, model inputs) per batch, in order."""
+        for start in range(0, len(data), batch_size):
+            rows = data[start:start + batch_size].to(device, non_blocking=True)
+            yield torch.arange(start, start + len(rows)), self.model_input(rows, spec, device.type == "cuda")

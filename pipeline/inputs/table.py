@@ -48,6 +48,25 @@ class TableInput:
         out = torch.from_numpy(np.ascontiguousarray(preprocess.apply(state, raw), dtype=np.float32))
         return out.to(data.device) if isinstance(data, torch.Tensor) else out
 
+    def settings(self, cfg) -> dict:
+        return {}
+
+    def save_state(self, state: dict, path) -> None:
+        preprocess.save(state, path)
+
+    def load_state(self, path) -> dict:
+        return preprocess.load(path)
+
+    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
+        from pipeline.engine import take
+
+        return self.model_input(take(data, idx, device), spec, False)
+
+    def eval_inputs(self, data, batch_size: int, device: torch.device, spec):
+        for start in range(0, len(data), batch_size):
+            rows = data[start:start + batch_size].to(device, non_blocking=True)
+            yield torch.arange(start, start + len(rows)), self.model_input(rows, spec, False)
+
     def net_input(self, in_chans: int, img_size: int, state: dict | None) -> dict:
         """The MLP's input: apply's width, and the slots of each categorical column it embeds (the last columns)."""
         return {"n_features": len(preprocess.output_names(state)), "embeddings": tuple(preprocess.embedding_sizes(state))}

@@ -1,0 +1,368 @@
+"""The sequence layouts: each row a variable-length (T, F) array of feature vectors (a spectrogram, a frame's features).
+
+    speakers   HW4 (ml2023springhw4): Dataset/mapping.json (speaker2id, id2speaker), metadata.json ({"n_mels",
+               "speakers": {name: [{"feature_path", "mel_len"}, ...]}}), testdata.json ({"n_mels", "utterances":
+               [{"feature_path", "mel_len"}]}), uttr-*.pt float tensors (T, 40). One row per utterance, its speaker
+               the class. Submission Id,Category: the test feature_path and the speaker's name.
+    frames     HW2 (ml2023spring-hw2): libriphone/feat/{train,test}/<utt>.pt (T, 39), train_labels.txt
+               (`<utt> l1 ... lT`), train_split.txt, test_split.txt. One row per frame, labelled with its phoneme;
+               folds grouped by utterance. Submission Id,Class: the running index of every test frame.
+
+A set is read once into one Packed tensor (pipeline.data.packed); rows are views into it (SequenceRows: whole
+sequences; FrameRows: single frames of their sequences), so selecting a fold's rows copies nothing. `.pt` files are
+untrusted input: loaded with weights_only=True, and each must be a finite float tensor of two dimensions with the
+set's feature count, else one line naming the file.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.data.packed import Packed, pack
+from pipeline.data.source import Source
+from pipeline.errors import PipelineError, cut
+
+SAMPLE_SPEAKERS_DIR = "data/sample-speakers"
+SAMPLE_FRAMES_DIR = "data/sample-frames"
+
+
+# -- rows: views into a packed set -----------------------------------------------------------------------------------
+@dataclass
+class SequenceRows:
+    """Whole sequences `rows` of a packed set (a fold's rows, the test set): indexing selects, never copies frames."""
+    packed: Packed
+    rows: torch.Tensor  # (N,) int64 sequence indices into packed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> SequenceRows:
+        return SequenceRows(self.packed, self.rows[_index(idx, self.rows.device)])
+
+    @property
+    def device(self) -> torch.device:
+        return self.packed.device
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.packed.lengths[self.rows.to(self.packed.offsets.device)]
+
+    def frames(self) -> torch.Tensor:
+        """The values of every frame of these sequences (for fitting a normalisation)."""
+        return self.packed.subset(self.rows).values
+
+    def with_values(self, values: torch.Tensor) -> SequenceRows:
+        return SequenceRows(Packed(values, self.packed.offsets), self.rows)
+
+    def to(self, device: torch.device) -> SequenceRows:
+        return SequenceRows(self.packed.to(device), self.rows.to(device))
+
+
+@dataclass
+class FrameRows:
+    """Single frames `rows` (rows of packed.values) of a packed set, each seen with its neighbours in its sequence."""
+    packed: Packed
+    rows: torch.Tensor  # (N,) int64 frame indices into packed.values
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> FrameRows:
+        return FrameRows(self.packed, self.rows[_index(idx, self.rows.device)])
+
+    @property
+    def device(self) -> torch.device:
+        return self.packed.device
+
+    def frames(self) -> torch.Tensor:
+        return self.packed.values[self.rows.to(self.packed.values.device)]
+
+    def with_values(self, values: torch.Tensor) -> FrameRows:
+        return FrameRows(Packed(values, self.packed.offsets), self.rows)
+
+    def to(self, device: torch.device) -> FrameRows:
+        return FrameRows(self.packed.to(device), self.rows.to(device))
+
+
+def _index(idx, device: torch.device):
+    """A slice as it is; index tensors and arrays on the rows' device."""
+    return idx if isinstance(idx, slice) else torch.as_tensor(idx).to(device)
+
+
+# -- reading ---------------------------------------------------------------------------------------------------------
+def load_features(src: Source, rel: str, n_features: int = 0) -> np.ndarray:
+    """One (T, F) float32 array from a .pt (weights_only) or .npy file (no pickles), checked."""
+    where = src.label(rel)
+    raw = src.read_file(rel)
+    try:
+        if rel.endswith(".npy"):
+            value = np.load(io.BytesIO(raw), allow_pickle=False)
+        else:
+            value = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise PipelineError(f"{where}: not a readable tensor file ({cut(str(e).splitlines()[0] if str(e) else type(e).__name__, 100)})") from None
+    array = value.numpy() if isinstance(value, torch.Tensor) else value
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        shape = tuple(array.shape) if isinstance(array, np.ndarray) else type(value).__name__
+        raise PipelineError(f"{where}: expected a float tensor of (frames, features), found {shape}"
+                            + (f" {array.dtype}" if isinstance(array, np.ndarray) else ""))
+    if n_features and array.shape[1] != n_features:
+        raise PipelineError(f"{where}: {array.shape[1]} features per frame, the others have {n_features}")
+    if len(array) == 0:
+        raise PipelineError(f"{where}: no frames")
+    if not np.isfinite(array).all():
+        row = int(np.flatnonzero(~np.isfinite(array).all(1))[0])
+        raise PipelineError(f"{where}: frame {row}: NaN or infinite values")
+    return array.astype(np.float32, copy=False)
+
+
+def load_all(src: Source, rels: list[str]) -> Packed:
+    arrays, width = [], 0
+    for rel in rels:
+        arrays.append(load_features(src, rel, width))
+        width = arrays[0].shape[1]
+    return pack(arrays)
+
+
+def _json(src: Source, rel: str) -> dict:
+    try:
+        value = json.loads(src.read_file(rel))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{src.label(rel)}: not valid JSON ({cut(str(e), 80)})") from None
+    if not isinstance(value, dict):
+        raise PipelineError(f"{src.label(rel)}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def find_speakers(src: Source) -> str | None:
+    """The folder holding HW4's metadata.json and mapping.json ('' = the top), or None."""
+    meta = src.find("metadata.json")
+    if meta is None or src.find("mapping.json") is None:
+        return None
+    parent = str(PurePosixPath(meta).parent)
+    return "" if parent == "." else parent + "/"
+
+
+def find_frames(src: Source) -> str | None:
+    """The folder holding HW2's train_labels.txt, train_split.txt and feat/ ('' = the top), or None."""
+    labels = src.find("train_labels.txt")
+    if labels is None or src.find("train_split.txt") is None:
+        return None
+    parent = str(PurePosixPath(labels).parent)
+    return "" if parent == "." else parent + "/"
+
+
+def speakers_train(src: Source, root: str) -> tuple[list[str], list[str], tuple[str, ...]]:
+    """(feature files, their speaker names, the speakers in mapping.json's id order)."""
+    mapping, meta = _json(src, root + "mapping.json"), _json(src, root + "metadata.json")
+    where = src.label(root + "metadata.json")
+    try:
+        ids = {str(name): int(i) for name, i in mapping["speaker2id"].items()}
+        speakers = meta["speakers"]
+        files, names = [], []
+        for name, utterances in speakers.items():
+            for u in utterances:
+                files.append(root + str(u["feature_path"]))
+                names.append(str(name))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PipelineError(f"{where}: expected {{'speakers': {{name: [{{'feature_path', 'mel_len'}}, ...]}}}} and "
+                            f"mapping.json's speaker2id ({type(e).__name__}: {cut(str(e), 60)})") from None
+    unknown = sorted(set(names) - set(ids))
+    if unknown:
+        raise PipelineError(f"{where}: speaker {unknown[0]!r} is not in mapping.json's speaker2id")
+    classes = tuple(sorted(ids, key=ids.get))
+    return files, names, classes
+
+
+def speakers_test(src: Source, root: str) -> list[str]:
+    """testdata.json's utterances in its order: the feature files (relative to the source)."""
+    data = _json(src, root + "testdata.json")
+    try:
+        return [root + str(u["feature_path"]) for u in data["utterances"]]
+    except (KeyError, TypeError) as e:
+        raise PipelineError(f"{src.label(root + 'testdata.json')}: expected {{'utterances': [{{'feature_path', "
+                            f"'mel_len'}}, ...]}} ({type(e).__name__}: {cut(str(e), 60)})") from None
+
+
+def frames_split(src: Source, root: str, which: str) -> list[str]:
+    """The utterance ids of train_split.txt or test_split.txt, in order."""
+    rel = root + f"{which}_split.txt"
+    if src.find(PurePosixPath(rel).name) is None:
+        raise PipelineError(f"{src.label(rel)}: not found (HW2 ships train_split.txt and test_split.txt)")
+    names = src.read_file(rel).decode("utf-8", "replace").split()
+    if not names:
+        raise PipelineError(f"{src.label(rel)}: no utterance ids")
+    return names
+
+
+def frames_labels(src: Source, root: str, utterances: list[str]) -> dict[str, list[str]]:
+    """Each train_split.txt utterance's frame labels, from train_labels.txt (`<utt> l1 l2 ... lT` per line)."""
+    rel = root + "train_labels.txt"
+    table = {}
+    for line in src.read_file(rel).decode("utf-8", "replace").splitlines():
+        parts = line.split()
+        if parts:
+            table[parts[0]] = parts[1:]
+    missing = [u for u in utterances if not table.get(u)]
+    if missing:
+        raise PipelineError(f"{src.label(rel)}: no labels for utterance {missing[0]!r} of train_split.txt")
+    return {u: table[u] for u in utterances}
+
+
+def train_rows(src: Source, layout: str, root: str, files: list[str], n_rows: int):
+    """The train feature files packed, as rows: utterances (speakers) or frames, whose counts must match the labels."""
+    packed = load_all(src, files)
+    if layout == "speakers":
+        return SequenceRows(packed, torch.arange(len(packed)))
+    utterances = frames_split(src, root, "train")
+    labels = frames_labels(src, root, utterances)
+    for utt, n in zip(utterances, packed.lengths.tolist()):
+        if len(labels[utt]) != n:
+            raise PipelineError(f"{src.label(root + 'train_labels.txt')}: utterance {utt!r} has {len(labels[utt])} "
+                                f"labels for {n} frames in {src.label(frame_file(root, 'train', utt))}")
+    if len(packed.values) != n_rows:
+        raise PipelineError(f"{src.label(root)}: {len(packed.values):,} train frames, the folds have {n_rows:,} rows; "
+                            "remake the folds")
+    return FrameRows(packed, torch.arange(len(packed.values)))
+
+
+def _test_files(src: Source, layout: str, root: str) -> tuple[list[str], list[str]]:
+    """(feature files, ids as a submission names them): testdata.json's feature_paths, or test_split.txt's files."""
+    if layout == "speakers":
+        files = speakers_test(src, root)
+        return files, [f[len(root):] for f in files]
+    files = [frame_file(root, "test", u) for u in frames_split(src, root, "test")]
+    return files, []
+
+
+def default_sample(src: Source, layout: str, root: str, task) -> pd.DataFrame:
+    """The header the course's sample code writes, where a class competition ships no sample submission: Id,Category
+    (speakers: each test utterance's feature_path) or Id,Class (frames: the running index of every test frame)."""
+    files, ids = _test_files(src, layout, root)
+    if layout == "speakers":
+        return pd.DataFrame({"Id": ids, "Category": task.classes[0]})
+    total = int(load_all(src, files).lengths.sum())
+    return pd.DataFrame({"Id": np.arange(total), "Class": 0})
+
+
+def test_rows(src: Source, layout: str, root: str, sample: pd.DataFrame):
+    """The test rows in the sample's order: utterances named by their feature_path, or frames by running index."""
+    files, ids = _test_files(src, layout, root)
+    packed = load_all(src, files)
+    where = src.label("sample_submission.csv")
+    if layout == "speakers":
+        position = {name: i for i, name in enumerate(ids)}
+        wanted = sample.iloc[:, 0].astype(str)
+        unknown = [v for v in wanted if v not in position]
+        if unknown:
+            raise PipelineError(f"{where}: id {cut(unknown[0])!r} is not a feature_path of testdata.json")
+        return SequenceRows(packed, torch.tensor([position[v] for v in wanted], dtype=torch.int64))
+    wanted = pd.to_numeric(sample.iloc[:, 0], errors="coerce").to_numpy(dtype=np.float64)
+    total = len(packed.values)
+    bad = ~np.isfinite(wanted) | (wanted < 0) | (wanted >= total) | (wanted != np.round(wanted))
+    if bad.any():
+        raise PipelineError(f"{where}: id {cut(str(sample.iloc[int(np.flatnonzero(bad)[0]), 0]))!r} is not the index "
+                            f"of a test frame (0..{total - 1}, test_split.txt's utterances in order)")
+    return FrameRows(packed, torch.from_numpy(wanted.astype(np.int64)))
+
+
+def frame_file(root: str, which: str, utt: str) -> str:
+    return f"{root}feat/{which}/{utt}.pt"
+
+
+# -- the offline samples ----------------------------------------------------------------------------------------------
+def _digit_columns() -> tuple[list[np.ndarray], np.ndarray]:
+    """Each of scikit-learn's 1,797 digits (28x28) as a sequence: its columns trimmed to the ink, each column a frame
+    of 28 features on the 0..1 scale; and the digit."""
+    from pipeline.data.sample import _digits_28
+
+    big, target, _, _ = _digits_28()
+    sequences = []
+    for image in big.astype(np.float32) / 255.0:
+        ink = np.flatnonzero(image.sum(0) > 0)
+        sequences.append(np.ascontiguousarray(image[:, ink[0]:ink[-1] + 1].T))  # (T, 28)
+    return sequences, target
+
+
+def _save_pt(array: np.ndarray, path: Path) -> None:
+    from pipeline.checkpoint import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), tmp)
+
+
+def write_sample_speakers(root: str = SAMPLE_SPEAKERS_DIR) -> Path:
+    """HW4's layout from the digits: each digit an utterance of 11-20 frames of 28 features, the digit its speaker
+    (id10000..id10009); 20% held out as testdata.json, the truth in solution.csv."""
+    from sklearn.model_selection import train_test_split
+
+    from pipeline.checkpoint import write_csv, write_json
+
+    base = Path(root)
+    data = base / "Dataset"
+    if all((data / f).is_file() for f in ("mapping.json", "metadata.json", "testdata.json")) and \
+            (base / "solution.csv").is_file():
+        return base
+    sequences, target = _digit_columns()
+    train_idx, test_idx = train_test_split(np.arange(len(sequences)), test_size=0.2, random_state=0, stratify=target)
+    names = [f"id1000{d}" for d in range(10)]
+    speakers = {n: [] for n in names}
+    for i in train_idx:
+        _save_pt(sequences[i], data / f"uttr-{i:05d}.pt")
+        speakers[names[target[i]]].append({"feature_path": f"uttr-{i:05d}.pt", "mel_len": len(sequences[i])})
+    utterances = []
+    for i in test_idx:
+        _save_pt(sequences[i], data / f"uttr-{i:05d}.pt")
+        utterances.append({"feature_path": f"uttr-{i:05d}.pt", "mel_len": len(sequences[i])})
+    write_json({"speaker2id": {n: i for i, n in enumerate(names)}, "id2speaker": {str(i): n for i, n in
+                                                                                  enumerate(names)}},
+               data / "mapping.json")
+    write_json({"n_mels": 28, "speakers": speakers}, data / "metadata.json")
+    write_json({"n_mels": 28, "utterances": utterances}, data / "testdata.json")
+    write_csv(pd.DataFrame({"Id": [u["feature_path"] for u in utterances],
+                            "Category": [names[target[i]] for i in test_idx]}), base / "solution.csv")
+    return base
+
+
+def write_sample_frames(root: str = SAMPLE_FRAMES_DIR) -> Path:
+    """HW2's layout from the digits: 3-6 digits side by side make an utterance whose every frame (a column of 28
+    features) carries its digit; 359 utterances, 20% of them the test split, the truth in solution.csv."""
+    from pipeline.checkpoint import atomic_path, write_csv
+
+    base = Path(root)
+    lib = base / "libriphone"
+    if all((lib / f).is_file() for f in ("train_labels.txt", "train_split.txt", "test_split.txt")) and \
+            (base / "solution.csv").is_file():
+        return base
+    sequences, target = _digit_columns()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(sequences))
+    utterances, start = [], 0
+    while start < len(order):
+        size = int(rng.integers(3, 7))
+        utterances.append(order[start:start + size])
+        start += size
+    names = [f"{1000 + u}-{u % 7}-{u:04d}" for u in range(len(utterances))]  # LibriSpeech-like speaker-chapter-utt
+    test = set(rng.choice(len(utterances), size=len(utterances) // 5, replace=False).tolist())
+    labels, truth = [], []
+    for u, (name, digits) in enumerate(zip(names, utterances)):
+        feats = np.concatenate([sequences[i] for i in digits])
+        frame_labels = np.concatenate([np.full(len(sequences[i]), target[i]) for i in digits])
+        _save_pt(feats, lib / "feat" / ("test" if u in test else "train") / f"{name}.pt")
+        if u in test:
+            truth += frame_labels.tolist()
+        else:
+            labels.append(name + " " + " ".join(map(str, frame_labels)))
+    for file, text in (("train_labels.txt", "\n".join(labels)),
+                       ("train_split.txt", "\n".join(n for u, n in enumerate(names) if u not in test)),
+                       ("test_split.txt", "\n".join(n for u, n in enumerate(names) if u in test))):
+        with atomic_path(lib / file) as tmp:
+            tmp.write_text(text + "\n")
+    write_csv(pd.DataFrame({"Id": np.arange(len(truth)), "Class": truth}), base / "solution.csv")
+    return base
