@@ -192,7 +192,7 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
             plot_residuals(preds[:, j], targets[:, j], target, out / png)
             worst = largest_residuals(ids, preds[:, j], targets[:, j], 10)
             sections.append(f"## Residuals of {target} (OOF)\n![residuals]({png})\n\nThe rows predicted furthest "
-                            f"from their {target}:\n\n{markdown_table(worst, '.4f')}\n")
+                            f"from their {target}:\n\n{markdown_table(worst, '.6g')}\n")
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report_markdown(exp_dir.name, config, cv, sections))
     return out / "report.md"

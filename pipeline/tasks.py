@@ -40,6 +40,9 @@ class Task:
                                 + ", ".join(m for m, (_, kinds) in metrics.METRICS.items() if self.kind in kinds))
         if self.kind == "regression" and not self.classes:
             raise PipelineError("regression task: needs at least one target column")
+        if self.kind == "regression" and len(self.classes) > 1 and self.metric == "qwk":
+            raise PipelineError(f"--metric qwk: agreement on one rating; this regression has {len(self.classes)} "
+                                "targets: use rmse, mse, mae or mcrmse (or one experiment per target)")
         if self.kind != "regression" and len(self.classes) < 2:
             raise PipelineError(f"{self.kind} task: needs at least 2 classes, found {len(self.classes)}")
 
@@ -142,7 +145,8 @@ class Task:
             head = getattr(head, "_orig_mod", None) or head.module
         if not self.several_targets or not isinstance(head, Standardized):
             return None
-        return head.target_std.detach().float()
+        std = head.target_std.detach().float()
+        return torch.where(std > 0, std, torch.ones_like(std))  # a constant target's error is 0 whatever its weight
 
     def prediction_loss(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss of activated predictions (probabilities or values, as blends mix them): log loss, binary log loss
@@ -164,10 +168,10 @@ class Task:
         values = (np.asarray(targets, dtype=np.float64).reshape(-1, columns) if targets is not None
                   else np.zeros((2, columns)))
         std = values.std(0)
-        std[std == 0] = 1.0
         mean = values.mean(0)
         if columns == 1:  # one target: scalar buffers, as checkpoints before several targets hold them
-            return Standardized(model, float(mean[0]), float(std[0]) if targets is not None else 1.0)
+            return Standardized(model, float(mean[0]), float(std[0]) if targets is not None and std[0] > 0 else 1.0)
+        # several: a target constant on these rows is predicted as that constant (std 0: the network cannot move it)
         return Standardized(model, mean, std if targets is not None else np.ones(columns))
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
@@ -240,14 +244,25 @@ class Task:
         elif mode == "positive":
             out[columns[0]] = preds[:, 1]
         elif mode == "values":
-            for j, col in enumerate(columns):  # by name where the sample names the targets, else in their order
-                out[col] = preds[:, self.classes.index(col) if set(columns) == set(self.classes) else j]
+            for col, j in zip(columns, self.value_columns(columns)):
+                out[col] = preds[:, j]
         elif self.kind == "multilabel":
             out[columns[0]] = [label_string(p, self.classes, self.threshold) for p in preds]
         else:
             names = np.array(self.classes, dtype=object)[preds.argmax(1)]
             out[columns[0]] = pd.array(names.astype(np.int64)) if _all_int(self.classes) else names
         return out
+
+    def value_columns(self, columns: list[str]) -> list[int]:
+        """The target each of a sample's value columns takes: the one it names, else the targets no column names, in
+        order (a sample written `target` for train's `target.2`, or renamed columns).
+
+        >>> Task("regression", ("a", "b", "c")).value_columns(["b", "x", "a"])
+        [1, 2, 0]
+        """
+        named = {col: self.classes.index(col) for col in columns if col in self.classes}
+        rest = iter(j for j in range(self.num_outputs) if j not in named.values())
+        return [named[col] if col in named else next(rest) for col in columns]
 
     def bad_cells(self, values: pd.Series, mode: str) -> tuple[np.ndarray, str]:
         """Which cells of a submission column (filled in `mode`, see submission_mode) break its rule, and the rule in

@@ -80,6 +80,7 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     if cfg.cat_encoding != Config().cat_encoding and not (neural and desc.spec_features.get("categorical")):
         say(f"notice: --cat-encoding {cfg.cat_encoding} applies to a neural model on a table's categorical columns; "
             f"{'LightGBM splits on categories itself' if not neural else 'this data has none'}: ignored")
+        cfg = replace(cfg, cat_encoding=Config().cat_encoding)  # not saved as the recipe: --resume without it works
     if not neural:  # the torch engine's notices (batch size, warmup, precision) would be noise
         say = (lambda *_: None)
     if cfg.batch_size == 0:
@@ -102,6 +103,8 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
                     desc.spec_features | kind.settings(cfg))
     if is_albumentations(spec.augment):
         load_albumentations(spec.augment)  # a bad file fails here, before any work
+    if cfg.mixup or cfg.cutmix:
+        kind.check_mixing(cfg)  # cutmix pastes image patches; mixed category slots or sequences mean nothing
     mixer(cfg, spec.task, cfg.batch_size)  # refused here when it cannot apply
     if cfg.fold == "full" and cfg.sched == "plateau":
         raise PipelineError("--sched plateau: decays on the validation metric, and --fold full has no validation rows; "

@@ -310,6 +310,9 @@ def test_regression_on_several_targets_at_once(tmp_path, workdir, capsys):
     from scipy.stats import wilcoxon
 
     assert result["p_value"] == pytest.approx(wilcoxon(*errors).pvalue)
+    pd.DataFrame({"id": frame["id"].iloc[350:], "bp": 0.0}).to_csv(root / "sample_submission.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--overwrite"]) == 2  # refused before any training, not at infer
+    assert "1 value column(s) after the id (bp) for 2 regression target(s)" in capsys.readouterr().err
 
 
 def test_categorical_columns_as_learned_embeddings(wine, workdir, capsys):
@@ -333,3 +336,28 @@ def test_categorical_columns_as_learned_embeddings(wine, workdir, capsys):
     assert set(sub["cultivar"]) <= {"barolo", "grignolino", "barbera"}
     assert train.main(["--data", str(wine), "--model", "lightgbm", "--cat-encoding", "embed", "--exp", "g"]) == 0
     assert "notice: --cat-encoding embed applies to a neural model" in capsys.readouterr().out
+    assert train.main(["--data", str(wine), "--model", "lightgbm", "--exp", "g", "--resume"]) == 0  # ignored: not kept
+    for flags, message in ((["--cutmix", "1"], "--cutmix: cuts and pastes image patches"),
+                           (["--mixup", "0.4", "--cat-encoding", "embed"], "--mixup: would blend the category slot")):
+        assert train.main(["--data", str(wine), "--model", "mlp", "--exp", "mx", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
+def test_columns_named_or_left_by_the_flags(tmp_path, workdir, capsys):
+    """--features keeps a column the guess would leave out; --target-col leaves out another column test lacks."""
+    frame = load_diabetes(as_frame=True, scaled=False).frame.head(90)
+    frame.insert(0, "id", np.arange(90))
+    frame["batch"] = 7  # constant: left out unless named
+    frame["t_b"] = frame["bp"] * 2
+    root = tmp_path / "cols"
+    root.mkdir()
+    frame.head(60).to_csv(root / "train.csv", index=False)
+    frame.tail(30).drop(columns=["target", "t_b"]).to_csv(root / "test.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--n-splits", "2", "--target-col", "target"]) == 0
+    printed = capsys.readouterr()
+    assert "column t_b left out (not in" in printed.err and "column batch left out (constant)" in printed.err
+    assert "10 numeric + 0 categorical" in printed.out
+    assert make_folds.main(["--data", str(root), "--n-splits", "2", "--target-col", "target", "--overwrite",
+                            "--features", "bmi", "batch"]) == 0
+    assert "2 numeric + 0 categorical" in capsys.readouterr().out

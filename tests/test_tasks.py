@@ -66,3 +66,20 @@ def test_standardized_loads_checkpoints_of_the_bare_network():
     head = Standardized(torch.nn.Linear(2, 1), 5.0, 2.0)
     head.load_state_dict(net.state_dict())
     assert head.net.weight.tolist() == net.weight.tolist()
+
+
+def test_several_targets_refusals_notices_and_edge_cases(capsys):
+    with pytest.raises(PipelineError, match="--metric qwk: agreement on one rating"):
+        Task("regression", ("a", "b"), "qwk")
+    sample = pd.DataFrame({"id": [1], "t_b": [0], "t_a": [0], "T_C": [0]})  # two names match, one is renamed
+    out = Task("regression", ("t_a", "t_b", "t_c")).submission(np.array([[1.0, 2.0, 3.0]]), sample)
+    assert out[["t_b", "t_a", "T_C"]].iloc[0].tolist() == [2.0, 1.0, 3.0]
+    frame = pd.DataFrame({"t_a": [150.0, 75.0, 60.0], "t_b": [1.0, "abc", 2.0]})
+    with pytest.raises(PipelineError, match="column t_b: a regression target must be numeric, found 'abc'"):
+        infer_task(frame, "train.csv")
+    labels = pd.DataFrame({"a": [0, 1] * 60, "b": [1, 0] * 59 + [0.5, 1]})
+    assert infer_task(labels, "train.csv").kind == "regression"
+    assert "row 119, column b holds 0.5: regression on all of them" in capsys.readouterr().err
+    head = TWO.output_head(torch.nn.Identity(), np.array([[100.0, 3.0], [300.0, 3.0]]))
+    assert head(torch.full((1, 2), 5.0))[0, 1].item() == 3.0  # a constant target is predicted as that constant
+    assert TWO.loss_scale(head).tolist() == [100.0, 1.0]

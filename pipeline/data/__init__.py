@@ -216,6 +216,8 @@ def _describe_table(src, id_col, target_cols, features, drop_cols, task, metric,
         raise PipelineError(f"{where}: no column {missing[0]!r}, which the folds' description names; remake the folds")
     the_task = known.task if known is not None else infer_task(train[list(cols.target_cols)], where, task, metric,
                                                                 threshold, _sample_targets(sample, cols.target_cols))
+    if sample is not None:
+        the_task.submission_mode(sample)  # a sample this task cannot fill is refused before any training
     desc = Description("table", the_task, train_file=train_file, id_col=cols.id_col, target_cols=cols.target_cols,
                        group_col=group_col, n_images=len(train), table=cols.to_dict())
     return desc, TrainSet(encode(train[list(cols.target_cols)], the_task, where), np.arange(len(train), dtype=np.int64),

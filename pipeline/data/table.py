@@ -106,8 +106,11 @@ def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, te
     numeric, categorical, categories, dropped = [], [], {}, {}
     for col in chosen:
         if col not in train.columns or col not in test.columns:
+            if not features and col not in test.columns:  # --target-col named others: a column test lacks is no feature
+                dropped[col] = f"not in {test_where}"
+                continue
             raise PipelineError(f"--features: column {col!r} is not in both {where} and {test_where}")
-        why = _leave_out(train[col], col)
+        why = "" if col in features else _leave_out(train[col], col)  # a column named by --features is kept
         if why:
             dropped[col] = why
         elif _is_numeric(train[col]):
@@ -119,7 +122,8 @@ def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, te
     if not numeric and not categorical:
         raise PipelineError(f"{where}: no usable feature column (left out: {cut(', '.join(dropped))}); name them with --features")
     for col, why in dropped.items():
-        print(f"notice: {where}: column {cut(col)} left out ({why}); keep it with --features", file=sys.stderr)
+        hint = "" if why.startswith("not in") else "; keep it with --features"
+        print(f"notice: {where}: column {cut(col)} left out ({why}){hint}", file=sys.stderr)
     return Columns(test_file, id_col, tuple(targets), names, tuple(numeric), tuple(categorical), categories, dropped)
 
 

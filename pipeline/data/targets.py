@@ -1,6 +1,8 @@
 """Target columns of a train CSV -> a Task (kind, class names) and the target array it trains on."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 
@@ -24,11 +26,16 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
     if len(cols) > 1:
         if kind == "multiclass":
             raise PipelineError(f"--task {kind}: takes one target column, got {len(cols)} ({', '.join(cols[:4])})")
-        numeric = all(pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in cols)
-        if kind == "regression" or (not kind and numeric and not frame.isin([0, 1, 0.0, 1.0]).to_numpy().all()):
-            for col in cols:
-                if not pd.api.types.is_numeric_dtype(frame[col]) or pd.api.types.is_bool_dtype(frame[col]):
-                    _numeric_values(frame[col], where)
+        numbers = frame.apply(pd.to_numeric, errors="coerce")  # text -> NaN; booleans -> 0/1
+        valued = (numbers.notna() & ~numbers.isin([0, 1])).to_numpy()  # cells that are neither 0 nor 1 nor text
+        if kind == "regression" or (not kind and valued.any()):
+            for col in cols:  # every column must then hold numbers: name the first one holding text
+                _numeric_values(frame[col], where)
+            if not kind and valued.mean() < 0.01:  # mostly 0/1: say which cell made it a regression
+                row, col = np.argwhere(valued)[0]
+                print(f"notice: {where}: target columns {', '.join(cols[:4])} are mostly 0/1, but row {row + 1}, column "
+                      f"{cols[col]} holds {frame.iat[row, col]}: regression on all of them (labels? fix that cell, "
+                      "or name the task with --task multilabel)", file=sys.stderr)
             return Task("regression", tuple(cols), metric, threshold)
         bad = ~frame.isin([0, 1, 0.0, 1.0]).to_numpy()
         if bad.any():

@@ -30,6 +30,9 @@ class ImageInput:
         """Nothing to fit: the fold trains on the data as it is."""
         return data, None
 
+    def check_mixing(self, cfg) -> None:
+        """Mixup and cutmix both apply to images."""
+
     def settings(self, cfg) -> dict:
         """What of the train flags this kind's batches need at inference too (saved in the data spec): nothing."""
         return {}

@@ -32,6 +32,10 @@ class SequenceInput:
         """The training window, saved in the data spec."""
         return {"crop": cfg.crop_len}
 
+    def check_mixing(self, cfg) -> None:
+        raise PipelineError(f"--mixup/--cutmix: mix images; {self.name} rows are not mixed (--aug specaugment masks "
+                            "spans of steps and features instead)")
+
     # -- per-fold normalisation ---------------------------------------------------------------------------------
     def fit_fold(self, data, train_rows: torch.Tensor, targets: torch.Tensor, spec, cfg):
         """Mean and std per feature over the training rows' frames; every row normalised with them."""

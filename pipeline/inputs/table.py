@@ -51,6 +51,15 @@ class TableInput:
     def settings(self, cfg) -> dict:
         return {}
 
+    def check_mixing(self, cfg) -> None:
+        """Mixup blends whole rows of numbers (one-hot blocks included); cutmix cuts image patches, and a blend of two
+        embedding slot indices names a third category."""
+        if cfg.cutmix:
+            raise PipelineError("--cutmix: cuts and pastes image patches; a table has none (--mixup blends rows)")
+        if cfg.mixup and cfg.cat_encoding == "embed":
+            raise PipelineError("--mixup: would blend the category slot indices of --cat-encoding embed into other "
+                                "categories; use --cat-encoding onehot with --mixup, or no --mixup")
+
     def save_state(self, state: dict, path) -> None:
         preprocess.save(state, path)
 
