@@ -79,7 +79,7 @@ def test_regression_table_with_lightgbm_and_mlp_and_their_blend(workdir, capsys)
     text = (gbm / "report.md").read_text()
     oof = pd.read_csv(workdir / "weights/gbm/oof.csv")
     worst = (oof["p0"] - oof["target"]).abs().idxmax()  # the row predicted furthest from its truth comes first
-    assert f"| {oof['id'][worst]} | {oof['target'][worst]:.4f} | {oof['p0'][worst]:.4f} |" in text
+    assert f"| {oof['id'][worst]} | {oof['target'][worst]:.6g} | {oof['p0'][worst]:.6g} |" in text
     from pipeline import runs
 
     capsys.readouterr()
