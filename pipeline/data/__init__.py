@@ -506,7 +506,7 @@ def read_test(src: Source, desc: Description, img_size: int, cache_dir: str) -> 
         return _table_test(src, desc)
     if desc.layout in SEQUENCE_KINDS:
         sample = submission_sample(src, desc)
-        return seq.test_rows(src, desc.layout, desc.root, sample), sample
+        return seq.rows_for_test(src, desc.layout, desc.root, sample), sample
     if desc.layout == "pixels":
         test_csv = src.find("test.csv")
         if test_csv is None:

@@ -34,20 +34,31 @@ SAMPLE_FRAMES_DIR = "data/sample-frames"
 
 # -- rows: views into a packed set -----------------------------------------------------------------------------------
 @dataclass
-class SequenceRows:
-    """Whole sequences `rows` of a packed set (a fold's rows, the test set): indexing selects, never copies frames."""
+class Rows:
+    """Rows `rows` of a packed set (a fold's rows, the test set): indexing selects, never copies frames."""
     packed: Packed
-    rows: torch.Tensor  # (N,) int64 sequence indices into packed
+    rows: torch.Tensor  # (N,) int64 indices into the packed set (sequences, or frames: see the subclasses)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, idx) -> SequenceRows:
-        return SequenceRows(self.packed, self.rows[_index(idx, self.rows.device)])
+    def __getitem__(self, idx):
+        return type(self)(self.packed, self.rows[_index(idx, self.rows.device)])
 
     @property
     def device(self) -> torch.device:
         return self.packed.device
+
+    def with_values(self, values: torch.Tensor):
+        """The same rows of the same sequences with other frame values (normalised ones)."""
+        return type(self)(Packed(values, self.packed.offsets), self.rows)
+
+    def to(self, device: torch.device):
+        return type(self)(self.packed.to(device), self.rows.to(device))
+
+
+class SequenceRows(Rows):
+    """Whole sequences: rows index the packed sequences."""
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -57,37 +68,12 @@ class SequenceRows:
         """The values of every frame of these sequences (for fitting a normalisation)."""
         return self.packed.subset(self.rows).values
 
-    def with_values(self, values: torch.Tensor) -> SequenceRows:
-        return SequenceRows(Packed(values, self.packed.offsets), self.rows)
 
-    def to(self, device: torch.device) -> SequenceRows:
-        return SequenceRows(self.packed.to(device), self.rows.to(device))
-
-
-@dataclass
-class FrameRows:
-    """Single frames `rows` (rows of packed.values) of a packed set, each seen with its neighbours in its sequence."""
-    packed: Packed
-    rows: torch.Tensor  # (N,) int64 frame indices into packed.values
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, idx) -> FrameRows:
-        return FrameRows(self.packed, self.rows[_index(idx, self.rows.device)])
-
-    @property
-    def device(self) -> torch.device:
-        return self.packed.device
+class FrameRows(Rows):
+    """Single frames: rows index packed.values; each frame is seen with its neighbours in its sequence."""
 
     def frames(self) -> torch.Tensor:
         return self.packed.values[self.rows.to(self.packed.values.device)]
-
-    def with_values(self, values: torch.Tensor) -> FrameRows:
-        return FrameRows(Packed(values, self.packed.offsets), self.rows)
-
-    def to(self, device: torch.device) -> FrameRows:
-        return FrameRows(self.packed.to(device), self.rows.to(device))
 
 
 def _index(idx, device: torch.device):
@@ -251,7 +237,7 @@ def default_sample(src: Source, layout: str, root: str, task) -> pd.DataFrame:
     return pd.DataFrame({"Id": np.arange(total), "Class": 0})
 
 
-def test_rows(src: Source, layout: str, root: str, sample: pd.DataFrame):
+def rows_for_test(src: Source, layout: str, root: str, sample: pd.DataFrame):
     """The test rows in the sample's order: utterances named by their feature_path, or frames by running index."""
     files, ids = _test_files(src, layout, root)
     packed = load_all(src, files)
