@@ -4,6 +4,8 @@
     python -m pipeline.bench --data data/digit-recognizer.zip --device cpu --limit 4000
     python -m pipeline.bench --images 2000 --model resnet18 --img-size 64 --device cpu   # image files (bench_images)
     python -m pipeline.bench --table 100000 --epochs 3 --device cpu                       # tables (bench_tables)
+    python -m pipeline.bench --frames 200000 --epochs 3 --device cpu                      # HW2 frames (bench_sequences)
+    python -m pipeline.bench --speakers 2000 --epochs 3 --device cpu                      # HW4 utterances (bench_sequences)
 
 Both train fold 0 with the same model, batch size, optimizer (timm AdamW), timm schedule, precision option
 (--precision), label smoothing, augmentation law and ranges, input side (--img-size) and epochs, in one process,
@@ -47,7 +49,7 @@ from pipeline.trainer import train_fold
 DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
 FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed", "img_size", "cache_dir", "precision", "hidden",
-         "gbm_params"]
+         "gbm_params", "layers", "context", "crop_len"]
 
 
 class RowDataset(torch.utils.data.Dataset):
@@ -156,6 +158,10 @@ def run(cfg: Config, extra: dict) -> float:
     if extra["table"]:
         from pipeline import bench_tables
         return bench_tables.run(cfg, extra["table"], device)
+    if extra["frames"] or extra["speakers"]:
+        from pipeline import bench_sequences
+        kind = "frames" if extra["frames"] else "speakers"
+        return bench_sequences.run(cfg, kind, extra[kind], workers, device)
     src = data.resolve(cfg.data)
     train = data.read_train(src)
     if limit:
@@ -183,7 +189,13 @@ def main(argv=None) -> int:
                                 "with the decode-once cache (see pipeline/bench_images.py)"},
              "table": {"type": int, "default": 0,
                        "help": "table mode: a table of N rows x 100 features; the MLP's DataLoader loop vs the "
-                               "device-resident path, and plain 5-fold LightGBM vs the pipeline's (pipeline/bench_tables.py)"}}
+                               "device-resident path, and plain 5-fold LightGBM vs the pipeline's (pipeline/bench_tables.py)"},
+             "frames": {"type": int, "default": 0,
+                        "help": "HW2 mode: N frames; the notebook's concatenated windows in a DataLoader vs windows "
+                                "gathered from the packed frames (pipeline/bench_sequences.py)"},
+             "speakers": {"type": int, "default": 0,
+                          "help": "HW4 mode: N utterances; a per-item .pt Dataset with a padding collate vs the packed "
+                                  "path (pipeline/bench_sequences.py)"}}
     return main_guard(lambda a: run(*parse_stage(a, "bench", FLAGS, __doc__, {"epochs": 3}, extra)), argv)
 
 

@@ -2,6 +2,7 @@
 
 config.json  resolved config            fold<k>.pth       best epoch: state dict + config + score
 oof.csv      id, fold, label, p0..p9     fold<k>.last.pth  end of the last finished epoch (for --resume)
+oof.fold<k>.npz  fold k's OOF rows (id, targets, p) instead of oof.csv when they would be large (OOF_CSV_CELLS)
 metrics.csv  one row per fold and epoch  cv.json           per-fold and overall local CV
 schedule.csv learning rate of every optimizer step, as applied
 selection.csv per fold: the best epoch's and the SWA average's scores, and which of the two fold<k>.pth holds
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.checkpoint import read_json, write_csv, write_json
+from pipeline.checkpoint import atomic_path, read_json, write_csv, write_json
 from pipeline.config import Config, ExperimentConfig
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
@@ -35,7 +36,7 @@ RECIPE = ["model", "pretrained_path", "img_size", "hidden", "layers", "pool", "c
 # What the rows were split by: every fold of one experiment must come from the same folds file.
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
-_NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
+_NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|oof\.fold\d+\.npz|oof_tta\.fold\d+\.npz|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
          r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth|fold\d+\.prep\.json|full\.prep\.json|fold\d+\.txt|full\.txt"
 ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
 LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
@@ -61,6 +62,97 @@ def read_table(path: Path) -> pd.DataFrame | None:
     if "fold" not in table.columns or not pd.api.types.is_integer_dtype(table["fold"]):
         raise PipelineError(f"{path}: damaged (no integer 'fold' column); retrain the experiment with --overwrite")
     return table
+
+
+# Up to this many OOF prediction cells (train rows x outputs) an experiment's OOF rows are one oof.csv, rewritten
+# as each fold ends; above it (HW2's 2.1M frames x 41 classes: a CSV of 1.5 GB) each fold's rows are written once, to
+# oof.fold<k>.npz (float32 predictions: 345 MB for HW2), and every reader takes them through read_oof.
+OOF_CSV_CELLS = 2_000_000
+
+
+def oof_parts(exp_dir: Path, name: str = "oof") -> dict[int, Path]:
+    """The per-fold binary OOF files of a large experiment, by fold."""
+    if not exp_dir.is_dir():
+        return {}
+    parts = {int(m.group(1)): p for p in exp_dir.iterdir() if (m := re.fullmatch(rf"{name}\.fold(\d+)\.npz", p.name))}
+    return dict(sorted(parts.items()))
+
+
+def oof_where(exp_dir: Path, name: str = "oof") -> str:
+    """What error messages name: oof.csv, or the per-fold files."""
+    return str(exp_dir / (f"{name}.fold*.npz" if oof_parts(exp_dir, name) else f"{name}.csv"))
+
+
+def read_oof(exp_dir: Path, name: str = "oof") -> pd.DataFrame | None:
+    """An experiment's OOF rows (id, fold, targets, p0..) sorted by id, from oof.csv or the per-fold .npz files;
+    None when neither exists. Damaged files are one-line errors naming them."""
+    parts = oof_parts(exp_dir, name)
+    if not parts:
+        return read_table(exp_dir / f"{name}.csv")
+    if (exp_dir / f"{name}.csv").is_file():
+        raise PipelineError(f"{exp_dir}: holds both {name}.csv and {parts[next(iter(parts))].name}; retrain the "
+                            "experiment with --overwrite")
+    # Memory: the predictions once (float32) plus one fold's while it is read, not the folds and their concatenation.
+    heads = [_read_part(path) for path in parts.values()]  # ids and targets; predictions stay on disk for now
+    if any(h.keys() != heads[0].keys() for h in heads):
+        raise PipelineError(f"{oof_where(exp_dir, name)}: the folds' files hold different columns; retrain with --overwrite")
+    ids = np.concatenate([h["id"] for h in heads])
+    order = np.argsort(ids, kind="stable")
+    where = np.empty_like(order)
+    where[order] = np.arange(len(order))  # row i of the concatenation goes to row where[i] of the sorted table
+    preds, start = None, 0
+    for path, head in zip(parts.values(), heads):
+        p = _read_part(path, "p")
+        if p.ndim != 2 or len(p) != len(head["id"]) or (preds is not None and p.shape[1] != preds.shape[1]):
+            raise PipelineError(f"{path}: damaged (its predictions do not match its ids or the other folds'); "
+                                "retrain with --overwrite")
+        if preds is None:
+            preds = np.empty((len(ids), p.shape[1]), dtype=np.float32)
+        preds[where[start:start + len(p)]] = p
+        start += len(p)
+    table = pd.DataFrame(preds, columns=prob_columns(preds.shape[1]), copy=False)
+    columns = {"id": ids[order], "fold": np.repeat(np.array(list(parts), dtype=np.int64),
+                                                   [len(h["id"]) for h in heads])[order]}
+    columns |= {key.removeprefix("t_"): np.concatenate([h[key] for h in heads])[order] for key in heads[0] if key != "id"}
+    for i, (key, values) in enumerate(columns.items()):
+        table.insert(i, key, values)
+    return table
+
+
+def _read_part(path: Path, key: str | None = None):
+    """One fold's file: its ids and targets checked (key None), or one array of it."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if key is not None:
+                return f[key]
+            if "id" not in f.files or "p" not in f.files:
+                raise ValueError("no 'id' or 'p' array")
+            data = {k: f[k] for k in f.files if k != "p"}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise PipelineError(f"{path}: unreadable ({str(e).strip()[:80]}); retrain the experiment with --overwrite") from None
+    if not (data["id"].ndim == 1 and np.issubdtype(data["id"].dtype, np.integer)
+            and all(v.shape[:1] == data["id"].shape for v in data.values())):
+        raise PipelineError(f"{path}: damaged (needs integer 'id' and targets of one length); retrain with --overwrite")
+    return data
+
+
+def write_oof_rows(exp_dir: Path, k: int, rows: pd.DataFrame, total_rows: int, name: str = "oof") -> None:
+    """Replace fold k's OOF rows (id, fold, targets, p0..): in name.csv while small, else in name.fold<k>.npz."""
+    cols = [c for c in rows.columns if re.fullmatch(r"p\d+", c)]
+    with tables_locked(exp_dir):
+        if oof_parts(exp_dir, name) or total_rows * len(cols) > OOF_CSV_CELLS:
+            arrays = {"id": rows["id"].to_numpy(np.int64), "p": rows[cols].to_numpy(np.float32)}
+            arrays |= {f"t_{c}": rows[c].to_numpy() for c in rows.columns if c not in cols and c not in ("id", "fold")}
+            with atomic_path(exp_dir / f"{name}.fold{k}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **arrays)
+            return
+        old = read_table(exp_dir / f"{name}.csv")
+        if old is not None:
+            rows = pd.concat([old[old["fold"] != k], rows], ignore_index=True)
+        write_csv(rows.sort_values("id", kind="stable").reset_index(drop=True), exp_dir / f"{name}.csv")
 
 
 def experiment_dir(weights_dir: str | Path, name: str) -> Path:
@@ -175,6 +267,8 @@ def remove_artifacts(exp_dir: Path) -> None:
 
 def done_folds(exp_dir: Path) -> list[int]:
     """Folds whose OOF rows are written: training of those folds finished."""
+    if parts := oof_parts(exp_dir):
+        return list(parts)
     oof = read_table(exp_dir / "oof.csv")
     return sorted(int(k) for k in oof["fold"].unique()) if oof is not None else []
 
@@ -265,7 +359,8 @@ def _what(field: str) -> str:
 
 def forget_fold(exp_dir: Path, k: int) -> None:
     """Remove fold k's checkpoints and rows, leaving the other folds intact."""
-    for name in (f"fold{k}.pth", f"fold{k}.last.pth", f"fold{k}.prep.json", f"fold{k}.txt"):
+    for name in (f"fold{k}.pth", f"fold{k}.last.pth", f"fold{k}.prep.json", f"fold{k}.txt", f"oof.fold{k}.npz",
+                 f"oof_tta.fold{k}.npz"):
         (exp_dir / name).unlink(missing_ok=True)
     with tables_locked(exp_dir):  # another fold's job may be writing these tables now
         for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv", "selection.csv"):
@@ -322,15 +417,12 @@ def read_selection(exp_dir: Path, folds: list[int]) -> dict:
                      for c, v in row.items()} for k, row in rows.iterrows()}
 
 
-def write_oof(exp_dir: Path, ids: np.ndarray, k: int, targets: np.ndarray, preds: np.ndarray, task: Task) -> None:
-    """Replace fold k's rows of oof.csv with the best epoch's validation predictions."""
+def write_oof(exp_dir: Path, ids: np.ndarray, k: int, targets: np.ndarray, preds: np.ndarray, task: Task,
+              total_rows: int) -> None:
+    """Replace fold k's OOF rows with the best epoch's validation predictions (total_rows: the train set's)."""
     rows = pd.concat([pd.DataFrame({"id": ids, "fold": k}), task.targets_frame(targets),
                       pd.DataFrame(preds, columns=prob_columns(preds.shape[1]))], axis=1)
-    with tables_locked(exp_dir):
-        old = read_table(exp_dir / "oof.csv")
-        if old is not None:
-            rows = pd.concat([old[old["fold"] != k], rows], ignore_index=True)
-        write_csv(rows.sort_values("id", kind="stable").reset_index(drop=True), exp_dir / "oof.csv")
+    write_oof_rows(exp_dir, k, rows, total_rows)
 
 
 def oof_arrays(oof: pd.DataFrame, task: Task, where: str = "oof.csv") -> tuple[np.ndarray, np.ndarray]:
@@ -340,7 +432,9 @@ def oof_arrays(oof: pd.DataFrame, task: Task, where: str = "oof.csv") -> tuple[n
     if missing:
         raise PipelineError(f"{where}: no column {missing[0]!r} for this {task.kind} task; retrain with --overwrite")
     try:
-        preds = oof[cols].to_numpy(dtype=np.float64)
+        preds = oof[cols].to_numpy()  # float32 from the per-fold files (half the memory), float64 from a CSV
+        if preds.dtype not in (np.float32, np.float64):
+            preds = preds.astype(np.float64)
         targets = task.targets_from(oof)
     except (ValueError, TypeError) as e:
         raise PipelineError(f"{where}: non-numeric predictions or targets ({str(e)[:80]}); retrain with --overwrite") from None
@@ -438,7 +532,7 @@ def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> CVSummary:
 
 
 def write_cv(exp_dir: Path, n_splits: int, train_seconds: float, task: Task) -> CVSummary:
-    cv = cv_summary(read_table(exp_dir / "oof.csv"), n_splits, task)
+    cv = cv_summary(read_oof(exp_dir), n_splits, task)
     cv.train_seconds = train_seconds
     cv.selection = read_selection(exp_dir, cv.folds_present)
     write_json(cv.to_dict(), exp_dir / "cv.json")

@@ -5,7 +5,7 @@
 
 Builds under --export-dir (git-ignored), for the weights dataset USER/SLUG:
   SLUG/export.json what the folder holds (experiments, settings, dataset id); an export of others is never replaced
-  SLUG/weights/    <exp>/fold<k>.pth, config.json, cv.json, oof.csv; the blend file; dataset-metadata.json
+  SLUG/weights/    <exp>/fold<k>.pth, config.json, cv.json, oof.csv (or oof.fold<k>.npz); the blend file; dataset-metadata.json
   SLUG/code/       the pipeline wheel, the wheels the Kaggle image lacks, requirements.txt; dataset-metadata.json
   SLUG/kernel/     inference.ipynb (notebooks/kaggle_inference.ipynb, the settings written in); kernel-metadata.json
   SLUG/check/      local.csv (infer) and exported.csv (the notebook's command), both on a copy of SLUG/weights/
@@ -32,7 +32,7 @@ from pipeline import infer, predict
 from pipeline.checkpoint import write_json
 from pipeline.config import Config, flag, make_config, parse_stage
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import experiment_dir, read_table
+from pipeline.experiment import done_folds, experiment_dir, oof_parts, oof_where
 
 FLAGS = ["exp", "weights_dir", "data", "ensemble", "tta", "tta_preset", "with_full", "precision", "competition",
          "dataset", "push", "export_dir", "message", "device", "cache_dir"]
@@ -189,14 +189,14 @@ def experiment_files(cfg: Config) -> dict[str, list[Path]]:
         resume = f"finish it with: python -m pipeline.train --exp {e} --fold all --resume"
         if busy:
             raise PipelineError(f"{src}: {', '.join(busy)} left by an unfinished training; {resume}")
-        oof = read_table(src / "oof.csv")
-        present = set() if oof is None else set(oof["fold"])
+        present = set(done_folds(src))
         missing = [k for k in range(len(checkpoints)) if k not in present]
         if missing:
-            raise PipelineError(f"{src}/oof.csv: no rows for fold(s) {', '.join(map(str, missing))}; {resume}")
+            raise PipelineError(f"{oof_where(src)}: no rows for fold(s) {', '.join(map(str, missing))}; {resume}")
         extra = [src / "full.pth"] if cfg.with_full else []
         preps = sorted(src.glob("fold*.prep.json")) + sorted(src.glob("full.prep.json") if cfg.with_full else [])
-        files[e] = [*checkpoints, *extra, *preps, src / "config.json", src / "cv.json", src / "oof.csv"]
+        files[e] = [*checkpoints, *extra, *preps, src / "config.json", src / "cv.json",
+                   *(oof_parts(src).values() or [src / "oof.csv"])]
         for path in files[e]:
             if not path.is_file():
                 raise PipelineError(f"{path}: missing; the export needs it "

@@ -18,12 +18,13 @@ import pandas as pd
 import torch
 
 from pipeline import data
-from pipeline.checkpoint import check_fold_config, load_checkpoint, write_csv, write_json, write_npy
+from pipeline.checkpoint import check_fold_config, load_checkpoint, write_json, write_npy
 from pipeline.config import Config, ExperimentConfig, flag
 from pipeline.engine import DataSpec, predict
 from pipeline.ensemble import combine, honest_scores
 from pipeline.errors import PipelineError
-from pipeline.experiment import RECIPE, CVSummary, cv_summary, experiment_dir, oof_arrays, prob_columns, read_table
+from pipeline.experiment import (RECIPE, CVSummary, cv_summary, done_folds, experiment_dir, oof_arrays, oof_where,
+                                 prob_columns, read_oof, write_oof_rows)
 from pipeline.inputs import model_form
 from pipeline.models import build_model
 from pipeline.tasks import Task
@@ -64,8 +65,7 @@ def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
     paths = [exp_dir / f"fold{k}{suffix}" for k in range(n_splits)]
     missing = [k for k, p in enumerate(paths) if not p.is_file()]
     if missing:
-        oof = read_table(exp_dir / "oof.csv")
-        finished = set(oof["fold"].astype(int)) if oof is not None and "fold" in oof else set()
+        finished = set(done_folds(exp_dir))
         if finished.isdisjoint(missing):  # unfinished folds (an interrupted run): --resume trains them
             how = train_command(exp_dir, cfg or Config(), "--fold all --resume")
         else:  # finished folds whose weights are gone: --resume would keep them as done, so each is retrained
@@ -205,7 +205,7 @@ def oof_tta(exp_dir: Path, images: torch.Tensor, preset: str, batch_size: int, d
     from pipeline.tta import with_tta
 
     spec, config = experiment_data(exp_dir)[1], experiment_config(exp_dir)
-    oof = read_table(exp_dir / "oof.csv")
+    oof = read_oof(exp_dir)
     parts = []
     for k, part in oof.groupby("fold"):
         model, fold_spec = load_fold_model(exp_dir / f"fold{k}.pth", device, config)
@@ -215,7 +215,8 @@ def oof_tta(exp_dir: Path, images: torch.Tensor, preset: str, batch_size: int, d
         parts.append(part[["id", "fold", *spec.task.target_columns()]].reset_index(drop=True).join(
             pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))))
     table = pd.concat(parts).sort_values("id").reset_index(drop=True)
-    write_csv(table, exp_dir / "oof_tta.csv")
+    for k, part in table.groupby("fold"):
+        write_oof_rows(exp_dir, int(k), part, len(oof), "oof_tta")
     cv = CVSummary.read(exp_dir / "cv.json")
     cv.oof_tta = cv_summary(table, cv.n_splits, spec.task).oof | {"preset": preset}
     write_json(cv.to_dict(), exp_dir / "cv.json")
@@ -231,10 +232,10 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
     task = experiment_data(experiment_dir(weights_dir, exps[0]))[1].task
     for e in exps:
         hashes.append(experiment_config(experiment_dir(weights_dir, e)).folds_hash)
-        path = weights_dir / e / "oof.csv"
-        table = read_table(path)
+        table = read_oof(weights_dir / e)
         if table is None:
-            raise PipelineError(f"{path}: not found; the ensemble needs every experiment's OOF (train --fold all)")
+            raise PipelineError(f"{weights_dir / e / 'oof.csv'}: not found; the ensemble needs every experiment's OOF "
+                                "(train --fold all)")
         frames.append(table.sort_values("id").reset_index(drop=True))
     if len(set(hashes)) > 1:
         i = next(i for i, h in enumerate(hashes) if h != hashes[0])
@@ -246,7 +247,7 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
         if not (f["id"].equals(first["id"]) and f["fold"].equals(first["fold"])):
             raise PipelineError(f"--exp: {e} and {exps[0]} have different OOF rows or folds; "
                                 "blend experiments trained on the same folds file with --fold all")
-    arrays = [oof_arrays(f, task, str(weights_dir / e / "oof.csv")) for e, f in zip(exps, frames)]
+    arrays = [oof_arrays(f, task, oof_where(weights_dir / e)) for e, f in zip(exps, frames)]
     return np.stack([a[0] for a in arrays]), arrays[0][1], first["fold"].to_numpy(), task
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline import data
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import experiment_dir
+from pipeline.experiment import done_folds, experiment_dir
 from pipeline.reporting import write_report
 
 FLAGS = ["exp", "data", "weights_dir", "model", "cache_dir"]
@@ -19,8 +19,8 @@ FLAGS = ["exp", "data", "weights_dir", "model", "cache_dir"]
 
 def run(cfg: Config) -> Path:
     exp_dir = experiment_dir(cfg.weights_dir, cfg.exp[0] if cfg.exp else cfg.model)
-    if not (exp_dir / "oof.csv").is_file():
-        raise PipelineError(f"{exp_dir}: no oof.csv to report on; train it with: python -m pipeline.train --exp {exp_dir.name}")
+    if not done_folds(exp_dir):
+        raise PipelineError(f"{exp_dir}: no OOF rows (oof.csv) to report on; train it with: python -m pipeline.train --exp {exp_dir.name}")
     from pipeline.predict import experiment_config, experiment_data
 
     config = experiment_config(exp_dir)

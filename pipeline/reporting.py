@@ -18,7 +18,7 @@ from pipeline.checkpoint import atomic_path, write_csv  # noqa: E402
 from pipeline.config import Config, ExperimentConfig  # noqa: E402
 from pipeline.engine import DataSpec  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.experiment import CVSummary, cv_summary, oof_arrays, read_table  # noqa: E402
+from pipeline.experiment import CVSummary, cv_summary, oof_arrays, oof_where, read_oof, read_table  # noqa: E402
 from pipeline.inputs import model_form  # noqa: E402
 from pipeline.learners import boosted  # noqa: E402
 
@@ -124,16 +124,17 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
     """Write exp_dir/report/ (PNGs, CSVs, report.md); `images` are the train images by id (array or tensor), or
     None where the input is not images (no wrong.png).
 
-    Everything is read and checked before the first figure is written; the CV is recomputed from oof.csv.
+    Everything is read and checked before the first figure is written; the CV is recomputed from the OOF rows.
     Curves where there are epochs (neural learners), feature importance where the learner has it (gbm),
     confusions and per-class scores for classes, predicted-against-true and residuals for regression.
     """
     config = ExperimentConfig.read(exp_dir / "config.json")
     task = DataSpec.from_config(config, str(exp_dir / "config.json")).task
-    metrics, oof = read_table(exp_dir / "metrics.csv"), read_table(exp_dir / "oof.csv")
-    for name, table, columns in (("metrics.csv", metrics, ["epoch", "train_loss", "valid_loss"]), ("oof.csv", oof, ["id"])):
+    metrics, oof, where = read_table(exp_dir / "metrics.csv"), read_oof(exp_dir), oof_where(exp_dir)
+    for name, table, columns in ((str(exp_dir / "metrics.csv"), metrics, ["epoch", "train_loss", "valid_loss"]),
+                                 (where, oof, ["id"])):
         if table is None or any(c not in table.columns for c in columns):
-            raise PipelineError(f"{exp_dir / name}: missing or damaged (needs {', '.join(columns)}); "
+            raise PipelineError(f"{name}: missing or damaged (needs {', '.join(columns)}); "
                                 f"retrain with: python -m pipeline.train --exp {exp_dir.name} --overwrite")
     n_splits = config.n_splits
     cv = cv_summary(oof, n_splits, task)  # validates oof.csv; cv.json may be stale or hand-edited
@@ -145,7 +146,7 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
         cv.oof_tta = saved.oof_tta
     ids = oof["id"].to_numpy()
     if images is not None and ids.max() >= len(images):
-        raise PipelineError(f"{exp_dir / 'oof.csv'}: id {ids.max()} is beyond the {len(images):,} train rows; "
+        raise PipelineError(f"{where}: id {ids.max()} is beyond the {len(images):,} train rows; "
                             "pass the --data it was trained on")
     model = config.model
     gbm = model_form(model) == "gbm"
@@ -168,7 +169,7 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
         sections.append("## Feature importance (total split gain; all features in importance.csv)\n"
                         f"![importance](importance.png)\n\n{markdown_table(importance.head(15), '.1f')}\n")
     if task.has_classes:  # confusions and per-class scores mean something for classes only
-        probs, labels = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
+        probs, labels = oof_arrays(oof, task, where)
         preds = probs.argmax(1)
         matrix = confusion_matrix(labels, preds, labels=np.arange(task.num_outputs))
         plot_confusion(matrix, out / "confusion.png")
@@ -185,7 +186,7 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
             plot_wrong(shown, labels, probs, wrong, task.classes, out / "wrong.png")
             sections.append(f"## Most confidently wrong OOF images ({len(wrong)})\n![wrong](wrong.png)\n")
     if not task.outputs_probabilities:  # values: residuals of each target
-        preds, targets = oof_arrays(oof, task, str(exp_dir / "oof.csv"))
+        preds, targets = oof_arrays(oof, task, where)
         targets = targets.reshape(len(preds), -1)
         for j, target in enumerate(task.classes):
             png = "residuals.png" if j == 0 else f"residuals_{j}.png"

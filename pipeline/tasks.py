@@ -310,8 +310,8 @@ class Standardized(torch.nn.Module):
         self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) * self.target_std + self.target_mean
+    def forward(self, *x: torch.Tensor) -> torch.Tensor:  # a sequence model takes (x, lengths)
+        return self.net(*x) * self.target_std + self.target_mean
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if "target_mean" not in state_dict:  # saved before regression outputs were standardised: mean 0, std 1

@@ -115,7 +115,7 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> 
                     job.finish_fold(k, preds)
         if not ranks.main:
             return {}
-        if failed and len(failed) == len(todo) and not (exp_dir / "oof.csv").is_file():
+        if failed and len(failed) == len(todo) and not experiment.done_folds(exp_dir):
             raise PipelineError("; ".join(failed.values()))
         with experiment.tables_locked(exp_dir):  # single-fold jobs may be writing their rows meanwhile
             cv = experiment.write_cv(exp_dir, job.folds.n_splits, round(time.perf_counter() - started, 1), desc.task)

@@ -59,7 +59,8 @@ class Setup:
     def finish_fold(self, k: int, preds: np.ndarray) -> None:
         """Fold k's OOF rows written; its resume snapshot no longer needed."""
         valid = np.flatnonzero(self.folds.fold == k)
-        experiment.write_oof(self.exp_dir, self.train.ids[valid], k, self.train.targets[valid], preds, self.desc.task)
+        experiment.write_oof(self.exp_dir, self.train.ids[valid], k, self.train.targets[valid], preds, self.desc.task,
+                             len(self.train.ids))
         (self.exp_dir / f"fold{k}.last.pth").unlink(missing_ok=True)
 
 

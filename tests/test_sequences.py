@@ -46,12 +46,15 @@ def test_batches_gathered_from_the_packed_frames():
 
 
 @pytest.mark.slow
-def test_speakers_and_frames_through_the_four_stages_with_no_layout_flags(workdir, capsys):
+def test_speakers_and_frames_through_the_four_stages_with_no_layout_flags(workdir, capsys, monkeypatch):
     """HW4's and HW2's layouts (the digits as utterances): make_folds -> train -> infer -> submit --dry-run; the
-    submissions have the course's headers in the test split's order; frames never straddle two folds' sides."""
+    submissions have the course's headers in the test split's order; frames never straddle two folds' sides.
+    The frames experiment stores its OOF rows as HW2's size would (per-fold .npz), and report reads them."""
     import pandas as pd
 
-    from pipeline import infer, make_folds, submit, train
+    from pipeline import experiment, infer, make_folds, report, submit, train
+
+    monkeypatch.setattr(experiment, "OOF_CSV_CELLS", 30_000)  # sample-frames: 25,133 frames x 10 classes
 
     for data, exp, model, header in (("sample-speakers", "sp", "transformer", ["Id", "Category"]),
                                      ("sample-frames", "fr", "lstm", ["Id", "Class"])):
@@ -69,9 +72,76 @@ def test_speakers_and_frames_through_the_four_stages_with_no_layout_flags(workdi
         assert (sub[header[1]].astype(str) == truth[header[1]].astype(str)).mean() > 0.3  # learned (chance: 0.1)
         assert infer.main(["--data", data, "--exp", exp, "--tta"]) == 2
         assert f"{'sequence' if exp == 'sp' else 'frames'} rows have no test-time augmentation" in capsys.readouterr().err
+    assert sorted(p.name for p in (workdir / "weights/fr").glob("oof*")) == ["oof.fold0.npz", "oof.fold1.npz"]
+    assert (workdir / "weights/sp/oof.csv").is_file()  # 1,437 utterances x 10: small, a CSV
+    assert report.main(["--data", "sample-frames", "--exp", "fr"]) == 0
+    assert "25,133 rows" in (workdir / "weights/fr/report/report.md").read_text()
     folds = pd.read_csv("folds/fr.csv")
     from pipeline import data as data_module
 
     groups = data_module.read_train(data_module.resolve("sample-frames")).groups
     sides = pd.DataFrame({"utt": groups, "fold": folds["fold"]}).groupby("utt")["fold"].nunique()
     assert (sides == 1).all() and len(sides) > 100  # every utterance's frames in one fold
+
+
+def write_generic(root, task: str, test_csv: bool):
+    """The generic sequences layout from the digits: train.csv (id, target) naming train/<id>.npy, test/<id>.pt, and
+    sample_submission.csv or only test.csv. Regression's target is the digit's value as a number."""
+    import pandas as pd
+
+    from pipeline.data.sequences import _digit_columns
+
+    sequences, digits = _digit_columns()
+    sequences, digits = sequences[:300], digits[:300]
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    target = digits if task == "multiclass" else digits.astype(float)
+    name = "label" if task == "multiclass" else "score"
+    for i, s in enumerate(sequences):
+        if i < 240:
+            np.save(root / "train" / f"s{i:03d}.npy", s)
+        else:
+            torch.save(torch.from_numpy(s), root / "test" / f"s{i:03d}.pt")
+    ids = [f"s{i:03d}" for i in range(300)]
+    pd.DataFrame({"seq_id": ids[:240], name: target[:240]}).to_csv(root / "train.csv", index=False)
+    if test_csv:
+        pd.DataFrame({"seq_id": ids[240:][::-1]}).to_csv(root / "test.csv", index=False)
+    else:
+        pd.DataFrame({"seq_id": ids[240:][::-1], name: target[0]}).to_csv(root / "sample_submission.csv", index=False)
+    return pd.DataFrame({"seq_id": ids[240:][::-1], name: target[240:][::-1]})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,test_csv", [("multiclass", False), ("regression", True)])
+def test_the_generic_sequences_layout_through_the_four_stages(workdir, capsys, task, test_csv):
+    """ids in a CSV naming .npy/.pt arrays, any task kind, no layout flag: make_folds -> train -> infer -> submit;
+    the submission follows the sample's (or test.csv's) ids and order, and the model learned."""
+    import pandas as pd
+
+    from pipeline import infer, make_folds, submit, train
+
+    truth = write_generic(workdir / "comp", task, test_csv)
+    assert make_folds.main(["--data", "comp", "--n-splits", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "sequences: " in out and "id seq_id naming train/ arrays" in out
+    assert train.main(["--data", "comp", "--exp", "g", "--model", "gru", "--hidden", "32", "--epochs", "6",
+                       "--lr", "3e-3"]) == 0
+    assert infer.main(["--data", "comp", "--exp", "g", "--out", "sub.csv"]) == 0
+    assert submit.main(["sub.csv", "--data", "comp", "--dry-run"]) == 0
+    sub = pd.read_csv("sub.csv")
+    assert list(sub.columns) == list(truth.columns) and sub["seq_id"].tolist() == truth["seq_id"].tolist()
+    col = truth.columns[1]
+    if task == "multiclass":
+        assert (sub[col] == truth[col]).mean() > 0.4  # chance: 0.1
+    else:
+        assert np.corrcoef(sub[col], truth[col])[0, 1] > 0.5
+
+
+def test_the_generic_layout_refuses_an_id_without_its_array(workdir, capsys):
+    from pipeline import make_folds
+
+    write_generic(workdir / "comp", "multiclass", False)
+    (workdir / "comp/test/s250.pt").unlink()
+    assert make_folds.main(["--data", "comp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sample_submission.csv" in err and "'s250'" in err and "test/" in err and len(err.splitlines()) == 1

@@ -6,6 +6,7 @@
     table           *train*.csv + *test*.csv of numeric and text columns                   (Titanic, HW1 COVID)
     speakers        Dataset/mapping.json, metadata.json, testdata.json, uttr-*.pt          (HW4: speaker of an utterance)
     frames          libriphone/feat/{train,test}/*.pt, train_labels.txt, *_split.txt      (HW2: phoneme of every frame)
+    sequences       train.csv whose ids name train/<id>.pt|.npy (T, F) arrays, test/ arrays  (any task, per sequence)
 
 `describe` detects the layout and the task once (make_folds saves the result beside the folds); every later
 stage reads through that Description, so no stage branches on a layout.
@@ -35,14 +36,14 @@ from pipeline.data.targets import encode, infer_task
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
-LAYOUTS = ("pixels", "csv-images", "class-folders", "table", "speakers", "frames")
+LAYOUTS = ("pixels", "csv-images", "class-folders", "table", "speakers", "frames", "sequences")
 TRAIN_CSVS = ("train.csv", "labels.csv", "train_labels.csv")
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # digits, on the 0..1 scale
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NUM_CLASSES = 10  # Digit Recognizer's, for the benchmark and the tests
 SAMPLES = {"sample": write_sample, "sample-images": write_sample_images, "sample-table": write_sample_table,
            "sample-speakers": seq.write_sample_speakers, "sample-frames": seq.write_sample_frames}
-SEQUENCE_KINDS = {"speakers": "sequence", "frames": "frames"}  # layout -> input kind
+SEQUENCE_KINDS = {"speakers": "sequence", "frames": "frames", "sequences": "sequence"}  # layout -> input kind
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,10 @@ class Description:
 
     def summary(self) -> str:
         if self.layout in SEQUENCE_KINDS:
-            rows = "frames" if self.layout == "frames" else "utterances"
-            return (f"{self.layout}: {self.root or './'}, {self.task.describe()}, {self.n_images:,} {rows}"
+            rows = {"frames": "frames", "speakers": "utterances"}.get(self.layout, "sequences")
+            ident = f"id {self.id_col} naming {self.image_dir}/ arrays, target {', '.join(self.target_cols)}, " \
+                if self.layout == "sequences" else ""
+            return (f"{self.layout}: {self.root or './'}, {ident}{self.task.describe()}, {self.n_images:,} {rows}"
                     + (" (folds grouped by utterance)" if self.layout == "frames" else ""))
         if self.layout == "table":
             c = self.columns
@@ -94,11 +97,13 @@ class Description:
 
     @property
     def tta_preset(self) -> str:
-        return {"pixels": "digits", "table": "", "speakers": "", "frames": ""}.get(self.layout, "hflip")
+        return "" if self.layout == "table" or self.layout in SEQUENCE_KINDS else \
+            "digits" if self.layout == "pixels" else "hflip"
 
     @property
     def augment(self) -> str:
-        return {"pixels": "digits", "table": "none", "speakers": "none", "frames": "none"}.get(self.layout, "natural")
+        return "none" if self.layout == "table" or self.layout in SEQUENCE_KINDS else \
+            "digits" if self.layout == "pixels" else "natural"
 
     @property
     def normalize(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -160,10 +165,16 @@ def describe(src: Source, layout: str = "", id_col: str = "", target_cols: tuple
     frame = parse_csv(src.read_file(train_csv), src.label(train_csv)) if train_csv else None
     if not layout:
         layout = ("speakers" if seq.find_speakers(src) is not None else "frames" if seq.find_frames(src) is not None
+                  else "sequences" if frame is not None and seq.array_folders(src, root)
                   else "pixels" if frame is not None and pixels.is_pixels(frame) else "table" if _is_table(src, frame)
                   else "csv-images" if frame is not None else "class-folders" if _class_root(src) is not None else "")
     if layout == "table":
         return _describe_table(src, id_col, target_cols, features, drop_cols, task, metric, threshold, group_col, known)
+    if layout == "sequences":
+        if frame is None:
+            raise PipelineError(f"--layout sequences: {src.path} has no {' or '.join(TRAIN_CSVS)} naming the arrays")
+        return _describe_sequences(src, root, train_csv, frame, id_col, target_cols, image_dir, task, metric,
+                                   threshold, group_col, known)
     if layout in SEQUENCE_KINDS:
         if group_col:
             raise PipelineError(f"--group-col: the {layout} layout has no columns to group by"
@@ -260,6 +271,46 @@ def _describe_frames(src, metric, threshold, known):
     raw = src.read_file(root + "train_labels.txt") + src.read_file(root + "train_split.txt")
     files = tuple(seq.frame_file(root, "train", u) for u in utterances)
     return desc, TrainSet(targets, np.arange(len(flat), dtype=np.int64), groups, _hash(raw), files=files)
+
+
+def _describe_sequences(src, root, train_csv, frame, id_col, target_cols, image_dir, task, metric, threshold, group_col,
+                        known):
+    """The generic sequences layout: train CSV ids naming (T, F) arrays, any task kind; the test side is checked now
+    (its ids must name arrays of another folder) so a bad one is refused before any training."""
+    where = src.label(train_csv)
+    folders = seq.array_folders(src, root)
+    if image_dir and image_dir.strip("/") not in folders:
+        raise PipelineError(f"--image-dir: {src.path}{'/' + root if root else ''} has no folder {image_dir!r} of .pt/.npy "
+                            f"arrays (found {', '.join(sorted(folders)[:4]) or 'none'})")
+    text = pd.read_csv(io.BytesIO(src.read_file(train_csv)), dtype=str, keep_default_na=False)  # ids as written
+    train_dir, id_col = (known.image_dir, known.id_col) if known is not None else \
+        _images_and_ids(text, folders, image_dir.strip("/"), id_col)
+    if train_dir is None:
+        raise PipelineError(f"--id-col: no column of {where} names the .pt/.npy arrays of any folder "
+                            f"({', '.join(sorted(folders)[:4])}; columns {', '.join(map(str, frame.columns[:5]))}); "
+                            "name them with --id-col and --image-dir")
+    if text[id_col].duplicated().any():
+        raise PipelineError(f"{where}: id {text[id_col][text[id_col].duplicated()].iloc[0]!r} appears in more than one "
+                            "row; one sequence, one row (it could land in two folds)")
+    files = seq.match_arrays(text[id_col], train_dir, folders.get(train_dir, []), where)
+    targets = list(known.target_cols) if known is not None else \
+        _target_columns(src, root, frame, id_col, group_col, target_cols, where)
+    sample = read_sample_submission(src, root, required=False)
+    the_task = known.task if known is not None else infer_task(frame[targets], where, task, metric, threshold,
+                                                                None if task else _sample_targets(sample, targets))
+    test_dir = known.test_dir if known is not None else img.pick_folder(
+        {k: v for k, v in folders.items() if k != train_dir}, img.TEST_DIRS, "test")
+    desc = Description("sequences", the_task, root=root, train_file=train_csv, id_col=id_col,
+                       target_cols=tuple(targets), image_dir=train_dir, test_dir=test_dir or "", group_col=group_col,
+                       n_images=len(frame))
+    if known is None:
+        if test_dir is None:
+            raise PipelineError(f"{src.path}: no test folder of .pt/.npy arrays besides {train_dir}/ (expected test/)")
+        if sample is not None:
+            the_task.submission_mode(sample)
+        seq.default_sample(src, desc)  # every test id names an array of the test folder
+    return desc, TrainSet(encode(frame[targets], the_task, where), np.arange(len(frame), dtype=np.int64),
+                          _groups(frame, group_col, where), _hash(src.read_file(train_csv)), files=tuple(files))
 
 
 def _sample_targets(sample: pd.DataFrame | None, targets) -> pd.DataFrame | None:
@@ -474,7 +525,7 @@ def submission_sample(src: Source, desc: Description | None) -> pd.DataFrame:
     class competition such as HW1), the test ids and the target's name."""
     if desc is not None and desc.layout in SEQUENCE_KINDS:
         sample = read_sample_submission(src, "", required=False)
-        return sample if sample is not None else seq.default_sample(src, desc.layout, desc.root, desc.task)
+        return sample if sample is not None else seq.default_sample(src, desc)
     if desc is not None and desc.layout == "table":
         sample = read_sample_submission(src, desc.root, required=False)
         return sample if sample is not None else tab.default_sample(tab.read_csv(src, desc.columns.test_file),
@@ -506,7 +557,7 @@ def read_test(src: Source, desc: Description, img_size: int, cache_dir: str) -> 
         return _table_test(src, desc)
     if desc.layout in SEQUENCE_KINDS:
         sample = submission_sample(src, desc)
-        return seq.rows_for_test(src, desc.layout, desc.root, sample), sample
+        return seq.rows_for_test(src, desc, sample), sample
     if desc.layout == "pixels":
         test_csv = src.find("test.csv")
         if test_csv is None:

@@ -7,6 +7,9 @@
     frames     HW2 (ml2023spring-hw2): libriphone/feat/{train,test}/<utt>.pt (T, 39), train_labels.txt
                (`<utt> l1 ... lT`), train_split.txt, test_split.txt. One row per frame, labelled with its phoneme;
                folds grouped by utterance. Submission Id,Class: the running index of every test frame.
+    sequences  generic: a train CSV of ids and targets (any task kind) whose ids name .pt or .npy (T, F) arrays in a
+               folder (train/, or the one they match); the test side is sample_submission.csv's ids (else test.csv's)
+               naming arrays in another folder (test/). One row per sequence.
 
 A set is read once into one Packed tensor (pipeline.data.packed); rows are views into it (SequenceRows: whole
 sequences; FrameRows: single frames of their sequences), so selecting a fold's rows copies nothing. `.pt` files are
@@ -108,6 +111,32 @@ def load_features(src: Source, rel: str, n_features: int = 0) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
+ARRAY_EXTS = (".pt", ".npy")
+
+
+def array_folders(src: Source, root: str) -> dict[str, list[str]]:
+    """Folders under `root` (relative, '/'-separated) holding .pt or .npy files, with their files."""
+    out: dict[str, list[str]] = {}
+    for f in src.files():
+        if f.startswith(root) and f.lower().endswith(ARRAY_EXTS):
+            out.setdefault(str(PurePosixPath(f[len(root):]).parent), []).append(f)
+    return out
+
+
+def match_arrays(ids: pd.Series, folder: str, files: list[str], where: str) -> list[str]:
+    """The array file of every id (named with or without .pt/.npy); the first id without one is one line naming it."""
+    from pipeline.data.images import file_index
+
+    index = file_index(files)
+    keys = ids.astype(str).to_numpy()
+    found = [index.get(k) for k in keys]
+    missing = [i for i, f in enumerate(found) if f is None]
+    if missing:
+        raise PipelineError(f"{where}: row {missing[0] + 1}: no array {keys[missing[0]]!r} (.pt or .npy) in {folder}/ "
+                            f"({len(missing):,} ids have none)")
+    return found
+
+
 def load_all(src: Source, rels: list[str]) -> Packed:
     arrays, width = [], 0
     for rel in rels:
@@ -204,7 +233,7 @@ def frames_labels(src: Source, root: str, utterances: list[str]) -> dict[str, li
 def train_rows(src: Source, layout: str, root: str, files: list[str], n_rows: int):
     """The train feature files packed, as rows: utterances (speakers) or frames, whose counts must match the labels."""
     packed = load_all(src, files)
-    if layout == "speakers":
+    if layout != "frames":
         return SequenceRows(packed, torch.arange(len(packed)))
     utterances = frames_split(src, root, "train")
     labels = frames_labels(src, root, utterances)
@@ -218,8 +247,14 @@ def train_rows(src: Source, layout: str, root: str, files: list[str], n_rows: in
     return FrameRows(packed, torch.arange(len(packed.values)))
 
 
-def _test_files(src: Source, layout: str, root: str) -> tuple[list[str], list[str]]:
-    """(feature files, ids as a submission names them): testdata.json's feature_paths, or test_split.txt's files."""
+def _test_files(src: Source, desc) -> tuple[list[str], list[str]]:
+    """(feature files, ids as a submission names them): testdata.json's feature_paths, test_split.txt's files, or the
+    generic layout's test ids (the sample's, else test.csv's) and their arrays."""
+    layout, root = desc.layout, desc.root
+    if layout == "sequences":
+        ids = generic_test_ids(src, desc)
+        folders = array_folders(src, root)
+        return match_arrays(ids, desc.test_dir, folders.get(desc.test_dir, []), _ids_where(src, root)), ids.tolist()
     if layout == "speakers":
         files = speakers_test(src, root)
         return files, [f[len(root):] for f in files]
@@ -227,21 +262,53 @@ def _test_files(src: Source, layout: str, root: str) -> tuple[list[str], list[st
     return files, []
 
 
-def default_sample(src: Source, layout: str, root: str, task) -> pd.DataFrame:
+def _ids_where(src: Source, root: str) -> str:
+    rel = src.find("sample_submission.csv") or root + "test.csv"
+    return src.label(rel)
+
+
+def generic_test_ids(src: Source, desc) -> pd.Series:
+    """The sequences layout's test ids, as written: sample_submission.csv's first column, else test.csv's id column."""
+    import io
+
+    rel = src.find("sample_submission.csv")
+    col = 0
+    if rel is None:
+        rel = src.find("test.csv")
+        if rel is None:
+            raise PipelineError(f"{src.label(desc.root + 'sample_submission.csv')}: not found, and no test.csv; the "
+                                "test side needs one of them naming the test arrays")
+        col = desc.id_col
+    text = pd.read_csv(io.BytesIO(src.read_file(rel)), dtype=str, keep_default_na=False)
+    if (col not in text.columns) if isinstance(col, str) else text.empty:
+        raise PipelineError(f"{src.label(rel)}: no column {col!r} naming the test arrays" if isinstance(col, str)
+                            else f"{src.label(rel)}: no rows")
+    return text[col] if isinstance(col, str) else text.iloc[:, 0]
+
+
+def default_sample(src: Source, desc) -> pd.DataFrame:
     """The header the course's sample code writes, where a class competition ships no sample submission: Id,Category
-    (speakers: each test utterance's feature_path) or Id,Class (frames: the running index of every test frame)."""
-    files, ids = _test_files(src, layout, root)
+    (speakers: each test utterance's feature_path) or Id,Class (frames: the running index of every test frame); for
+    the generic layout, test.csv's ids and the target columns."""
+    layout, task = desc.layout, desc.task
+    files, ids = _test_files(src, desc)
+    if layout == "sequences":
+        return pd.DataFrame({desc.id_col: ids, **{c: 0 for c in desc.target_cols}})
     if layout == "speakers":
         return pd.DataFrame({"Id": ids, "Category": task.classes[0]})
     total = int(load_all(src, files).lengths.sum())
     return pd.DataFrame({"Id": np.arange(total), "Class": 0})
 
 
-def rows_for_test(src: Source, layout: str, root: str, sample: pd.DataFrame):
-    """The test rows in the sample's order: utterances named by their feature_path, or frames by running index."""
-    files, ids = _test_files(src, layout, root)
+def rows_for_test(src: Source, desc, sample: pd.DataFrame):
+    """The test rows in the sample's order: utterances named by their feature_path, sequences by their id (the
+    sample's own ids name the arrays), or frames by running index."""
+    layout = desc.layout
+    files, ids = _test_files(src, desc)
     packed = load_all(src, files)
     where = src.label("sample_submission.csv")
+    if layout == "sequences":
+        return SequenceRows(packed, torch.arange(len(packed)))
     if layout == "speakers":
         position = {name: i for i, name in enumerate(ids)}
         wanted = sample.iloc[:, 0].astype(str)
