@@ -156,6 +156,37 @@ def epoch_pipeline(cfg: Config, cache: np.ndarray, labels: np.ndarray, device) -
     return timed(lambda: one_epoch(rows))[0]
 
 
+def model_step_alone(cfg: Config, device: torch.device, steps: int = 20) -> float:
+    """Images/s of the training step with no data path at all: one normalised batch already on the device, trained
+    on `steps` times (the bound any data path can reach with this model, batch and precision)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, 10, 3, cfg.img_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = grad_scaler(cfg.precision, device)
+    x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    y = torch.randint(0, 10, (cfg.batch_size,), device=device)
+
+    def step():
+        with autocast(device, cfg.precision):
+            loss = F.cross_entropy(model(x).float(), y)
+        backward_and_step(loss, model, optimizer, scaler)
+
+    model.train()
+    step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+    def many():
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return steps * cfg.batch_size / timed(many)[0]
+
+
 def run(cfg: Config, n: int, workers: int, device: torch.device) -> float:
     root = write_jpegs(Path(cfg.cache_dir) / "bench-jpegs", n)
     src = data.Source(root)
@@ -174,6 +205,10 @@ def run(cfg: Config, n: int, workers: int, device: torch.device) -> float:
     pipeline_s = epoch_pipeline(cfg, np.asarray(cache), labels, device)
     print(f"epoch          notebook {notebook_s:>8.3f} s ({n / notebook_s:,.0f} img/s)   pipeline {pipeline_s:>8.3f} s "
           f"({n / pipeline_s:,.0f} img/s)")
+    alone = model_step_alone(cfg, device)
+    reached = n / pipeline_s / alone
+    print(f"model step alone {alone:,.0f} img/s (one batch on the device, no data path); the pipeline's epoch reaches "
+          f"{reached:.0%} of it: the bound is {'the model (the device)' if reached >= 0.8 else 'the data path'}")
     speedup = notebook_s / pipeline_s
     print(f"speedup: delivery {rates['pipeline'] / rates['notebook']:.2f}x, epoch {speedup:.2f}x "
           f"({cfg.model} at {cfg.img_size}px)")

@@ -141,7 +141,12 @@ def notebook_frames(cfg, rows: int, context: int, device: torch.device) -> dict:
             for xb, yb in valid_loader:
                 correct += int((model(xb.to(device).view(len(xb), steps, -1)).argmax(1).cpu() == yb).sum())
         seconds.append(time.perf_counter() - t0)
-    return {"epoch_seconds": seconds, "rows": len(y_train), "accuracy": correct / len(y_valid), "prep_seconds": prep}
+    t0 = time.perf_counter()
+    for xb, yb in loader:  # the data path alone: one epoch of batches, no model
+        xb.to(device).view(len(xb), steps, FEATURES["frames"]), yb.to(device)
+    data_seconds = time.perf_counter() - t0
+    return {"epoch_seconds": seconds, "rows": len(y_train), "accuracy": correct / len(y_valid), "prep_seconds": prep,
+            "data_seconds": data_seconds}
 
 
 class SpeakerDataset(torch.utils.data.Dataset):
@@ -184,7 +189,7 @@ def notebook_speakers(cfg, rows: int, workers: int, device: torch.device) -> dic
         loader = torch.utils.data.DataLoader(SpeakerDataset(folder, *pick(tr), cfg.crop_len), batch_size=cfg.batch_size,
                                              shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate,
                                              persistent_workers=workers > 0)
-        valid_loader = torch.utils.data.DataLoader(SpeakerDataset(folder, *pick(va), 0), batch_size=cfg.batch_size,
+        valid_loader = torch.utils.data.DataLoader(SpeakerDataset(folder, *pick(va), 0), batch_size=2 * cfg.batch_size,
                                                    num_workers=workers, collate_fn=collate,
                                                    persistent_workers=workers > 0)
         model = build("speakers", cfg).to(device)
@@ -204,7 +209,12 @@ def notebook_speakers(cfg, rows: int, workers: int, device: torch.device) -> dic
                 for x, lengths, y in valid_loader:
                     correct += int((model(x.to(device), lengths.to(device)).argmax(1).cpu() == y).sum())
             seconds.append(time.perf_counter() - t0)
-    return {"epoch_seconds": seconds, "rows": len(tr), "accuracy": correct / len(va), "prep_seconds": 0.0}
+        t0 = time.perf_counter()
+        for x, lengths, y in loader:  # the data path alone: one epoch of batches, no model
+            x.to(device), lengths.to(device), y.to(device)
+        data_seconds = time.perf_counter() - t0
+    return {"epoch_seconds": seconds, "rows": len(tr), "accuracy": correct / len(va), "prep_seconds": 0.0,
+            "data_seconds": data_seconds}
 
 
 # -- the pipeline -------------------------------------------------------------------------------------------------
@@ -243,7 +253,17 @@ def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) ->
         preds = train_fold(cfg, resolved, spec, 0, rows.to(device), targets.to(device), folds, Path(tmp), device)
         seconds = pd.read_csv(Path(tmp) / "metrics.csv")["seconds"].tolist()
     accuracy = float((preds.argmax(1) == targets.numpy()[folds == 0]).mean())
-    return {"epoch_seconds": seconds, "rows": int((folds != 0).sum()), "accuracy": accuracy, "prep_seconds": prep}
+    rows, targets = rows.to(device), targets.to(device)
+    train = torch.from_numpy(np.flatnonzero(folds != 0)).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    t0 = time.perf_counter()  # the data path alone, as train_one_epoch takes it: one epoch of batches, no model
+    order = train[torch.randperm(len(train), device=device, generator=generator)]
+    for i in range(len(order) // cfg.batch_size):
+        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        spec.input_kind.train_inputs(rows, idx, device, spec, cfg, generator), targets[idx]
+    data_seconds = time.perf_counter() - t0
+    return {"epoch_seconds": seconds, "rows": int((folds != 0).sum()), "accuracy": accuracy, "prep_seconds": prep,
+            "data_seconds": data_seconds}
 
 
 # -- running the sides --------------------------------------------------------------------------------------------
@@ -301,6 +321,11 @@ def run(cfg, kind: str, rows: int, workers: int, device: torch.device) -> float:
         gpu = f"  peak GPU {r['peak_gpu_mb']:,.0f} MB" if "peak_gpu_mb" in r else ""
         print(f"{kind} {name:<14} {rate(r):>10,.0f} {what}/s  valid accuracy {r['accuracy']:.4f}  "
               f"set-up {r['prep_seconds']:.1f} s  peak RSS {r['peak_rss_mb']:,.0f} MB{gpu}")
+    data = [r["rows"] / r["data_seconds"] for r in (slow, fast)]
+    share = rate(slow) / data[0]  # the notebook's data path seconds over its epoch seconds
+    print(f"data path alone (one epoch of training batches, no model): seed-notebook {data[0]:,.0f} {what}/s, "
+          f"pipeline {data[1]:,.0f} {what}/s = {data[1] / data[0]:.2f}x; the notebook's data path alone takes "
+          f"{share:.0%} of its epoch's time, the rest is the model's arithmetic (and validation)")
     speedup = rate(fast) / rate(slow)
     print(f"speedup: {speedup:.2f}x ({what}/s, pipeline vs seed-notebook); peak RSS {fast['peak_rss_mb']:,.0f} MB vs "
           f"{slow['peak_rss_mb']:,.0f} MB")
