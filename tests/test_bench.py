@@ -56,3 +56,20 @@ def test_bench_table_prints_both_sides_and_ratios(capsys, tmp_path):
     fast, slow = (int(sides[k].replace(",", "")) for k in ("pipeline", "seed-notebook"))
     assert float(last[1]) == pytest.approx(fast / slow, rel=0.02)  # the printed ratios are the printed figures'
     assert float(last[2]) == pytest.approx(float(walls["pipeline"]) / float(walls["plain 5-fold loop"]), rel=0.1)
+
+
+@pytest.mark.parametrize("mode,size,unit", [("--frames", "2000", "frames"), ("--speakers", "50", "utterances")])
+def test_bench_sequences_runs_each_side_in_its_own_process(capsys, mode, size, unit):
+    extra = ["--hidden", "8"] if mode == "--frames" else ["--workers", "0", "--batch-size", "16"]
+    assert bench.main([mode, size, "--epochs", "1", "--device", "cpu", *extra]) == 0
+    out = capsys.readouterr().out
+    kind = mode[2:]
+    sides = {m[0]: m[1] for m in re.findall(rf"^{kind} (seed-notebook|pipeline) +([\d,]+) {unit}/s .* peak RSS [\d,]+ MB",
+                                            out, re.M)}
+    data = re.search(rf"data path alone .*: seed-notebook ([\d,]+) {unit}/s, pipeline ([\d,]+) {unit}/s = ([\d.]+)x", out)
+    last = re.fullmatch(rf"speedup: (\d+\.\d\d)x \({unit}/s, pipeline vs seed-notebook\); peak RSS ([\d,]+) MB vs "
+                        r"([\d,]+) MB", out.strip().splitlines()[-1])
+    assert len(sides) == 2 and data and last, out
+    fast, slow = (int(sides[k].replace(",", "")) for k in ("pipeline", "seed-notebook"))
+    assert float(last[1]) == pytest.approx(fast / slow, rel=0.05)  # the printed ratio is the printed figures'
+    assert float(data[3]) == pytest.approx(int(data[2].replace(",", "")) / int(data[1].replace(",", "")), rel=0.05)
