@@ -59,8 +59,18 @@ def test_bench_table_prints_both_sides_and_ratios(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("mode,size,unit", [("--frames", "2000", "frames"), ("--speakers", "50", "utterances")])
-def test_bench_sequences_runs_each_side_in_its_own_process(capsys, mode, size, unit):
+def test_bench_sequences_runs_each_side_in_its_own_process(capsys, monkeypatch, mode, size, unit):
+    """--frames through real subprocesses; --speakers in this process (the same side() code, a faster test)."""
     extra = ["--hidden", "8"] if mode == "--frames" else ["--workers", "0", "--batch-size", "16"]
+    if mode == "--speakers":
+        import json
+
+        from pipeline import bench_sequences
+
+        def in_process(name, settings):
+            bench_sequences.side(name, settings)
+            return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        monkeypatch.setattr(bench_sequences, "run_side", in_process)
     assert bench.main([mode, size, "--epochs", "1", "--device", "cpu", *extra]) == 0
     out = capsys.readouterr().out
     kind = mode[2:]
