@@ -36,7 +36,7 @@ RECIPE = ["model", "pretrained_path", "img_size", "hidden", "layers", "pool", "c
 # What the rows were split by: every fold of one experiment must come from the same folds file.
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
-_NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|oof\.fold\d+\.npz|oof_tta\.fold\d+\.npz|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
+_NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|oof\.fold(?:0|[1-9]\d*)\.npz|oof_tta\.fold(?:0|[1-9]\d*)\.npz|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
          r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth|fold\d+\.prep\.json|full\.prep\.json|fold\d+\.txt|full\.txt"
 ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
 LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
@@ -74,7 +74,7 @@ def oof_parts(exp_dir: Path, name: str = "oof") -> dict[int, Path]:
     """The per-fold binary OOF files of a large experiment, by fold."""
     if not exp_dir.is_dir():
         return {}
-    parts = {int(m.group(1)): p for p in exp_dir.iterdir() if (m := re.fullmatch(rf"{name}\.fold(\d+)\.npz", p.name))}
+    parts = {int(m.group(1)): p for p in exp_dir.iterdir() if (m := re.fullmatch(rf"{name}\.fold(0|[1-9]\d*)\.npz", p.name))}
     return dict(sorted(parts.items()))
 
 
@@ -124,7 +124,10 @@ def _read_part(path: Path, key: str | None = None):
     import zipfile
 
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with f:
             if key is not None:
                 return f[key]
             if "id" not in f.files or "p" not in f.files:
@@ -519,20 +522,24 @@ class CVSummary:
         return cls.from_dict(read_json(path, "CV summary"), str(path))
 
 
-def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task) -> CVSummary:
-    """Per-fold and overall scores in the competition's metric, from OOF rows (pure)."""
-    preds, targets = oof_arrays(oof, task)
+def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task, where: str = "oof.csv") -> CVSummary:
+    """Per-fold and overall scores in the competition's metric, from OOF rows (pure); `where` names them in errors."""
+    preds, targets = oof_arrays(oof, task, where)
     if oof["id"].duplicated().any():  # two fold assignments mixed: every CV figure would be wrong
         dup = oof["id"][oof["id"].duplicated()].iloc[0]
-        raise PipelineError(f"oof.csv: id {dup} appears in more than one fold's rows; the experiment mixes two "
-                            "folds files: retrain it with --overwrite --fold all")
+        raise PipelineError(f"{where}: id {dup} appears in more than one fold's rows (two folds files mixed, or a "
+                            "stray fold file); retrain it with --overwrite --fold all")
     fold = oof["fold"].to_numpy()
+    if len(fold) and (fold.min() < 0 or fold.max() >= n_splits):
+        raise PipelineError(f"{where}: rows of fold {int(fold.max() if fold.max() >= n_splits else fold.min())}, "
+                            f"but the experiment has folds 0..{n_splits - 1}; remove the stray file or retrain with "
+                            "--overwrite --fold all")
     per_fold = {int(k): task.scores(preds[fold == k], targets[fold == k]) for k in sorted(np.unique(fold))}
     return CVSummary(task.metric, task.higher_is_better, n_splits, per_fold, task.scores(preds, targets), int(len(oof)))
 
 
 def write_cv(exp_dir: Path, n_splits: int, train_seconds: float, task: Task) -> CVSummary:
-    cv = cv_summary(read_oof(exp_dir), n_splits, task)
+    cv = cv_summary(read_oof(exp_dir), n_splits, task, oof_where(exp_dir))
     cv.train_seconds = train_seconds
     cv.selection = read_selection(exp_dir, cv.folds_present)
     write_json(cv.to_dict(), exp_dir / "cv.json")

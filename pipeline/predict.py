@@ -242,6 +242,9 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
         raise PipelineError(f"--exp: {exps[i]} was trained on folds file {hashes[i]!r}, {exps[0]} on {hashes[0]!r}; "
                             "a blend fitted on OOF rows from two fold assignments leaks: retrain one of them on the "
                             "same folds file (train --overwrite --fold all)")
+    n_splits = [experiment_config(experiment_dir(weights_dir, e)).n_splits for e in exps]
+    for e, f, k in zip(exps, frames, n_splits):  # each experiment's rows sound before two are compared
+        cv_summary(f, k, task, oof_where(weights_dir / e))
     first = frames[0]
     for e, f in zip(exps[1:], frames[1:]):
         if not (f["id"].equals(first["id"]) and f["fold"].equals(first["fold"])):

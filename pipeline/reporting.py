@@ -137,7 +137,7 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
             raise PipelineError(f"{name}: missing or damaged (needs {', '.join(columns)}); "
                                 f"retrain with: python -m pipeline.train --exp {exp_dir.name} --overwrite")
     n_splits = config.n_splits
-    cv = cv_summary(oof, n_splits, task)  # validates oof.csv; cv.json may be stale or hand-edited
+    cv = cv_summary(oof, n_splits, task, where)  # validates oof.csv; cv.json may be stale or hand-edited
     try:  # its TTA scores, when a sound cv.json of this metric has them
         saved = CVSummary.read(exp_dir / "cv.json") if (exp_dir / "cv.json").exists() else None
     except PipelineError:

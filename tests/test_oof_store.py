@@ -92,3 +92,22 @@ def test_a_read_of_hw2_sized_oof_stays_bounded(tmp_path, monkeypatch):
     assert size < n * (41 * 4 + 8 + 8) * 1.01  # float32 predictions, int64 id and label: no text
     table = read_oof(tmp_path)
     assert len(table) == n and table["p0"].dtype == np.float32
+
+
+def test_stray_or_foreign_fold_files_are_refused_in_one_line(tmp_path, monkeypatch):
+    """A .npy renamed .npz, a fold numbered past the experiment's folds, and a non-canonical name (fold01)."""
+    monkeypatch.setattr(experiment, "OOF_CSV_CELLS", 0)
+    for k in (0, 1):
+        write_oof(tmp_path, *fold_rows(k)[:1], k, *fold_rows(k)[1:], TASK, total_rows=15)
+    (tmp_path / "oof.fold01.npz").write_bytes((tmp_path / "oof.fold1.npz").read_bytes())
+    assert done_folds(tmp_path) == [0, 1]  # oof.fold01.npz is not a fold file (nor removed by --overwrite)
+    good = (tmp_path / "oof.fold1.npz").read_bytes()
+    np.save(tmp_path / "x.npy", np.zeros(3))
+    (tmp_path / "oof.fold1.npz").write_bytes((tmp_path / "x.npy").read_bytes())
+    with pytest.raises(PipelineError, match=r"oof\.fold1\.npz: unreadable \(not an \.npz archive\)"):
+        read_oof(tmp_path)
+    (tmp_path / "oof.fold1.npz").write_bytes(good)
+    ids, labels, probs = fold_rows(2)
+    write_oof(tmp_path, ids + 100, 9, labels, probs, TASK, total_rows=15)
+    with pytest.raises(PipelineError, match=r"oof\.fold\*\.npz: rows of fold 9, but the experiment has folds 0\.\.2"):
+        experiment.cv_summary(read_oof(tmp_path), 3, TASK, experiment.oof_where(tmp_path))

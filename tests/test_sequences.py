@@ -137,11 +137,40 @@ def test_the_generic_sequences_layout_through_the_four_stages(workdir, capsys, t
         assert np.corrcoef(sub[col], truth[col])[0, 1] > 0.5
 
 
-def test_the_generic_layout_refuses_an_id_without_its_array(workdir, capsys):
+@pytest.mark.parametrize("damage,expected", [
+    ("missing", r"sample_submission\.csv: row \d+: no array 's250' \(\.pt or \.npy\) in test/"),
+    ("header_only", r"test\.csv: header only, no rows"),
+    ("other_width", r"test/s2\d\d\.pt: 20 features per frame, the others have 28"),
+    ("group_is_target", r"--group-col: label is the target column"),
+])
+def test_the_generic_layout_refuses_a_bad_test_side_or_group_at_make_folds(workdir, capsys, damage, expected):
+    import re
+
     from pipeline import make_folds
 
-    write_generic(workdir / "comp", "multiclass", False)
-    (workdir / "comp/test/s250.pt").unlink()
-    assert make_folds.main(["--data", "comp"]) == 2
+    write_generic(workdir / "comp", "multiclass", damage == "header_only")
+    args = ["--data", "comp"]
+    if damage == "missing":
+        (workdir / "comp/test/s250.pt").unlink()
+    elif damage == "header_only":
+        (workdir / "comp/test.csv").write_text("seq_id\n")
+    elif damage == "other_width":
+        for f in (workdir / "comp/test").glob("*.pt"):
+            torch.save(torch.zeros(5, 20), f)
+    else:
+        args += ["--group-col", "label", "--target-col", "label"]
+    assert make_folds.main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "sample_submission.csv" in err and "'s250'" in err and "test/" in err and len(err.splitlines()) == 1
+    assert re.search(expected, err) and len(err.splitlines()) == 1, err
+
+
+def test_upper_case_npy_arrays_load_as_numpy(workdir, capsys):
+    from pipeline import data
+
+    write_generic(workdir / "comp", "multiclass", False)
+    for f in (workdir / "comp/train").glob("*.npy"):
+        f.rename(f.with_suffix(".NPY"))
+    src = data.resolve("comp")
+    desc, train = data.describe(src)
+    rows = data.train_images(src, desc, train, 0, "")
+    assert len(rows) == 240 and rows.packed.values.shape[1] == 28

@@ -293,6 +293,9 @@ def _describe_sequences(src, root, train_csv, frame, id_col, target_cols, image_
         raise PipelineError(f"{where}: id {text[id_col][text[id_col].duplicated()].iloc[0]!r} appears in more than one "
                             "row; one sequence, one row (it could land in two folds)")
     files = seq.match_arrays(text[id_col], train_dir, folders.get(train_dir, []), where)
+    if group_col and (group_col in target_cols or group_col == id_col):
+        raise PipelineError(f"--group-col: {group_col} is the {'target' if group_col in target_cols else 'id'} "
+                            "column; name a column that groups rows (a recording, a subject, ...)")
     targets = list(known.target_cols) if known is not None else \
         _target_columns(src, root, frame, id_col, group_col, target_cols, where)
     sample = read_sample_submission(src, root, required=False)
@@ -308,7 +311,9 @@ def _describe_sequences(src, root, train_csv, frame, id_col, target_cols, image_
             raise PipelineError(f"{src.path}: no test folder of .pt/.npy arrays besides {train_dir}/ (expected test/)")
         if sample is not None:
             the_task.submission_mode(sample)
-        seq.default_sample(src, desc)  # every test id names an array of the test folder
+        test_side, _ = seq.test_arrays(src, desc)  # every test id names an array of the test folder
+        width = seq.load_features(src, files[0]).shape[1]
+        seq.load_features(src, test_side[0], width)  # a test side of another shape is refused before training
     return desc, TrainSet(encode(frame[targets], the_task, where), np.arange(len(frame), dtype=np.int64),
                           _groups(frame, group_col, where), _hash(src.read_file(train_csv)), files=tuple(files))
 
@@ -430,6 +435,9 @@ def _target_columns(src, root, frame, id_col, group_col, given, where) -> list[s
         return shared
     if len(rest) == 1:
         return rest
+    if not rest:
+        raise PipelineError(f"--target-col: {where} has no column left for a target besides the id"
+                            + (f" and --group-col {group_col}" if group_col else ""))
     raise PipelineError(f"--target-col: {where} has several candidate target columns ({', '.join(rest[:5])}); "
                         "name the target(s) with --target-col")
 

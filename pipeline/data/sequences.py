@@ -90,7 +90,7 @@ def load_features(src: Source, rel: str, n_features: int = 0) -> np.ndarray:
     where = src.label(rel)
     raw = src.read_file(rel)
     try:
-        if rel.endswith(".npy"):
+        if rel.lower().endswith(".npy"):
             value = np.load(io.BytesIO(raw), allow_pickle=False)
         else:
             value = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
@@ -247,7 +247,7 @@ def train_rows(src: Source, layout: str, root: str, files: list[str], n_rows: in
     return FrameRows(packed, torch.arange(len(packed.values)))
 
 
-def _test_files(src: Source, desc) -> tuple[list[str], list[str]]:
+def test_arrays(src: Source, desc) -> tuple[list[str], list[str]]:
     """(feature files, ids as a submission names them): testdata.json's feature_paths, test_split.txt's files, or the
     generic layout's test ids (the sample's, else test.csv's) and their arrays."""
     layout, root = desc.layout, desc.root
@@ -280,9 +280,10 @@ def generic_test_ids(src: Source, desc) -> pd.Series:
                                 "test side needs one of them naming the test arrays")
         col = desc.id_col
     text = pd.read_csv(io.BytesIO(src.read_file(rel)), dtype=str, keep_default_na=False)
-    if (col not in text.columns) if isinstance(col, str) else text.empty:
-        raise PipelineError(f"{src.label(rel)}: no column {col!r} naming the test arrays" if isinstance(col, str)
-                            else f"{src.label(rel)}: no rows")
+    if isinstance(col, str) and col not in text.columns:
+        raise PipelineError(f"{src.label(rel)}: no column {col!r} naming the test arrays")
+    if text.empty:
+        raise PipelineError(f"{src.label(rel)}: header only, no rows (the test arrays' ids)")
     return text[col] if isinstance(col, str) else text.iloc[:, 0]
 
 
@@ -291,7 +292,7 @@ def default_sample(src: Source, desc) -> pd.DataFrame:
     (speakers: each test utterance's feature_path) or Id,Class (frames: the running index of every test frame); for
     the generic layout, test.csv's ids and the target columns."""
     layout, task = desc.layout, desc.task
-    files, ids = _test_files(src, desc)
+    files, ids = test_arrays(src, desc)
     if layout == "sequences":
         return pd.DataFrame({desc.id_col: ids, **{c: 0 for c in desc.target_cols}})
     if layout == "speakers":
@@ -304,7 +305,7 @@ def rows_for_test(src: Source, desc, sample: pd.DataFrame):
     """The test rows in the sample's order: utterances named by their feature_path, sequences by their id (the
     sample's own ids name the arrays), or frames by running index."""
     layout = desc.layout
-    files, ids = _test_files(src, desc)
+    files, ids = test_arrays(src, desc)
     packed = load_all(src, files)
     where = src.label("sample_submission.csv")
     if layout == "sequences":
