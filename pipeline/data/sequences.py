@@ -157,19 +157,20 @@ def _json(src: Source, rel: str) -> dict:
 
 def find_speakers(src: Source) -> str | None:
     """The folder holding HW4's metadata.json and mapping.json ('' = the top), or None."""
-    meta = src.find("metadata.json")
-    if meta is None or src.find("mapping.json") is None:
-        return None
-    parent = str(PurePosixPath(meta).parent)
-    return "" if parent == "." else parent + "/"
+    return _folder_with(src, "metadata.json", "mapping.json")
 
 
 def find_frames(src: Source) -> str | None:
     """The folder holding HW2's train_labels.txt, train_split.txt and feat/ ('' = the top), or None."""
-    labels = src.find("train_labels.txt")
-    if labels is None or src.find("train_split.txt") is None:
+    return _folder_with(src, "train_labels.txt", "train_split.txt")
+
+
+def _folder_with(src: Source, name: str, also: str) -> str | None:
+    """The folder of file `name` ('' = the top, else ending in '/') when `also` is in the data too, else None."""
+    found = src.find(name)
+    if found is None or src.find(also) is None:
         return None
-    parent = str(PurePosixPath(labels).parent)
+    parent = str(PurePosixPath(found).parent)
     return "" if parent == "." else parent + "/"
 
 
