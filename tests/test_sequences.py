@@ -142,6 +142,7 @@ def test_the_generic_sequences_layout_through_the_four_stages(workdir, capsys, t
     ("header_only", r"test\.csv: header only, no rows"),
     ("other_width", r"test/s2\d\d\.pt: 20 features per frame, the others have 28"),
     ("group_is_target", r"--group-col: label is the target column"),
+    ("one_class", r"train\.csv: column label holds 1 class \(3\); a multiclass task needs at least 2"),
 ])
 def test_the_generic_layout_refuses_a_bad_test_side_or_group_at_make_folds(workdir, capsys, damage, expected):
     import re
@@ -154,6 +155,8 @@ def test_the_generic_layout_refuses_a_bad_test_side_or_group_at_make_folds(workd
         (workdir / "comp/test/s250.pt").unlink()
     elif damage == "header_only":
         (workdir / "comp/test.csv").write_text("seq_id\n")
+    elif damage == "one_class":
+        (workdir / "comp/train.csv").write_text("seq_id,label\n" + "".join(f"s{i:03d},3\n" for i in range(240)))
     elif damage == "other_width":
         for f in (workdir / "comp/test").glob("*.pt"):
             torch.save(torch.zeros(5, 20), f)

@@ -54,9 +54,13 @@ def infer_task(frame: pd.DataFrame, where: str, kind: str = "", metric: str = ""
         if not numeric:
             _numeric_values(values, where)
         return Task("regression", (cols[0],), metric, threshold)
-    if kind == "multilabel":
-        return Task("multilabel", tuple(_tokens(values)), metric, threshold)
-    return Task("multiclass", class_names(values), metric, threshold)
+    classes = tuple(_tokens(values)) if kind == "multilabel" else class_names(values)
+    if len(classes) < 2:
+        noun = ("label" if kind == "multilabel" else "class") + ("" if len(classes) == 1 else
+                                                                "s" if kind == "multilabel" else "es")
+        raise PipelineError(f"{where}: column {cols[0]} holds {len(classes)} {noun} ({', '.join(map(str, classes))}); "
+                            f"a {kind or 'multiclass'} task needs at least 2 (or name the task with --task regression)")
+    return Task(kind or "multiclass", classes, metric, threshold)
 
 
 def sample_is_continuous(sample: pd.DataFrame | None, column: str) -> bool:
