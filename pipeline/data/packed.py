@@ -13,6 +13,8 @@ from it by index arithmetic:
                     frames at once
 
 Every batch is (x (B, T, F), lengths (B,)): positions at or beyond a row's length are zeros, and models mask them.
+A fold's normalisation rides with the set (`normalised`): applied to each batch as it is gathered, so a fold never
+holds a second, normalised copy of the whole set.
 """
 from __future__ import annotations
 
@@ -26,6 +28,18 @@ import torch
 class Packed:
     values: torch.Tensor  # (S, F) float32
     offsets: torch.Tensor  # (N + 1,) int64, offsets[0] == 0, offsets[-1] == S
+    mean: torch.Tensor | None = None  # (F,): frames are read as (values - mean) / std when set
+    std: torch.Tensor | None = None
+
+    def normalised(self, mean: torch.Tensor, std: torch.Tensor) -> Packed:
+        """The same frames, read as (values - mean) / std (nothing copied now)."""
+        device = self.values.device
+        return Packed(self.values, self.offsets, mean.to(device, torch.float32), std.to(device, torch.float32))
+
+    def read(self, pos: torch.Tensor) -> torch.Tensor:
+        """The frames at positions `pos` (any shape), normalised when the set is."""
+        x = self.values[pos]
+        return x if self.mean is None else (x - self.mean) / self.std
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -43,10 +57,11 @@ class Packed:
         return self.values.device
 
     def to(self, device: torch.device) -> Packed:
-        return Packed(self.values.to(device), self.offsets.to(device))
+        moved = [None if t is None else t.to(device) for t in (self.mean, self.std)]
+        return Packed(self.values.to(device), self.offsets.to(device), *moved)
 
     def sequence(self, i: int) -> torch.Tensor:
-        return self.values[int(self.offsets[i]):int(self.offsets[i + 1])]
+        return self.read(torch.arange(int(self.offsets[i]), int(self.offsets[i + 1]), device=self.values.device))
 
     def subset(self, idx: torch.Tensor) -> Packed:
         """The sequences `idx`, in that order, packed anew."""
@@ -56,7 +71,7 @@ class Packed:
         offsets[1:] = lengths.cumsum(0)
         starts = torch.repeat_interleave(self.offsets[idx], lengths)
         within = torch.arange(int(offsets[-1]), device=self.offsets.device) - torch.repeat_interleave(offsets[:-1], lengths)
-        return Packed(self.values[(starts + within).to(self.values.device)], offsets)
+        return Packed(self.read((starts + within).to(self.values.device)), offsets)
 
     def sequence_of_frame(self, frames: torch.Tensor) -> torch.Tensor:
         """The sequence each frame (a row of values) belongs to."""
@@ -85,7 +100,7 @@ def _gather(p: Packed, idx: torch.Tensor, starts: torch.Tensor, width: int) -> t
     steps = torch.arange(width, device=device)
     valid = (starts[:, None] + steps[None]) < lengths[:, None]  # (B, width)
     pos = torch.where(valid, offsets[:, None] + starts[:, None] + steps[None], offsets[:, None])
-    x = p.values[pos] * valid[..., None]
+    x = p.read(pos) * valid[..., None]
     return x, torch.clamp(lengths - starts, max=width)
 
 
@@ -134,7 +149,7 @@ def context_batch(p: Packed, frames: torch.Tensor, k: int) -> torch.Tensor:
     first, last = offsets[seq], offsets[seq + 1] - 1
     pos = frames[:, None] + torch.arange(-k, k + 1, device=device)[None]
     pos = torch.maximum(torch.minimum(pos, last[:, None]), first[:, None])
-    return p.values[pos]
+    return p.read(pos)
 
 
 def by_length(lengths: torch.Tensor, batch_size: int, budget: int = 0) -> list[torch.Tensor]:

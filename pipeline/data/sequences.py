@@ -52,9 +52,9 @@ class Rows:
     def device(self) -> torch.device:
         return self.packed.device
 
-    def with_values(self, values: torch.Tensor):
-        """The same rows of the same sequences with other frame values (normalised ones)."""
-        return type(self)(Packed(values, self.packed.offsets), self.rows)
+    def normalised(self, mean: torch.Tensor, std: torch.Tensor):
+        """The same rows, their frames read as (values - mean) / std batch by batch (the set is not copied)."""
+        return type(self)(self.packed.normalised(mean, std), self.rows)
 
     def to(self, device: torch.device):
         return type(self)(self.packed.to(device), self.rows.to(device))
@@ -76,7 +76,7 @@ class FrameRows(Rows):
     """Single frames: rows index packed.values; each frame is seen with its neighbours in its sequence."""
 
     def frames(self) -> torch.Tensor:
-        return self.packed.values[self.rows.to(self.packed.values.device)]
+        return self.packed.read(self.rows.to(self.packed.values.device))
 
 
 def _index(idx, device: torch.device):

@@ -55,7 +55,7 @@ class SequenceInput:
         if len(mean) != values.shape[1]:
             raise PipelineError(f"the fold was trained on {len(mean)} features per frame; these frames have "
                                 f"{values.shape[1]}")
-        return data.with_values((values - mean) / std)
+        return data.normalised(mean, std)
 
     def save_state(self, state: dict, path) -> None:
         from pipeline.checkpoint import write_json
