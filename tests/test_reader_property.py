@@ -45,3 +45,13 @@ def test_reader_never_crashes(edits, drop, truncate, n_rows, extra):
     assert train.images.dtype == np.uint8 and train.images.shape[1:] == (1, 28, 28)
     assert len(train.labels) == len(train.images) > 0
     assert ((train.labels >= 0) & (train.labels < 10)).all()
+
+
+def test_carriage_return_in_the_header_is_one_line(tmp_path):
+    """A bare CR inside the header (hypothesis found it) is a one-line error, not csv's traceback."""
+    header = ["\r", "\r"] + data.PIXELS[1:]
+    tmp_path.joinpath("train.csv").write_text(",".join(header) + "\r\n" + ",".join(["1"] + ["0"] * 784) + "\n")
+    try:
+        data.read_train(data.Source(tmp_path))
+    except PipelineError as e:
+        assert "\n" not in str(e).strip() and "train.csv" in str(e)

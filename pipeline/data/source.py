@@ -171,21 +171,19 @@ def parse_csv(raw: bytes, where: str, text_first: bool = False) -> "pd.DataFrame
 
     text_first: read the first column as text, as ids are ('00042' stays '00042', not 42).
     """
-    import csv
     import io
 
     import pandas as pd
 
     if not raw.strip():
         raise PipelineError(f"{where}: empty file")
-    first = next(csv.reader([raw.lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")]), [""])
-    try:
-        df = pd.read_csv(io.BytesIO(raw), low_memory=False, dtype={first[0]: str} if text_first and first else None)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+    try:  # the header row as pandas reads it (a bare CR ends a line for pandas, not for csv)
+        header = list(pd.read_csv(io.BytesIO(raw), header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0])
+        df = pd.read_csv(io.BytesIO(raw), low_memory=False, dtype={header[0]: str} if text_first else None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, IndexError) as e:
         raise PipelineError(f"{where}: not a readable CSV ({str(e).strip().splitlines()[0][:120]})") from None
     if len(df) == 0:
         raise PipelineError(f"{where}: header only, no rows")
-    header = next(csv.reader([raw.lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")]))
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:  # pandas would quietly rename the second one to NAME.1
         raise PipelineError(f"{where}: column {repeated[0]!r} appears twice in the header")
