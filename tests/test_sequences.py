@@ -177,3 +177,36 @@ def test_upper_case_npy_arrays_load_as_numpy(workdir, capsys):
     desc, train = data.describe(src)
     rows = data.train_images(src, desc, train, 0, "")
     assert len(rows) == 240 and rows.packed.values.shape[1] == 28
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("a.pt", "numpy", r"a\.pt: holds pickled objects other than tensors \(numpy\.\S+\); save a torch tensor"),
+    ("b.pt", b"not a torch file", r"b\.pt: not a readable tensor file \("),
+    ("c.npy", "object", r"c\.npy: not a readable tensor file \("),
+    ("d.pt", torch.zeros(7), r"d\.pt: expected a float tensor of \(frames, features\), found \(7,\)"),
+    ("e.pt", torch.zeros(3, 2, dtype=torch.int64), r"e\.pt: expected a float tensor .* found \(3, 2\) int64"),
+    ("f.pt", torch.tensor([[0.0, float("nan")]]), r"f\.pt: frame 0: NaN or infinite values"),
+])
+def test_a_bad_array_file_is_one_plain_line_naming_it(tmp_path, name, content, expected):
+    """Every untrusted .pt/.npy fault is one line naming the file, without torch's advice or terminal escapes."""
+    import re
+
+    import numpy as np
+
+    from pipeline.data.sequences import load_features
+    from pipeline.data.source import Source
+    from pipeline.errors import PipelineError
+
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "numpy":
+        torch.save(np.zeros((3, 4), np.float32), path)
+    elif content == "object":
+        np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    else:
+        torch.save(content, path)
+    with pytest.raises(PipelineError) as e:
+        load_features(Source(tmp_path), name)
+    message = str(e.value)
+    assert re.search(expected, message) and "\n" not in message and "\x1b" not in message, message

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -95,7 +96,12 @@ def load_features(src: Source, rel: str, n_features: int = 0) -> np.ndarray:
         else:
             value = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise PipelineError(f"{where}: not a readable tensor file ({cut(str(e).splitlines()[0] if str(e) else type(e).__name__, 100)})") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch's message carries terminal escapes
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:  # weights_only met a pickled class: say which, not torch's advice to turn the check off
+            raise PipelineError(f"{where}: holds pickled objects other than tensors ({found.group(1)}); "
+                                "save a torch tensor (torch.from_numpy(a)) or a .npy array") from None
+        raise PipelineError(f"{where}: not a readable tensor file ({cut(text.splitlines()[0] if text else type(e).__name__, 100)})") from None
     array = value.numpy() if isinstance(value, torch.Tensor) else value
     if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
         shape = tuple(array.shape) if isinstance(array, np.ndarray) else type(value).__name__
