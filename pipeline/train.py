@@ -59,8 +59,7 @@ def locked_or_message(exp_dir: Path, fold: int | None, ranks: Ranks):
 
 def run(cfg: Config, on_epoch=None) -> dict:
     """Train the folds named by cfg.fold; `on_epoch(epoch, valid_scores)` is called after every epoch."""
-    ranks, device_name = distributed.from_environment(cfg.device)
-    with distributed.peer_loss_as_one_line(ranks):
+    with distributed.joined(cfg.device) as (ranks, device_name), distributed.peer_loss_as_one_line(ranks):
         cfg = for_ranks(cfg, ranks, device_name)
         devices = distributed.parse_devices(cfg.gpus) if cfg.gpus else []
         if cfg.fold == "full" and len(devices) > 1:

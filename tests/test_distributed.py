@@ -1,5 +1,6 @@
 """More than one process per experiment, on CPU: folds in parallel (--gpus cpu,cpu), DistributedDataParallel
 through torchrun (gloo), two torchrun "nodes" on loopback, and a worker killed mid-fold."""
+import contextlib
 import os
 import re
 import shlex
@@ -305,3 +306,33 @@ def test_single_fold_jobs_of_one_experiment_run_side_by_side(folds_made, workdir
     out = capsys.readouterr().out
     assert "resume: folds 0, 1 already finished" in out and "fold 2 epoch" in out and "fold 0 epoch" not in out
     assert set(pd.read_csv(exp / "oof.csv")["fold"]) == {0, 1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("ending", ["refusal", "success"])
+def test_a_rank_leaves_its_process_group_however_the_training_ends(monkeypatch, ending):
+    """Left to the interpreter's exit, gloo's threads sometimes aborted a refusing rank (SIGABRT, 'terminate called
+    without an active exception': 4 of 20 torchrun refusals). `joined` destroys the group on the way out, and a
+    rank leaving with its one line ignores torchrun's stop from then on. Here a group of one stands in for torchrun's."""
+    import torch.distributed as dist
+
+    from pipeline import distributed
+
+    real_init = dist.init_process_group
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend: real_init(backend, store=dist.HashStore(), rank=0, world_size=1))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(PipelineError) if ending == "refusal" else contextlib.nullcontext():
+            with distributed.joined("cpu") as (ranks, device):
+                assert dist.is_initialized() and ranks.distributed and device == "cpu"
+                if ending == "refusal":
+                    raise PipelineError("weights/x: experiment exists")
+        assert not dist.is_initialized()
+        ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert ignored == (ending == "refusal")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        if dist.is_initialized():
+            dist.destroy_process_group()
