@@ -74,8 +74,14 @@ def on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """The whole uint8 array on the device when it fits in 80% of free GPU memory; else kept in host memory,
     where batches stream from (pinned, asynchronous copies; see take). Packed sequences (data.sequences' rows) alike."""
     if not isinstance(images, np.ndarray):
-        fits = device.type == "cuda" and images.packed.values.nbytes < 0.8 * torch.cuda.mem_get_info(device)[0]
-        return images.to(device) if fits else images
+        if device.type != "cuda":
+            return images
+        size = images.packed.values.nbytes
+        if size < 0.8 * torch.cuda.mem_get_info(device)[0]:
+            return images.to(device)
+        print(f"notice: {size / 2**30:.1f} GiB of frames exceed free GPU memory; batches are gathered in host memory "
+              "and streamed")
+        return images
     host = torch.from_numpy(images if images.flags.writeable else np.array(images))
     if device.type != "cuda":
         return host
@@ -89,8 +95,14 @@ def take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch
     """Rows `idx` of images that live on the device, or stream them from host memory (pinned, asynchronous)."""
     if images.device == device:
         return images[idx]
-    rows = images[idx.cpu()]
-    return rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows
+    return to_device(images[idx.cpu()], device)
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch gathered in host memory sent to the GPU through pinned memory (an asynchronous copy); else as is."""
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

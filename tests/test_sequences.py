@@ -210,3 +210,18 @@ def test_a_bad_array_file_is_one_plain_line_naming_it(tmp_path, name, content, e
         load_features(Source(tmp_path), name)
     message = str(e.value)
     assert re.search(expected, message) and "\n" not in message and "\x1b" not in message, message
+
+
+def test_a_packed_set_larger_than_free_gpu_memory_stays_in_host_memory_and_says_so(monkeypatch, capsys):
+    """Past 80% of free GPU memory the packed frames are not moved (batches are gathered on the host and streamed);
+    on the CPU nothing moves and nothing is said. Free memory is patched: no GPU is needed."""
+    from pipeline.data.sequences import SequenceRows
+    from pipeline.engine import on_device, to_device
+
+    rows = SequenceRows(pack([np.ones((1000, 40)), np.ones((500, 40))]), torch.arange(2))  # 240,000 bytes of frames
+    assert on_device(rows, torch.device("cpu")) is rows and capsys.readouterr().out == ""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (250_000, 10**9))  # 80% is 200,000
+    assert on_device(rows, torch.device("cuda")) is rows
+    assert "0.0 GiB of frames exceed free GPU memory; batches are gathered in host memory" in capsys.readouterr().out
+    batch = torch.ones(3, 4)
+    assert to_device(batch, torch.device("cpu")) is batch

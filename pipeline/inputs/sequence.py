@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.data.packed import by_length, context_batch, crop_batch, whole_batch
+from pipeline.engine import to_device
 from pipeline.errors import PipelineError
 
 EVAL_FRAMES = 200_000  # padded frames per evaluation batch of whole sequences (each batch pads to its longest)
@@ -83,13 +84,13 @@ class SequenceInput:
         x, lengths = crop_batch(data.packed, data.rows[idx.to(data.rows.device)], int(spec.features.get("crop", 128)),
                                 generator)
         x = spec_augment(x, lengths, generator) if spec.augment == "specaugment" else x
-        return x.to(device, non_blocking=True), lengths.to(device)
+        return to_device(x, device), lengths.to(device)
 
     def eval_inputs(self, data, batch_size: int, device: torch.device, spec):
         """(positions in data, model inputs) per batch: whole sequences, similar lengths together."""
         for batch in by_length(data.lengths.cpu(), max(1, batch_size), EVAL_FRAMES):
             x, lengths = whole_batch(data.packed, data.rows[batch.to(data.rows.device)])
-            yield batch, (x.to(device, non_blocking=True), lengths.to(device))
+            yield batch, (to_device(x, device), lengths.to(device))
 
     def tta_check(self, preset: str) -> None:
         raise PipelineError(f"--tta: {self.name} rows have no test-time augmentation; infer without --tta")
@@ -117,14 +118,14 @@ class FramesInput(SequenceInput):
         x = context_batch(data.packed, data.rows[idx.to(data.rows.device)], int(spec.features.get("context", 5)))
         if spec.augment == "specaugment":
             x = spec_augment(x, None, generator)
-        return x.to(device, non_blocking=True)
+        return to_device(x, device)
 
     def eval_inputs(self, data, batch_size: int, device: torch.device, spec):
         """(positions in data, model inputs) per batch: consecutive frames, each with its window."""
         k = int(spec.features.get("context", 5))
         for start in range(0, len(data), max(1, batch_size)):
             batch = torch.arange(start, min(start + batch_size, len(data)))
-            yield batch, context_batch(data.packed, data.rows[batch.to(data.rows.device)], k).to(device)
+            yield batch, to_device(context_batch(data.packed, data.rows[batch.to(data.rows.device)], k), device)
 
 
 def spec_augment(x: torch.Tensor, lengths: torch.Tensor | None, generator: torch.Generator, time_width: float = 0.1,
