@@ -225,3 +225,20 @@ def test_a_packed_set_larger_than_free_gpu_memory_stays_in_host_memory_and_says_
     assert "0.0 GiB of frames exceed free GPU memory; batches are gathered in host memory" in capsys.readouterr().out
     batch = torch.ones(3, 4)
     assert to_device(batch, torch.device("cpu")) is batch
+
+
+@pytest.mark.parametrize("kind", ["sequences", "frames"])
+@pytest.mark.parametrize("budget", [1, 7 * 40, 1 << 24])
+def test_a_folds_normalisation_read_in_chunks_equals_one_over_all_its_frames(kind, budget):
+    """fit_fold's mean and std come from chunks of about `budget` values (a row larger than that is a chunk of its
+    own), never from a float64 copy of every training frame; they equal the statistics of that copy."""
+    from pipeline.data.sequences import FrameRows, SequenceRows
+
+    rng = np.random.default_rng(1)
+    packed = pack([rng.normal(3.0, 2.0, (int(n), 40)) for n in rng.integers(1, 30, 50)])
+    rows = (SequenceRows(packed, torch.arange(50)[::3]) if kind == "sequences"
+            else FrameRows(packed, torch.arange(len(packed.values))[::2]))
+    every = rows.frames().double()
+    mean, std = rows.moments(budget)
+    assert torch.allclose(mean, every.mean(0), rtol=0, atol=1e-12)
+    assert torch.allclose(std, every.std(0, unbiased=False), rtol=0, atol=1e-12)

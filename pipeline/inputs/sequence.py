@@ -40,8 +40,7 @@ class SequenceInput:
     # -- per-fold normalisation ---------------------------------------------------------------------------------
     def fit_fold(self, data, train_rows: torch.Tensor, targets: torch.Tensor, spec, cfg):
         """Mean and std per feature over the training rows' frames; every row normalised with them."""
-        frames = data[train_rows].frames().double()
-        mean, std = frames.mean(0), frames.std(0, unbiased=False)
+        mean, std = data[train_rows].moments()
         state = {"kind": self.name, "mean": mean.tolist(), "std": torch.where(std > 0, std, 1.0).tolist()}
         return self.apply_fold(state, data), state | self.settings_of(spec)
 
