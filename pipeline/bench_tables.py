@@ -116,7 +116,7 @@ def plain_lightgbm(x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, g
 
 def pipeline_lightgbm(cfg: Config, x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[float, float]:
     """(wall seconds, OOF rmse): the pipeline's gbm learner, every fold's files written as train writes them."""
-    from pipeline.learners import boosted
+    from pipeline.learners import boosted, gbm
 
     spec = DataSpec(TASK, 0, (0.0,), (1.0,), "none", "table",
                     {"names": [f"f{j}" for j in range(FEATURES)], "categorical": [], "cardinalities": []})
@@ -125,7 +125,8 @@ def pipeline_lightgbm(cfg: Config, x: np.ndarray, y: np.ndarray, folds: np.ndarr
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         for k in range(5):
-            oof[folds == k] = boosted.train_fold(cfg, {}, spec, k, data, targets, folds, Path(tmp)).reshape(-1)
+            params = gbm.load_params(cfg.gbm_params) if cfg.gbm_params else {}
+            oof[folds == k] = boosted.train_fold(cfg, params, spec, k, data, targets, folds, Path(tmp)).reshape(-1)
         seconds = time.perf_counter() - started
     return seconds, float(np.sqrt(np.mean((oof - y) ** 2)))
 

@@ -33,6 +33,8 @@ RECIPE = ["model", "pretrained_path", "img_size", "hidden", "layers", "pool", "c
           "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
           "mixup", "cutmix", "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
           "drop_rate", "drop_path_rate", "seed"]
+# Values train resolves from a flag (the parameters in --gbm-params' file): compared as the recipe is.
+RESOLVED = ["gbm_param_values"]
 # What the rows were split by: every fold of one experiment must come from the same folds file.
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
@@ -298,7 +300,7 @@ def prepare(exp_dir: Path, config: ExperimentConfig, folds: list[int], resume: b
         raise PipelineError(f"{'--resume' if resume else '--overwrite --fold ' + ','.join(map(str, folds))}: {exp_dir} "
                             "has no config.json, so which folds file and recipe its folds used is unknown; retrain "
                             "every fold with --overwrite --fold all, or use another --exp")
-    changed = [f for f in RECIPE + DATA_IDENTITY if _saved(saved, f) != config.setting(f)]
+    changed = [f for f in RECIPE + RESOLVED + DATA_IDENTITY if _saved(saved, f) != config.setting(f)]
     stale = other_folds_hash(exp_dir, config.folds_hash, folds if overwrite else [])
     if stale and "folds_hash" not in changed:  # config.json says one folds file, a kept checkpoint another
         changed, saved = ["folds_hash", *changed], saved | {"folds_hash": stale}
@@ -328,7 +330,7 @@ def prepare(exp_dir: Path, config: ExperimentConfig, folds: list[int], resume: b
 def prepare_full(exp_dir: Path, config: ExperimentConfig, overwrite: bool) -> None:
     """--fold full joins an experiment only with the same recipe and data; an existing full.pth needs --overwrite."""
     saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
-    changed = [f for f in RECIPE + DATA_IDENTITY if saved is not None and _saved(saved, f) != config.setting(f)]
+    changed = [f for f in RECIPE + RESOLVED + DATA_IDENTITY if saved is not None and _saved(saved, f) != config.setting(f)]
     if changed:
         raise PipelineError(f"--fold full: {exp_dir}'s folds were trained with {_what(changed[0])}="
                             f"{saved.get(changed[0])!r}, this run has {config.setting(changed[0])!r}; the full-data model "

@@ -62,8 +62,10 @@ def run(cfg: Config) -> pd.DataFrame:
     submission = spec.task.submission(final, sample)
     write_csv(submission, out)
     record_settings(out, submission_settings(cfg, exps, preset), before)
-    print(f"wrote {out}: {len(submission):,} rows, {submission_shape[0]} in {', '.join(submission_shape[1][:3])}"
-          f"{', ...' if len(submission_shape[1]) > 3 else ''}; {spec.task.prediction_summary(final)}")
+    mode, columns = submission_shape
+    what = f"P({spec.task.classes[spec.task.positive_class(columns[0])]})" if mode == "positive" else mode
+    print(f"wrote {out}: {len(submission):,} rows, {what} in {', '.join(columns[:3])}"
+          f"{', ...' if len(columns) > 3 else ''}; {spec.task.prediction_summary(final)}")
     return submission
 
 

@@ -242,7 +242,7 @@ class Task:
             for col in columns:
                 out[col] = preds[:, self.classes.index(str(col))]
         elif mode == "positive":
-            out[columns[0]] = preds[:, 1]
+            out[columns[0]] = preds[:, self.positive_class(columns[0])]
         elif mode == "values":
             for col, j in zip(columns, self.value_columns(columns)):
                 out[col] = preds[:, j]
@@ -252,6 +252,18 @@ class Task:
             names = np.array(self.classes, dtype=object)[preds.argmax(1)]
             out[columns[0]] = pd.array(names.astype(np.int64)) if _all_int(self.classes) else names
         return out
+
+    def positive_class(self, column: str) -> int:
+        """The class whose probability a binary task's one column holds: the class it names (a column `cancer` holds
+        P(cancer), whichever way the names sort), else the second class in order (P(1) for 0/1, P(yes) for no/yes).
+
+        >>> Task("multiclass", ("cancer", "healthy")).positive_class("cancer")
+        0
+        >>> Task("multiclass", ("0", "1")).positive_class("target")
+        1
+        """
+        named = [j for j, name in enumerate(self.classes) if str(name).strip().lower() == str(column).strip().lower()]
+        return named[0] if len(named) == 1 else 1
 
     def value_columns(self, columns: list[str]) -> list[int]:
         """The target each of a sample's value columns takes: the one it names, else the targets no column names, in

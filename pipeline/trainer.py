@@ -23,7 +23,7 @@ from pipeline.distributed import SINGLE, Ranks
 from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, make_scheduler, on_device, predict,
                              resolve_device, resolve_precision, steps_per_epoch, train_one_epoch)
 from pipeline.errors import PipelineError, TrainingDiverged
-from pipeline.folds import description_path, read_description, read_folds
+from pipeline.folds import description_path, file_hash, read_description, read_folds
 from pipeline.inputs import check_model, input_kind, model_form
 from pipeline.learners import gbm_learner
 from pipeline.models import build_model, pretrained_stats, unwrap
@@ -114,15 +114,20 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     device = resolve_device(cfg.device)
     say(f"precision {resolve_precision(cfg.precision, device)}" + (" (with a gradient scaler)"
                                                                    if grad_scaler(cfg.precision, device) else ""))
+    recipe_extra = {}
     if model_form(cfg.model) == "gbm":
         library = gbm_learner(cfg.model)  # a bad params file or a task it cannot fit fails here, before any work
-        library.check_task(desc.task, library.load_params(cfg.gbm_params) if cfg.gbm_params else {})
+        params = library.load_params(cfg.gbm_params) if cfg.gbm_params else {}
+        library.check_task(desc.task, params)
+        # the parameters themselves are the recipe (every fold and --resume read them here), not the file's path
+        recipe_extra = {"gbm_param_values": params, "gbm_params_hash": file_hash(Path(cfg.gbm_params).read_bytes())} if cfg.gbm_params else {}
     else:
         build_model(cfg.model, desc.task.num_outputs, desc.channels, cfg.img_size, cfg.pretrained, cfg.pretrained_path,
                     cfg.drop_rate, cfg.drop_path_rate, len(spec.features.get("names", [])), cfg.hidden)  # fail fast
     resolved = ExperimentConfig.resolve(cfg, n_splits=folds.n_splits, num_classes=desc.task.num_outputs,
                                         in_chans=desc.channels, train_hash=train.train_hash, folds_hash=folds.folds_hash,
                                         group_col=desc.group_col, data_spec=spec.to_dict(), data=desc.to_dict())
+    resolved = replace(resolved, recipe=resolved.recipe | recipe_extra)
     return Setup(cfg, exp_dir, src, desc, train, folds, spec, resolved)
 
 
@@ -222,7 +227,8 @@ def fit_fold(cfg: Config, resolved: ExperimentConfig, spec: DataSpec, k: int, im
                                 "torchrun (--gpus cpu,cpu trains folds in parallel)")
         from pipeline.learners import boosted
 
-        return boosted.train_fold(cfg, resolved, spec, k, images, targets, folds, exp_dir, ranks.main)
+        params = resolved.setting("gbm_param_values") or {}  # read once at setup: one recipe for every fold
+        return boosted.train_fold(cfg, params, spec, k, images, targets, folds, exp_dir, ranks.main)
     return train_fold(cfg, resolved, spec, k, images, targets, folds, exp_dir, device, on_epoch, ranks)
 
 

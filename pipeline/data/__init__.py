@@ -222,6 +222,10 @@ def _describe_table(src, id_col, target_cols, features, drop_cols, task, metric,
         test = tab.read_csv(src, test_file)
         cols = tab.detect(src, train_file, test_file, train, test, sample, id_col, target_cols, features, drop_cols,
                           group_col)
+        test = tab.read_csv(src, test_file, text=(cols.id_col, *cols.categorical))  # as infer reads it
+        tab.test_rows(test, sample if sample is not None else tab.default_sample(test, cols), cols,
+                      src.label(src.find("sample_submission.csv") or "sample_submission.csv"), src.label(test_file))
+        tab.matrix(test, cols, src.label(test_file))  # unseen categories named now, not only at infer
     missing = [c for c in (*cols.features, *cols.target_cols) if c not in train.columns]
     if missing:
         raise PipelineError(f"{where}: no column {missing[0]!r}, which the folds' description names; remake the folds")
@@ -536,8 +540,8 @@ def submission_sample(src: Source, desc: Description | None) -> pd.DataFrame:
         return sample if sample is not None else seq.default_sample(src, desc)
     if desc is not None and desc.layout == "table":
         sample = read_sample_submission(src, desc.root, required=False)
-        return sample if sample is not None else tab.default_sample(tab.read_csv(src, desc.columns.test_file),
-                                                                     desc.columns)
+        return sample if sample is not None else tab.default_sample(
+            tab.read_csv(src, desc.columns.test_file, text=(desc.columns.id_col,)), desc.columns)
     return read_sample_submission(src, desc.root if desc else "")
 
 
@@ -583,7 +587,7 @@ def read_test(src: Source, desc: Description, img_size: int, cache_dir: str) -> 
 def _table_test(src: Source, desc: Description) -> tuple[np.ndarray, pd.DataFrame]:
     """The test table's features in the sample's id order; without a sample, the test ids and the target's name."""
     cols = desc.columns
-    test = tab.read_csv(src, cols.test_file)
+    test = tab.read_csv(src, cols.test_file, text=(cols.id_col, *cols.categorical))
     where = src.label(cols.test_file)
     missing = [c for c in cols.features if c not in test.columns]
     if missing:
@@ -593,8 +597,8 @@ def _table_test(src: Source, desc: Description) -> tuple[np.ndarray, pd.DataFram
     sample = read_sample_submission(src, desc.root, required=False)
     if sample is None:
         sample = tab.default_sample(test, cols)
-    rows = tab.test_rows(test, sample, cols, src.label("sample_submission.csv"))
-    return tab.matrix(test.iloc[rows].reset_index(drop=True), cols), sample
+    rows = tab.test_rows(test, sample, cols, src.label(src.find("sample_submission.csv") or "sample_submission.csv"), where)
+    return tab.matrix(test.iloc[rows].reset_index(drop=True), cols, where), sample
 
 
 def test_files(src: Source, root: str, sample: pd.DataFrame, preferred: str = "") -> list[str]:

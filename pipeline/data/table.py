@@ -24,7 +24,8 @@ import pandas as pd
 from pipeline.data.source import Source
 from pipeline.errors import PipelineError, cut
 
-ID_NAMES = ("id", "Id", "ID", "PassengerId", "row_id")
+ID_NAMES = ("id", "passengerid", "row_id")  # compared without regard to case or surrounding spaces
+UNSEEN_NOTICE = 0.05  # a categorical test column with more than this share of values train never had is named
 DISTINCT_TEXT = 0.5  # a text column with distinct values on more than half of its rows is a name, not a category
 MANGLED = re.compile(r"^(.*)\.(\d+)$")  # pandas' name for a repeated header: wage, wage.1, wage.2
 
@@ -68,11 +69,13 @@ def find_files(src: Source) -> tuple[str, str] | None:
     return (train[0], test[0]) if train and test else None
 
 
-def read_csv(src: Source, rel: str) -> pd.DataFrame:
-    """A table as pandas reads it (repeated headers renamed .1, .2); empty or header-only is one line."""
+def read_csv(src: Source, rel: str, text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A table as pandas reads it (repeated headers renamed .1, .2), the columns named in `text` as the text written
+    (ids keep their leading zeros, a category written 1 stays '1'); empty or header-only is one line."""
     where = src.label(rel)
     try:
-        frame = pd.read_csv(io.BytesIO(src.read_file(rel)), low_memory=False)
+        frame = pd.read_csv(io.BytesIO(src.read_file(rel)), low_memory=False,
+                            dtype={c: str for c in text if c} or None)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PipelineError(f"{where}: not a readable CSV ({cut(str(e).strip(), 100)})") from None
     if frame.empty:
@@ -86,10 +89,15 @@ def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, te
            features: tuple[str, ...] = (), drop_cols: tuple[str, ...] = (), group_col: str = "") -> Columns:
     """The id, target(s) and features of a table competition; each guess overridden by its flag."""
     where, test_where = src.label(train_file), src.label(test_file)
-    id_col = id_col or _guess_id(test, sample)
-    if id_col and id_col not in test.columns:
-        raise PipelineError(f"--id-col: {test_where} has no column {id_col!r} (found {cut(', '.join(test.columns[:6]))})")
-    targets = list(target_cols) or [c for c in train.columns if c not in test.columns and c not in (id_col, group_col)]
+    named = id_col
+    id_col = _named_in(test, id_col) if id_col else _guess_id(test, sample)
+    if named and not id_col:
+        raise PipelineError(f"--id-col: {test_where} has no column {named!r} (found {cut(', '.join(test.columns[:6]))})")
+    if not id_col and sample is not None:
+        _check_row_numbers(sample, test, src.label(src.find("sample_submission.csv") or "sample_submission.csv"),
+                           test_where)
+    targets = list(target_cols) or [c for c in train.columns if c not in test.columns and c not in (group_col,)
+                                    and not same_name(c, id_col)]
     missing = [c for c in targets if c not in train.columns]
     if missing or not targets:
         raise PipelineError(f"--target-col: {where} has {'no column ' + repr(missing[0]) if missing else 'no column that ' + test_where + ' lacks'}"
@@ -98,11 +106,9 @@ def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, te
         col = next(c for c in targets if train[c].isna().any())
         raise PipelineError(f"{where}: row {int(np.flatnonzero(train[col].isna())[0]) + 1}, column {col}: missing "
                             "target value (drop such rows, or fill them)")
-    if id_col and test[id_col].duplicated().any():
-        raise PipelineError(f"{test_where}: id {cut(str(test[id_col][test[id_col].duplicated()].iloc[0]))!r} in column "
-                            f"{id_col} appears twice; one row per id")
     names = _submission_names(targets, sample)
-    chosen = list(features) or [c for c in train.columns if c not in (*targets, id_col, group_col, *drop_cols)]
+    chosen = list(features) or [c for c in train.columns if c not in (*targets, group_col, *drop_cols)
+                                and not same_name(c, id_col)]
     numeric, categorical, categories, dropped = [], [], {}, {}
     for col in chosen:
         if col not in train.columns or col not in test.columns:
@@ -127,10 +133,39 @@ def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, te
     return Columns(test_file, id_col, tuple(targets), names, tuple(numeric), tuple(categorical), categories, dropped)
 
 
+def same_name(a, b) -> bool:
+    """Do two column names name one column? Case and surrounding spaces aside (a sample's `key` is test's `Key `).
+
+    >>> same_name(" Key", "key"), same_name("key", "keys"), same_name("", "")
+    (True, False, False)
+    """
+    return bool(str(a).strip()) and str(a).strip().lower() == str(b).strip().lower()
+
+
+def _named_in(frame: pd.DataFrame, name: str) -> str:
+    """The frame's column `name` (exactly, else the one it names without regard to case), '' when none."""
+    if name in frame.columns:
+        return name
+    return next((str(c) for c in frame.columns if same_name(c, name)), "")
+
+
 def _guess_id(test: pd.DataFrame, sample: pd.DataFrame | None) -> str:
-    if sample is not None and str(sample.columns[0]) in test.columns:
-        return str(sample.columns[0])
-    return next((c for c in ID_NAMES if c in test.columns), "")
+    """The test column the sample's first column names, else a usual id name, else '' (the test's row number)."""
+    if sample is not None and (found := _named_in(test, str(sample.columns[0]))):
+        return found
+    return next((found for name in ID_NAMES if (found := _named_in(test, name))), "")
+
+
+def _check_row_numbers(sample: pd.DataFrame, test: pd.DataFrame, sample_where: str, test_where: str) -> None:
+    """With no id column in test, the sample's ids must be the test's row numbers (0.. or 1.., in order): any other
+    ids paired with the rows by position would be a shuffled submission."""
+    ids = sample.iloc[:, 0].astype(str).str.strip().to_numpy()
+    if len(ids) == len(test) and any((ids == np.arange(s, s + len(ids)).astype(str)).all() for s in (0, 1)):
+        return
+    holder = next((str(c) for c in test.columns if test[c].astype(str).str.strip().isin(ids).sum() == len(ids)), "")
+    hint = f"; column {holder!r} holds them: --id-col {holder}" if holder else "; name it with --id-col"
+    raise PipelineError(f"{sample_where}: its id column {cut(str(sample.columns[0]))!r} names no column of {test_where} "
+                        f"(found {cut(', '.join(test.columns[:6]))}) and its ids are not the test rows' numbers{hint}")
 
 
 def _submission_names(targets: list[str], sample: pd.DataFrame | None) -> tuple[str, ...]:
@@ -160,21 +195,56 @@ def _leave_out(values: pd.Series, col: str) -> str:
 
 
 def check_test_type(values: pd.Series, col: str, where: str) -> None:
+    """A numeric train column's test values are numbers (True/False among missing cells count: pandas reads such a
+    column as objects)."""
     if not _is_numeric(values) and values.notna().any():
-        bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()].iloc[0]
+        bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
+        if bad.empty:
+            return
+        bad = bad.iloc[0]
         raise PipelineError(f"{where}: column {cut(col)} holds text ({cut(str(bad))!r}) where the train file has numbers")
 
 
-def matrix(frame: pd.DataFrame, cols: Columns) -> np.ndarray:
-    """(N, F) float32: numeric columns as they are, categorical as codes into the train vocabulary (NaN unseen)."""
+def matrix(frame: pd.DataFrame, cols: Columns, where: str = "") -> np.ndarray:
+    """(N, F) float32: numeric columns as they are, categorical as codes into the train vocabulary (NaN unseen).
+    `where` (the test file): name each categorical column with more than UNSEEN_NOTICE of its values unseen."""
     out = np.empty((len(frame), len(cols.features)), dtype=np.float32)
     for j, col in enumerate(cols.numeric):
         out[:, j] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
     for j, col in enumerate(cols.categorical, start=len(cols.numeric)):
-        index = {v: i for i, v in enumerate(cols.categories[col])}
-        text = frame[col].astype(str).where(frame[col].notna(), None)
-        out[:, j] = text.map(index).to_numpy(dtype=np.float64, na_value=np.nan)
+        out[:, j] = category_codes(frame[col], cols.categories[col])
+        present = frame[col].notna().to_numpy()
+        unseen = int((present & np.isnan(out[:, j])).sum())
+        if where and unseen > UNSEEN_NOTICE * max(1, present.sum()):
+            print(f"notice: {where}: column {cut(col)}: {unseen:,} of {int(present.sum()):,} values were never seen in "
+                  "the train file (read as missing)", file=sys.stderr)
     return out
+
+
+def category_codes(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
+    """(N,) float64 codes into the train vocabulary, NaN for missing and unseen values. Values are compared as the
+    text written; a number the train file wrote otherwise (1.0 for a train '1') takes that entry.
+
+    >>> category_codes(pd.Series([1.0, 2.5, None, "A"]), ["1", "2.50", "A", "B"]).tolist()
+    [0.0, 1.0, nan, 2.0]
+    """
+    index = {v: i for i, v in enumerate(vocabulary)}
+    text = values.map(lambda v: v if isinstance(v, str) else _number_text(v), na_action="ignore")
+    codes = np.array(text.map(index).to_numpy(dtype=np.float64, na_value=np.nan))  # writable (pandas may share it)
+    numeric = pd.to_numeric(pd.Series(vocabulary, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+    by_value = {float(x): i for i, x in enumerate(numeric) if x == x}
+    if by_value and np.isnan(codes).any():
+        as_numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        fill = np.isnan(codes) & ~np.isnan(as_numbers)
+        codes[fill] = [by_value.get(float(x), np.nan) for x in as_numbers[fill]]
+    return codes
+
+
+def _number_text(value) -> str:
+    """A number pandas read from a cell, as the cell most likely wrote it: 1.0 -> '1'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def default_sample(test: pd.DataFrame, cols: Columns) -> pd.DataFrame:
@@ -184,12 +254,18 @@ def default_sample(test: pd.DataFrame, cols: Columns) -> pd.DataFrame:
     return pd.DataFrame({ids.name: ids.to_numpy(), **{c: 0 for c in cols.submission_cols}})
 
 
-def test_rows(test: pd.DataFrame, sample: pd.DataFrame, cols: Columns, where: str) -> np.ndarray:
-    """The test row of every sample id, in the sample's order."""
+def test_rows(test: pd.DataFrame, sample: pd.DataFrame, cols: Columns, where: str, test_where: str) -> np.ndarray:
+    """The test row of every sample id, in the sample's order (`where`: the sample's file; `test_where`: test's).
+    Read the test with its id column as text (read_csv's `text`): '00100' is not 100."""
     if not cols.id_col:
         if len(sample) != len(test):
-            raise PipelineError(f"{where}: {len(sample):,} ids but the test file has {len(test):,} rows and no id column")
+            raise PipelineError(f"{where}: {len(sample):,} ids but {test_where} has {len(test):,} rows and no id column")
+        _check_row_numbers(sample, test, where, test_where)
         return np.arange(len(test))
+    if test[cols.id_col].duplicated().any():
+        dup = test[cols.id_col][test[cols.id_col].duplicated()].iloc[0]
+        raise PipelineError(f"{test_where}: id {cut(str(dup))!r} in column "
+                            f"{cols.id_col} appears twice; one row per id")
     position = pd.Series(np.arange(len(test)), index=test[cols.id_col].astype(str).to_numpy())
     ids = sample.iloc[:, 0].astype(str)
     unknown = ~ids.isin(position.index)

@@ -21,9 +21,10 @@ from pipeline.learners import gbm_learner
 SUFFIX = ".txt"  # the fold's model file: fold<k>.txt
 
 
-def train_fold(cfg, resolved, spec, k: int, data: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
+def train_fold(cfg, params: dict, spec, k: int, data: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
                exp_dir: Path, main: bool = True) -> np.ndarray:
-    """Fit fold k; save its model and preprocessing; return its validation predictions (n_valid, outputs)."""
+    """Fit fold k with the library's `params` (--gbm-params as read at setup and saved in config.json); save its
+    model and preprocessing; return its validation predictions (n_valid, outputs)."""
     library = gbm_learner(cfg.model)
     raw, y = data.cpu().numpy(), targets.cpu().numpy()
     train_rows, valid_rows = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
@@ -32,7 +33,6 @@ def train_fold(cfg, resolved, spec, k: int, data: torch.Tensor, targets: torch.T
                            list(features.get("cardinalities", [])), list(features.get("names", [])),
                            y=y[train_rows], task_kind=spec.task.kind, select_k=cfg.select_features)
     x_train, x_valid = preprocess.gbm_apply(state, raw[train_rows]), preprocess.gbm_apply(state, raw[valid_rows])
-    params = library.load_params(cfg.gbm_params) if cfg.gbm_params else {}
     if not any(alias in params for alias in ("num_threads", "num_thread", "nthread", "nthreads", "n_jobs")):
         # the threads this process was given (a --gpus cpu,cpu worker has its share): LightGBM's own default takes
         # every core, and OpenMP threads spinning against another process's cost ten times their work

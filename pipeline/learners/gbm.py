@@ -59,8 +59,7 @@ def fit_fold(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_va
     valid = train.create_valid(x_valid, label=y_valid)
     try:
         booster = lgb.train(lgb_params, train, num_boost_round=rounds, valid_sets=[valid], valid_names=["valid"],
-                            feval=competition_metric(task, y_valid),
-                            callbacks=[lgb.early_stopping(stopping, first_metric_only=True, verbose=False)])
+                            feval=competition_metric(task, y_valid), callbacks=[early_stopping(task, stopping)])
     except lgb.basic.LightGBMError as e:
         reason = cut(one_line(e), 200)
         raise PipelineError(f"--gbm-params: LightGBM refused the training parameters ({reason})") from None
@@ -84,11 +83,31 @@ def resolve_params(params: dict, task, seed: int) -> tuple[dict, int, int]:
 
 
 def competition_metric(task, y_valid: np.ndarray):
-    """LightGBM's feval: the competition metric of the validation predictions and its direction, so early stopping
-    keeps the iteration the competition prefers (not the objective's own loss)."""
-    def evaluate(preds: np.ndarray, _dataset) -> tuple[str, float, bool]:
-        return task.metric, float(task.scores(_outputs(preds, task), y_valid)[task.metric]), task.higher_is_better
+    """LightGBM's feval: the competition metric of the validation predictions and its direction, then the task's
+    loss, so early stopping keeps the iteration the competition prefers (not the objective's own loss)."""
+    def evaluate(preds: np.ndarray, _dataset) -> list[tuple[str, float, bool]]:
+        scores = task.scores(_outputs(preds, task), y_valid)
+        return [(task.metric, float(scores[task.metric]), task.higher_is_better), ("loss", float(scores["loss"]), False)]
     return evaluate
+
+
+def early_stopping(task, rounds: int):
+    """A LightGBM callback keeping the iteration task.better prefers: the best competition metric, ties going to
+    the lower loss (an AUC of 1.0 from the first tree keeps improving in log loss for many trees), as the torch
+    learner picks its epoch. Stops after `rounds` iterations without a better one."""
+    import lightgbm as lgb
+
+    best = {"scores": None, "iteration": 0, "results": None}
+
+    def callback(env) -> None:
+        results = {item[1]: item[2] for item in env.evaluation_result_list}
+        scores = {task.metric: results[task.metric], "loss": results["loss"]}
+        if best["results"] is None or task.better(scores, best["scores"]):
+            best.update(scores=scores, iteration=env.iteration, results=list(env.evaluation_result_list))
+        if env.iteration - best["iteration"] >= rounds or env.iteration == env.end_iteration - 1:
+            raise lgb.callback.EarlyStopException(best["iteration"], best["results"])
+    callback.order = 30  # LightGBM's own early stopping's place among callbacks
+    return callback
 
 
 def predict(booster, x: np.ndarray, task) -> np.ndarray:
