@@ -311,27 +311,29 @@ def build_parser(prog: str, names: list[str], doc: str = "", positional: tuple[s
     return parser
 
 
-def load_config_file(path: str) -> dict:
+def load_config_file(path: str, flag: str = "--config", default_format: str = "JSON") -> dict:
+    """A mapping from a JSON or YAML file (.json, .yaml/.yml; other names: `default_format`), read safely: at most
+    MAX_CONFIG_BYTES, UTF-8, YAML's safe loader (no object tags). Shared by --config and --gbm-params."""
     p = Path(path)
     if not p.is_file():
-        raise PipelineError(f"--config: {path} {'is a directory' if p.is_dir() else 'not found'}; expected a JSON or YAML file")
+        raise PipelineError(f"{flag}: {path} {'is a directory' if p.is_dir() else 'not found'}; expected a JSON or YAML file")
     if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise PipelineError(f"--config: {path} is {p.stat().st_size:,} bytes; a config file is at most {MAX_CONFIG_BYTES:,}")
+        raise PipelineError(f"{flag}: {path} is {p.stat().st_size:,} bytes; a settings file is at most {MAX_CONFIG_BYTES:,}")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise PipelineError(f"--config: {path} is not UTF-8 text") from None
+        raise PipelineError(f"{flag}: {path} is not UTF-8 text") from None
+    kind = "YAML" if p.suffix.lower() in (".yaml", ".yml") else "JSON" if p.suffix.lower() == ".json" else default_format
     try:
-        if p.suffix in (".yaml", ".yml"):
+        if kind == "YAML":
             import yaml
             values = yaml.safe_load(text) or {}
         else:
             values = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
-        kind = "YAML" if p.suffix in (".yaml", ".yml") else "JSON"
-        raise PipelineError(f"{cut(path)}: not valid {kind} ({cut(one_line(e))})") from None
+        raise PipelineError(f"{flag} {cut(path)}: not valid {kind} ({cut(one_line(e))})") from None
     if not isinstance(values, dict):
-        raise PipelineError(f"{path}: expected a mapping of field names to values, got {type(values).__name__}")
+        raise PipelineError(f"{flag} {path}: expected a mapping of names to values, found {type(values).__name__}")
     return values
 
 

@@ -8,6 +8,7 @@ Credentials: ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY (kaggle.co
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -35,6 +36,11 @@ def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, whe
         raise PipelineError(f"{where}: expected {len(sample):,} rows (as sample_submission.csv), found {len(sub):,}")
     id_col = sample.columns[0]
     ids, want = sub[id_col].astype(str).to_numpy(), sample[id_col].astype(str).to_numpy()
+    twice = pd.Series(ids).duplicated()
+    if twice.any():
+        dup = ids[int(np.flatnonzero(twice)[0])]
+        raise PipelineError(f"{where}: id {dup!r} appears {int((ids == dup).sum())} times; Kaggle scores one row per "
+                            "id (a test list naming one item twice?)")
     if not np.array_equal(ids, want):
         row = int(np.flatnonzero(ids != want)[0])
         # quoted: an id differing by a space or a leading zero ('00042' vs '42') must show the difference
@@ -47,6 +53,16 @@ def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, whe
             raise PipelineError(f"{where}: row {row + 1}: {col} must be {rule}, found {_show(sub[col].iloc[row])}")
 
 
+def _recorded_experiments(submission: Path) -> list[str]:
+    """The experiments infer recorded beside a submission (X.csv.json), [] when there is no readable record."""
+    try:
+        record = json.loads(submission.with_name(submission.name + ".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return []
+    exps = record.get("exp") if isinstance(record, dict) and record.get("written_by") == "pipeline.infer" else None
+    return [e for e in exps if isinstance(e, str) and e] if isinstance(exps, list) else []
+
+
 def _show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -56,7 +72,8 @@ def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Descripti
     from pipeline.predict import experiment_data
 
     guess = re.sub(r"_(mean|learned|greedy|rank)$", "", submission.stem).split("+")[0]  # submissions/<exp>[_<method>].csv
-    for name in cfg.exp[:1] or (guess,):
+    recorded = _recorded_experiments(submission)  # what infer wrote beside it: a --out of any name
+    for name in cfg.exp[:1] or recorded[:1] or (guess,):
         exp_dir = Path(cfg.weights_dir) / name
         if (exp_dir / "config.json").is_file():
             desc, spec = experiment_data(exp_dir)

@@ -107,6 +107,41 @@ def test_damaged_model_is_one_line_error_naming_the_file(tmp_path, how):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def _edit_tree(text: str, pattern: str, repl: str) -> str:
+    """Edit the first tree block `pattern` matches and keep the header's tree_sizes true: an edit that passes a
+    check of sizes alone."""
+    header, trees = text[:text.index("Tree=0\n")], text[text.index("Tree=0\n"):]
+    sizes = [int(v) for v in re.search(r"tree_sizes=([\d ]+)", header).group(1).split()]
+    starts = np.cumsum([0] + sizes)
+    i = next(i for i in range(len(sizes)) if re.search(pattern, trees[starts[i]:starts[i + 1]]))
+    block = trees[starts[i]:starts[i + 1]]
+    edited = re.sub(pattern, repl, block, count=1)
+    sizes[i] += len(edited) - len(block)
+    header = re.sub(r"tree_sizes=[\d ]+", "tree_sizes=" + " ".join(map(str, sizes)), header)
+    return header + trees[:starts[i]] + edited + trees[starts[i + 1]:]
+
+
+@pytest.mark.parametrize("name, edit, outputs", [
+    ("nan_category", lambda t: _edit_tree(t, r"(num_cat=[1-9][\s\S]*?\nthreshold=)(\S+ )*?(\d+)(?= |\n)", r"\1\2nan"), None),
+    ("root_as_its_child", lambda t: _edit_tree(t, r"\nleft_child=\d+", "\nleft_child=0"), None),
+    ("a_node_twice", lambda t: _edit_tree(t, r"\nright_child=\S+", "\nright_child=1"), None),
+    ("num_class", lambda t: t.replace("num_class=1\n", "num_class=3\n", 1), None),
+    ("classes_of_another_experiment", lambda t: t, 3),  # a binary model in a 3-class experiment
+])
+def test_hand_edited_model_is_refused_before_lightgbm_reads_it(tmp_path, name, edit, outputs):
+    x, y, booster, best, _ = fit("binary", n_estimators=30)
+    path = tmp_path / "fold0.txt"
+    gbm.save(booster, path, best)
+    text = path.read_text()
+    assert "num_cat=1" in text  # a categorical split to damage
+    edited = edit(text)
+    assert edited != text or outputs
+    path.write_text(edited)
+    with pytest.raises(PipelineError, match="truncated or corrupted LightGBM model") as e:
+        gbm.load(path, outputs or 2)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
 def test_missing_model_file_is_one_line(tmp_path):
     with pytest.raises(PipelineError, match="LightGBM model not found"):
         gbm.load(tmp_path / "fold0.lgb.txt")
@@ -128,6 +163,12 @@ def test_resolve_params_defaults_aliases_and_objective():
     ({"early_stopping_round": 0}, "regression", "early_stopping_round must be an integer >= 1, got 0"),
     ({}, "multilabel", "multilabel tasks are not supported by the gbm learner"),
     ({"num_leaves": -3}, "regression", "LightGBM refused the training parameters"),
+    ({"num_leavs": 7}, "regression", "'num_leavs' is not a LightGBM parameter; did you mean num_leaves"),
+    ({"tree_learner": "data"}, "regression", "tree_learner: 'data' asks for distributed training"),
+    ({"num_machines": 2}, "regression", "num_machines: 2 asks for distributed training"),
+    ({"workers": "a:1,b:2"}, "regression", "workers: 'a:1,b:2' asks for distributed training"),
+    ({"objective": "binary"}, "regression", "objective 'binary' does not fit a regression on target"),
+    ({"objective": "softmax"}, "regression", "objective 'softmax' does not fit a regression"),
 ])
 def test_bad_requests_are_one_line(params, task, message):
     task = Task("multilabel", ("x", "y")) if task == "multilabel" else TASKS[task]
@@ -152,15 +193,24 @@ def test_load_params_json_and_yaml(tmp_path, suffix, text):
     path = tmp_path / f"gbm{suffix}"
     path.write_text(text)
     assert gbm.load_params(path) == {"num_leaves": 15, "lambda_l2": 1.0}
+    path.write_text("interaction_constraints: [[0, 1], [2]]\n" if suffix == ".yaml" else "{}")
+    assert gbm.load_params(path) == ({"interaction_constraints": [[0, 1], [2]]} if suffix == ".yaml" else {})
 
 
 @pytest.mark.parametrize("suffix, text, message", [
-    (".json", '["num_leaves", 15]', "expected a mapping of LightGBM parameter names to values, found list"),
-    (".yaml", "just a string", "expected a mapping of LightGBM parameter names to values, found str"),
-    (".yaml", "", "found NoneType"),
+    (".json", '["num_leaves", 15]', "expected a mapping of names to values, found list"),
+    (".yaml", "just a string", "expected a mapping of names to values, found str"),
     (".json", '{"num_leaves": ', "not valid JSON"),
     (".yaml", "a: [1, 2", "not valid YAML"),
-    (".yaml", "a:\n  b: 1\n", "a must be a number, string, boolean or list"),
+    (".txt", "a: [1, 2", "not valid YAML"),  # YAML unless the name says JSON
+    (".yaml", "a:\n  b: 1\n", "a must be a number, string, boolean or a list of them"),
+    (".yaml", "a: [[[1]]]\n", "a must be a number, string, boolean or a list of them"),
+    # 307 bytes that expand to 10^9 values: refused by counting, without expanding them
+    (".yaml", "a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+              "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
+     "must be a number, string, boolean or a list of them"),
+    (".yaml", "a: &a [" + ",".join(["1"] * 100) + "]\nb: [" + ",".join(["*a"] * 101) + "]\n",
+     "more than 10,000 values in all"),
 ])
 def test_load_params_refuses_other_files(tmp_path, suffix, text, message):
     path = tmp_path / f"gbm{suffix}"

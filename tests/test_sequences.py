@@ -179,6 +179,15 @@ def test_upper_case_npy_arrays_load_as_numpy(workdir, capsys):
     assert len(rows) == 240 and rows.packed.values.shape[1] == 28
 
 
+def test_half_precision_arrays_load_as_float32(tmp_path):
+    from pipeline.data.sequences import load_features
+    from pipeline.data.source import Source
+
+    torch.save(torch.tensor([[1.5, -2.0]], dtype=torch.bfloat16), tmp_path / "a.pt")
+    array = load_features(Source(tmp_path), "a.pt")
+    assert array.dtype.name == "float32" and array.tolist() == [[1.5, -2.0]]
+
+
 @pytest.mark.parametrize("name,content,expected", [
     ("a.pt", "numpy", r"a\.pt: holds pickled objects other than tensors \(numpy\.\S+\); save a torch tensor"),
     ("b.pt", b"not a torch file", r"b\.pt: not a readable tensor file \("),
@@ -186,6 +195,11 @@ def test_upper_case_npy_arrays_load_as_numpy(workdir, capsys):
     ("d.pt", torch.zeros(7), r"d\.pt: expected a float tensor of \(frames, features\), found \(7,\)"),
     ("e.pt", torch.zeros(3, 2, dtype=torch.int64), r"e\.pt: expected a float tensor .* found \(3, 2\) int64"),
     ("f.pt", torch.tensor([[0.0, float("nan")]]), r"f\.pt: frame 0: NaN or infinite values"),
+    ("g.pt", torch.zeros(3, 2).to_sparse(), r"g\.pt: a sparse_coo tensor; save a dense one"),
+    ("h.pt", torch.zeros(3, 2, device="meta"), r"h\.pt: a tensor on the meta device holds no values"),
+    ("i.pt", torch.zeros(3, 0), r"i\.pt: no features in its frames \(shape \(3, 0\)\)"),
+    ("j.pt", torch.tensor([[0.0, 1e300]], dtype=torch.float64), r"j\.pt: frame 0: values beyond float32's range "
+                                                                  r"\(up to 1e\+300\)"),
 ])
 def test_a_bad_array_file_is_one_plain_line_naming_it(tmp_path, name, content, expected):
     """Every untrusted .pt/.npy fault is one line naming the file, without torch's advice or terminal escapes."""

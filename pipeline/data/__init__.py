@@ -253,6 +253,8 @@ def _describe_speakers(src, metric, threshold, known):
         raise PipelineError(f"--data: speaker {names[int(np.flatnonzero(targets < 0)[0])]!r} is not among the ones the "
                             "folds were made with; remake the folds")
     desc = Description("speakers", the_task, root=root, train_file=root + "metadata.json", n_images=len(files))
+    if known is None and src.find("testdata.json") is not None:
+        seq.test_arrays(src, desc)  # a test list naming a file twice, or outside the data, refused before training
     raw = src.read_file(root + "metadata.json") + src.read_file(root + "mapping.json")
     return desc, TrainSet(targets, np.arange(len(files), dtype=np.int64), None, _hash(raw), files=tuple(files))
 
@@ -272,6 +274,8 @@ def _describe_frames(src, metric, threshold, known):
     targets = encode(flat.to_frame(), the_task, src.label(root + "train_labels.txt"))
     groups = np.repeat(np.array(utterances, dtype=object), counts)
     desc = Description("frames", the_task, root=root, train_file=root + "train_labels.txt", n_images=len(flat))
+    if known is None and src.find("test_split.txt") is not None:
+        seq.test_arrays(src, desc)  # a test list naming a file twice, or outside the data, refused before training
     raw = src.read_file(root + "train_labels.txt") + src.read_file(root + "train_split.txt")
     files = tuple(seq.frame_file(root, "train", u) for u in utterances)
     return desc, TrainSet(targets, np.arange(len(flat), dtype=np.int64), groups, _hash(raw), files=files)

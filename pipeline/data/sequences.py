@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from pipeline.data.packed import Packed, pack
-from pipeline.data.source import Source
+from pipeline.data.source import Source, inside
 from pipeline.errors import PipelineError, cut
 
 SAMPLE_SPEAKERS_DIR = "data/sample-speakers"
@@ -132,19 +132,38 @@ def load_features(src: Source, rel: str, n_features: int = 0) -> np.ndarray:
             raise PipelineError(f"{where}: holds pickled objects other than tensors ({found.group(1)}); "
                                 "save a torch tensor (torch.from_numpy(a)) or a .npy array") from None
         raise PipelineError(f"{where}: not a readable tensor file ({cut(text.splitlines()[0] if text else type(e).__name__, 100)})") from None
-    array = value.numpy() if isinstance(value, torch.Tensor) else value
+    array = _tensor_array(value, where) if isinstance(value, torch.Tensor) else value
     if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
         shape = tuple(array.shape) if isinstance(array, np.ndarray) else type(value).__name__
         raise PipelineError(f"{where}: expected a float tensor of (frames, features), found {shape}"
                             + (f" {array.dtype}" if isinstance(array, np.ndarray) else ""))
     if n_features and array.shape[1] != n_features:
         raise PipelineError(f"{where}: {array.shape[1]} features per frame, the others have {n_features}")
-    if len(array) == 0:
-        raise PipelineError(f"{where}: no frames")
+    if len(array) == 0 or array.shape[1] == 0:
+        raise PipelineError(f"{where}: {'no frames' if len(array) == 0 else 'no features in its frames'} "
+                            f"(shape {tuple(array.shape)})")
     if not np.isfinite(array).all():
         row = int(np.flatnonzero(~np.isfinite(array).all(1))[0])
         raise PipelineError(f"{where}: frame {row}: NaN or infinite values")
-    return array.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):
+        single = array.astype(np.float32, copy=False)
+    if not np.isfinite(single).all():  # float64 values past float32's 3.4e38 become inf, which training reads as NaN
+        row = int(np.flatnonzero(~np.isfinite(single).all(1))[0])
+        raise PipelineError(f"{where}: frame {row}: values beyond float32's range (up to "
+                            f"{np.abs(array[row]).max():.3g}); features are stored as float32: rescale them")
+    return single
+
+
+def _tensor_array(value: torch.Tensor, where: str) -> np.ndarray:
+    """A loaded tensor's values as numpy: dense, with data, half precision widened; one line otherwise."""
+    if value.layout != torch.strided:
+        raise PipelineError(f"{where}: a {str(value.layout).removeprefix('torch.')} tensor; save a dense one "
+                            "(tensor.to_dense())")
+    if value.is_meta:
+        raise PipelineError(f"{where}: a tensor on the meta device holds no values; save the tensor itself")
+    if value.dtype in (torch.bfloat16, torch.float16):
+        value = value.float()  # numpy has no bfloat16; float32 is what the pipeline stores anyway
+    return value.numpy()
 
 
 ARRAY_EXTS = (".pt", ".npy")
@@ -186,6 +205,8 @@ def _json(src: Source, rel: str) -> dict:
         value = json.loads(src.read_file(rel))
     except (ValueError, UnicodeDecodeError) as e:
         raise PipelineError(f"{src.label(rel)}: not valid JSON ({cut(str(e), 80)})") from None
+    except RecursionError:
+        raise PipelineError(f"{src.label(rel)}: not valid JSON (nested too deeply to read)") from None
     if not isinstance(value, dict):
         raise PipelineError(f"{src.label(rel)}: expected a JSON object, found {type(value).__name__}")
     return value
@@ -228,6 +249,7 @@ def speakers_train(src: Source, root: str) -> tuple[list[str], list[str], tuple[
     unknown = sorted(set(names) - set(ids))
     if unknown:
         raise PipelineError(f"{where}: speaker {unknown[0]!r} is not in mapping.json's speaker2id")
+    checked_paths(files, root, where)
     classes = tuple(sorted(ids, key=ids.get))
     return files, names, classes
 
@@ -236,10 +258,25 @@ def speakers_test(src: Source, root: str) -> list[str]:
     """testdata.json's utterances in its order: the feature files (relative to the source)."""
     data = _json(src, root + "testdata.json")
     try:
-        return [root + str(u["feature_path"]) for u in data["utterances"]]
+        files = [root + str(u["feature_path"]) for u in data["utterances"]]
     except (KeyError, TypeError) as e:
         raise PipelineError(f"{src.label(root + 'testdata.json')}: expected {{'utterances': [{{'feature_path', "
                             f"'mel_len'}}, ...]}} ({type(e).__name__}: {cut(str(e), 60)})") from None
+    return checked_paths(files, root, src.label(root + "testdata.json"))
+
+
+def checked_paths(files: list[str], root: str, where: str) -> list[str]:
+    """Feature files a list names (`where`), relative to the source: none outside it, none twice (two rows, one id)."""
+    for f in files:
+        if not inside(f[len(root):]) or not inside(f):
+            raise PipelineError(f"{where}: feature path {cut(f[len(root):])!r} leads outside the competition data; "
+                                "feature paths are relative to the folder of the file that lists them")
+    seen = set()
+    for f in files:
+        if f in seen:
+            raise PipelineError(f"{where}: feature path {cut(f[len(root):])!r} is listed twice; one row per utterance")
+        seen.add(f)
+    return files
 
 
 def frames_split(src: Source, root: str, which: str) -> list[str]:
@@ -250,6 +287,7 @@ def frames_split(src: Source, root: str, which: str) -> list[str]:
     names = src.read_file(rel).decode("utf-8", "replace").split()
     if not names:
         raise PipelineError(f"{src.label(rel)}: no utterance ids")
+    checked_paths([frame_file(root, which, u) for u in names], root, src.label(rel))
     return names
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import lzma
 import os
+import posixpath
 import sys
 import threading
 import zipfile
@@ -78,7 +79,10 @@ class Source:
         return self.read_file(rel)
 
     def read_file(self, rel: str) -> bytes:
-        """One file by its relative path, within the size limits."""
+        """One file by its relative path, within the size limits; a path leading outside the source is refused."""
+        if not inside(rel):
+            raise PipelineError(f"{self.label(rel)}: outside the competition data {self.path}; every file it names "
+                                "must be inside --data")
         if self.is_zip:
             return read_zip_member(self._zipfile(), self.path, rel)
         file = self.path / rel
@@ -114,6 +118,16 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(path, metadata_encoding="utf-8")
     except UnicodeDecodeError:
         return zipfile.ZipFile(path)
+
+
+def inside(rel: str) -> bool:
+    """Does a relative path stay inside the folder it is relative to (no leading '/', no '..' above it)?
+
+    >>> inside("feat/a.pt"), inside("a/../b.pt"), inside("../secret.pt"), inside("/etc/shadow"), inside("a/../../b")
+    (True, True, False, False, False)
+    """
+    norm = posixpath.normpath(rel)
+    return not rel.startswith("/") and norm != ".." and not norm.startswith("../")
 
 
 def read_zip_member(zf: zipfile.ZipFile, path: Path, rel: str) -> bytes:

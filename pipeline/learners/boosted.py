@@ -85,4 +85,4 @@ def predict_fold(path: Path, raw: np.ndarray, spec, model_name: str) -> np.ndarr
                             "--overwrite")
     library = gbm_learner(model_name)
     state = preprocess.load(prep)
-    return library.predict(library.load(path), preprocess.gbm_apply(state, raw), spec.task)
+    return library.predict(library.load(path, spec.task.num_outputs), preprocess.gbm_apply(state, raw), spec.task)

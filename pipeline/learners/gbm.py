@@ -13,7 +13,7 @@ trained with the "binary" objective), (n, 1) values for regression. Multilabel t
 """
 from __future__ import annotations
 
-import json
+import difflib
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,12 @@ ALIASES = {
     "num_threads": ("num_threads", "num_thread", "nthread", "nthreads", "n_jobs"),
     "objective": ("objective", "objective_type", "app", "application", "loss"),
 }
+MAX_PARAM_VALUES = 10_000  # scalars in a --gbm-params file, lists included
+# distributed training: LightGBM would wait for peers that never come (every alias LightGBM knows is refused)
+NETWORK = ("num_machines", "machines", "machine_list_filename", "local_listen_port", "time_out", "pre_partition")
+REGRESSION_OBJECTIVES = ("regression", "regression_l2", "l2", "mean_squared_error", "mse", "l2_root",
+                         "root_mean_squared_error", "rmse", "regression_l1", "l1", "mean_absolute_error", "mae", "huber",
+                         "fair", "poisson", "quantile", "mape", "mean_absolute_percentage_error", "gamma", "tweedie")
 # set by the pipeline: early stopping reads the competition metric alone; classes and columns come from the data
 SET_BY_PIPELINE = ("metric", "metrics", "metric_types", "num_class", "num_classes", "categorical_feature",
                    "cat_feature", "categorical_column", "cat_column", "categorical_features")
@@ -75,6 +81,7 @@ def resolve_params(params: dict, task, seed: int) -> tuple[dict, int, int]:
     if fixed:
         raise PipelineError(f"--gbm-params: {fixed[0]!r} is set by the pipeline (early stopping uses the competition "
                             f"metric {task.metric}; classes and categorical columns come from the data); remove it")
+    _check_known(user)
     rounds = _int_at_least(_pop(user, "num_iterations", NUM_BOOST_ROUND), "num_iterations")
     stopping = _int_at_least(_pop(user, "early_stopping_round", EARLY_STOPPING_ROUNDS), "early_stopping_round")
     merged = {key: _pop(user, key, default) for key, default in (DEFAULTS | {"seed": seed}).items()}
@@ -129,15 +136,16 @@ def save(booster, path: str | Path, best_iteration: int) -> None:
         booster.save_model(str(tmp), num_iteration=best_iteration)
 
 
-def load(path: str | Path):
-    """A saved text model; a truncated or damaged file is one line naming it (checked before LightGBM parses it)."""
+def load(path: str | Path, num_outputs: int | None = None):
+    """A saved text model; a truncated or damaged file is one line naming it (checked before LightGBM parses it).
+    `num_outputs`: the experiment's (Task.num_outputs), checked against the model's classes."""
     import lightgbm as lgb
 
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: LightGBM model not found" + (" (it is a directory)" if path.is_dir() else ""))
     data = path.read_bytes()
-    problem = _model_problem(data)
+    problem = _model_problem(data, num_outputs)
     if not problem:
         try:
             return lgb.Booster(model_str=data.decode("utf-8"))
@@ -148,26 +156,40 @@ def load(path: str | Path):
 
 
 def load_params(path: str | Path) -> dict:
-    """LightGBM parameters from a JSON (.json) or YAML file: one mapping of parameter names to values."""
-    import yaml
+    """LightGBM parameters from a JSON (.json) or YAML file: one mapping of parameter names to values, read as
+    --config is (size cap, safe YAML); values are numbers, strings, booleans or lists of them (lists of lists for
+    interaction_constraints), MAX_PARAM_VALUES at most in all (a YAML alias bomb is a few hundred bytes)."""
+    from pipeline.config import load_config_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"--gbm-params {path}: file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-        params = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise PipelineError(f"--gbm-params {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
-                            f"({cut(one_line(e), 120)})") from None
-    if not isinstance(params, dict) or not all(isinstance(key, str) for key in params):
-        raise PipelineError(f"--gbm-params {path}: expected a mapping of LightGBM parameter names to values, "
-                            f"found {type(params).__name__}")
+    params = load_config_file(str(path), "--gbm-params", default_format="YAML")
     for key, value in params.items():
-        if not isinstance(value, (bool, int, float, str, list)):
-            raise PipelineError(f"--gbm-params {path}: {key} must be a number, string, boolean or list, "
+        if not isinstance(key, str):
+            raise PipelineError(f"--gbm-params {path}: parameter names are text, found {quote(key, 60)}")
+        if _count_values(value) is None:
+            raise PipelineError(f"--gbm-params {path}: {key} must be a number, string, boolean or a list of them, "
                                 f"found {quote(value, 60)}")
+    if sum(_count_values(v) for v in params.values()) > MAX_PARAM_VALUES:
+        raise PipelineError(f"--gbm-params {path}: more than {MAX_PARAM_VALUES:,} values in all; LightGBM's "
+                            "parameters are a few numbers each")
     return params
+
+
+def _count_values(value, depth: int = 0) -> int | None:
+    """How many scalars `value` holds (None: not a parameter value); a list counted by its items, two levels deep at
+    most, stopping as soon as the count passes MAX_PARAM_VALUES."""
+    if isinstance(value, (bool, int, float, str)):
+        return 1
+    if not isinstance(value, list) or depth >= 2:
+        return None
+    total = 0
+    for item in value:
+        count = _count_values(item, depth + 1)
+        if count is None:
+            return None
+        total += count
+        if total > MAX_PARAM_VALUES:
+            break
+    return total
 
 
 def feature_importance(booster, names: list[str]) -> list[tuple[str, float]]:
@@ -204,6 +226,10 @@ def _objective(task, requested) -> dict:
         raise PipelineError(f"--model lightgbm: a booster fits one target; this regression has {task.num_outputs} "
                             f"({', '.join(task.classes[:4])}); train a neural model (--model mlp) for all of them at once")
     if task.kind == "regression":
+        if requested is not None and str(requested).strip().lower() not in REGRESSION_OBJECTIVES:
+            raise PipelineError(f"--gbm-params: objective {quote(requested)} does not fit a regression on "
+                                f"{', '.join(task.classes[:3])}; use one of {', '.join(REGRESSION_OBJECTIVES[::4])}, ... "
+                                "or remove it (default: regression)")
         return {"objective": requested or "regression"}
     derived = {"objective": "binary"} if task.num_outputs == 2 else {"objective": "multiclass",
                                                                      "num_class": task.num_outputs}
@@ -226,6 +252,26 @@ def _outputs(raw: np.ndarray, task) -> np.ndarray:
 def _targets(y: np.ndarray, task) -> np.ndarray:
     """(n,) class indices as int64 (task.scores indexes with them) or values as float32."""
     return np.asarray(y).astype(np.int64 if task.kind == "multiclass" else np.float32)
+
+
+def _check_known(params: dict) -> None:
+    """Refuse names LightGBM does not know (it would warn and ignore them) and the settings of distributed training
+    (it would wait for its peers forever)."""
+    from lightgbm.basic import _ConfigAliases
+
+    names = _ConfigAliases._get_all_param_aliases()  # main name -> its aliases, the main name among them
+    main = {alias: name for name, aliases in names.items() for alias in aliases}
+    unknown = [key for key in params if key not in main]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(main), n=3)
+        raise PipelineError(f"--gbm-params: {quote(unknown[0], 60)} is not a LightGBM parameter"
+                            f"{'; did you mean ' + ' or '.join(close) if close else ''} (the names: its Parameters "
+                            "page, e.g. learning_rate, num_leaves, min_data_in_leaf, lambda_l2, feature_fraction)")
+    for key, value in params.items():
+        name = main[key]
+        if name in NETWORK or name == "tree_learner" and str(value).strip().lower() not in ("serial", ""):
+            raise PipelineError(f"--gbm-params: {key}: {quote(value, 60)} asks for distributed training, which "
+                                "waits for other machines; each fold trains in one process here: remove it")
 
 
 def _pop(params: dict, key: str, default):
@@ -257,9 +303,11 @@ TREE_ARRAYS = {"split_feature": -1, "split_gain": -1, "threshold": -1, "decision
                "leaf_value": 0, "leaf_weight": 0, "leaf_count": 0}
 
 
-def _model_problem(data: bytes) -> str:
+def _model_problem(data: bytes, num_outputs: int | None = None) -> str:
     """What makes this text model unloadable, '' if nothing. LightGBM's parser aborts or crashes the process on a
-    truncated tree instead of raising, so every tree block is checked against the header's tree_sizes (bytes)."""
+    truncated tree instead of raising, and follows children and category indices unchecked (a cycle hangs predict, a
+    NaN index crashes it), so every tree block is checked against the header's tree_sizes (bytes), and its shape.
+    `num_outputs`: what the experiment predicts (the header's num_class must agree)."""
     if not data.startswith(b"tree\n"):
         return "not a LightGBM text model"
     start = data.find(b"\nTree=0\n") + 1
@@ -267,10 +315,15 @@ def _model_problem(data: bytes) -> str:
     try:
         sizes = [int(s) for s in header[b"tree_sizes"].split()]
         n_features = int(header[b"max_feature_idx"]) + 1
+        num_class, per_iteration = int(header.get(b"num_class", b"1")), int(header.get(b"num_tree_per_iteration", b"1"))
     except (KeyError, ValueError):
         return "no tree list in its header"
     if not start or not sizes or min(sizes) <= 0:
         return "no trees"
+    if num_class < 1 or per_iteration != num_class or len(sizes) % per_iteration:
+        return f"num_class={num_class} and num_tree_per_iteration={per_iteration} do not fit its {len(sizes)} trees"
+    if num_outputs is not None and num_class != (num_outputs if num_outputs > 2 else 1):
+        return f"num_class={num_class}, but the experiment predicts {num_outputs} output(s)"
     ends = np.cumsum([start] + sizes)
     if not data[ends[-1]:].startswith(b"end of trees"):
         return "its trees end early"
@@ -305,6 +358,26 @@ def _tree_problem(block: str, i: int, n_features: int) -> str:
     if children.min() < -leaves or children.max() > leaves - 2 or features.min() < 0 or features.max() >= n_features:
         return "a child or feature index out of range"
     if len(boundaries) != num_cat + 1 or np.any(np.diff(boundaries) < 0) or boundaries[-1] != thresholds \
+            or not np.all(np.isfinite(cat_index) & (cat_index == np.round(cat_index))) \
             or np.any((cat_index < 0) | (cat_index >= max(num_cat, 1))):
         return "categorical splits that do not match their bitsets"
+    if not _is_tree(children, leaves):
+        return "its nodes do not form a tree (a node reached twice, or never)"
     return ""
+
+
+def _is_tree(children: np.ndarray, leaves: int) -> bool:
+    """Do the child arrays (left then right; >= 0 an internal node, ~j leaf j) make one tree from node 0: every
+    internal node but the root and every leaf the child of exactly one node, and every internal node reached?"""
+    internal, leaf = children[children >= 0], ~children[children < 0]
+    if np.any(internal == 0) or len(np.unique(internal)) != len(internal) or len(np.unique(leaf)) != leaves:
+        return False
+    left, right = children[:leaves - 1], children[leaves - 1:]
+    seen, stack = 1, [0]
+    while stack:  # with one parent each, a walk from the root reaches every internal node once, unless a cycle
+        node = stack.pop()  # hides some of them from it
+        for child in (left[node], right[node]):
+            if child >= 0:
+                seen += 1
+                stack.append(int(child))
+    return seen == leaves - 1

@@ -1,0 +1,114 @@
+"""Hostile inputs to the table and sequence layouts: each is one line naming the file and what was expected (or a
+bounded cost), never a traceback, a hang, a crash or a read outside the competition data."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import infer, make_folds, submit, train
+from pipeline.data.sequences import write_sample_frames, write_sample_speakers
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def speakers_sample(tmp_path_factory):
+    return write_sample_speakers(str(tmp_path_factory.mktemp("sp") / "sample-speakers"))
+
+
+@pytest.fixture(scope="module")
+def frames_sample(tmp_path_factory):
+    return write_sample_frames(str(tmp_path_factory.mktemp("fr") / "sample-frames"))
+
+
+def copy_of(sample, tmp_path):
+    root = tmp_path / "comp"
+    shutil.copytree(sample, root)
+    return root
+
+
+@pytest.mark.parametrize("which", ["metadata", "testdata"])
+@pytest.mark.parametrize("path", ["../../secret/outside.pt", "/etc/shadow"])
+def test_a_feature_path_outside_the_data_is_refused(speakers_sample, tmp_path, workdir, capsys, which, path):
+    root = copy_of(speakers_sample, tmp_path)
+    (tmp_path / "secret").mkdir()
+    torch.save(torch.zeros(12, 28), tmp_path / "secret/outside.pt")
+    name = root / "Dataset" / f"{which}.json"
+    meta = json.loads(name.read_text())
+    utterances = meta["utterances"] if which == "testdata" else next(iter(meta["speakers"].values()))
+    utterances[0]["feature_path"] = path
+    name.write_text(json.dumps(meta))
+    assert make_folds.main(["--data", str(root)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"{which}.json: feature path {path!r} leads outside the competition data" in line
+
+
+def test_a_test_split_line_outside_the_data_is_refused(frames_sample, tmp_path, workdir, capsys):
+    root = copy_of(frames_sample, tmp_path)
+    split = root / "libriphone/test_split.txt"
+    split.write_text("../../../../secret\n" + split.read_text())
+    assert make_folds.main(["--data", str(root)]) == 2
+    assert "test_split.txt: feature path 'feat/test/../../../../secret.pt' leads outside" in \
+        one_line(capsys.readouterr().err)
+
+
+def test_a_test_utterance_listed_twice_is_refused_at_make_folds(speakers_sample, tmp_path, workdir, capsys):
+    root = copy_of(speakers_sample, tmp_path)
+    name = root / "Dataset/testdata.json"
+    meta = json.loads(name.read_text())
+    meta["utterances"].append(dict(meta["utterances"][0]))
+    name.write_text(json.dumps(meta))
+    assert make_folds.main(["--data", str(root)]) == 2
+    first = meta["utterances"][0]["feature_path"]
+    assert f"testdata.json: feature path {first!r} is listed twice" in one_line(capsys.readouterr().err)
+
+
+def test_a_json_nested_too_deeply_is_one_line(speakers_sample, tmp_path, workdir, capsys):
+    root = copy_of(speakers_sample, tmp_path)
+    (root / "Dataset/testdata.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert make_folds.main(["--data", str(root)]) == 2
+    assert "testdata.json: not valid JSON (nested too deeply to read)" in one_line(capsys.readouterr().err)
+
+
+def test_submit_refuses_a_file_with_an_id_twice(workdir, capsys):
+    assert make_folds.main(["--data", "sample-table"]) == 0
+    sample = pd.read_csv("data/sample-diabetes/sample_submission.csv", dtype={"id": str})
+    sub = sample.copy()
+    sub.loc[1, "id"] = sub.loc[0, "id"]  # as many rows as the sample: only the ids tell
+    sub.to_csv("twice.csv", index=False)
+    capsys.readouterr()
+    assert submit.main(["twice.csv", "--data", "sample-table", "--dry-run"]) == 2
+    assert f"twice.csv: id {sample.loc[0, 'id']!r} appears 2 times" in one_line(capsys.readouterr().err)
+
+
+def test_submit_reads_the_experiment_infer_recorded_beside_any_file_name(workdir, capsys):
+    """`infer --out mine.csv` records its experiment in mine.csv.json; submit checks against that experiment's task,
+    not against whatever folds/folds.json holds (here: none, so the Digit Recognizer default)."""
+    folds = ["--folds-path", "f/folds.csv"]
+    assert make_folds.main(["--data", "sample-table", *folds]) == 0
+    assert train.main(["--data", "sample-table", "--model", "lightgbm", "--exp", "g", *folds]) == 0
+    assert infer.main(["--data", "sample-table", "--exp", "g", "--out", "mine.csv"]) == 0
+    capsys.readouterr()
+    assert submit.main(["mine.csv", "--data", "sample-table", "--dry-run"]) == 0
+    assert "mine.csv: valid (89 rows, header id,target, regression on target" in capsys.readouterr().out
+
+
+def test_a_bool_column_with_a_missing_test_value_reads_as_a_number(tmp_path, workdir, capsys):
+    rng = np.random.default_rng(0)
+    flag = rng.random(60) > 0.5
+    root = tmp_path / "c"
+    root.mkdir()
+    pd.DataFrame({"id": range(60), "flag": flag, "y": flag * 2.0}).to_csv(root / "train.csv", index=False)
+    test = pd.DataFrame({"id": range(60, 70), "flag": pd.array([True, False, None] * 3 + [True], dtype="boolean")})
+    test.to_csv(root / "test.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--n-splits", "3"]) == 0
+    assert "1 numeric + 0 categorical" in capsys.readouterr().out
