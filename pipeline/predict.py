@@ -94,7 +94,7 @@ def fold_state(path: Path, spec: DataSpec) -> dict:
     prep = path.with_name(path.name.split(".")[0] + ".prep.json")
     if not prep.is_file():
         raise PipelineError(f"{prep}: missing (the preprocessing {path.name} was trained with); retrain with --overwrite")
-    return spec.input_kind.load_state(prep)
+    return spec.input_kind.load_state(prep, spec)
 
 
 def fold_predictions(path: Path, rows: torch.Tensor, cfg: Config, config: ExperimentConfig, preset: str,

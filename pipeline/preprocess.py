@@ -139,10 +139,19 @@ def save(state: dict, path: str | Path) -> None:
     write_json(state, path)
 
 
-def load(path: str | Path) -> dict:
-    """A saved state, its structure checked: a damaged or foreign file is one line naming it."""
+def load(path: str | Path, features: dict | None = None) -> dict:
+    """A saved state, its structure checked: a damaged or foreign file is one line naming it. `features`: the
+    experiment's (DataSpec.features: names, categorical, cardinalities), which the state must agree with: category
+    codes then stay within the train file's vocabulary, so a state cannot ask for millions of one-hot slots."""
     state = read_json(path, "preprocessing state")
     _check_state(state, path)
+    if features is not None:
+        cat = state["categorical"]
+        expected = dict(zip(features.get("categorical", []), features.get("cardinalities", [])))
+        if state["names"] != list(features.get("names", [])) or \
+                any(expected.get(j) != c for j, c in zip(cat["columns"], cat["cardinalities"])):
+            raise PipelineError(f"{path}: its columns or category counts are not the experiment's (config.json's "
+                                "data_spec); a preprocessing state from other data? retrain this fold with --overwrite")
     return state
 
 
@@ -275,7 +284,9 @@ def _state_problem(state: dict) -> str:
         return f"encoding {quote(state['encoding'])}, expected {' or '.join(ENCODINGS)}"
     if len(state["names"]) != n or not all(isinstance(name, str) for name in state["names"]):
         return f"expected {n} feature names"
-    if kept != sorted(set(kept)) or not all(isinstance(j, int) and 0 <= j < n for j in kept):
+    if not _ints([n, *kept, *num["columns"], *cat["columns"]]):  # bools are ints to isinstance: not indices here
+        return "column indices that are not integers"
+    if kept != sorted(set(kept)) or not all(0 <= j < n for j in kept):
         return "kept columns out of range or unsorted"
     if sorted(num["columns"] + cat["columns"]) != kept:
         return "numeric and categorical columns do not make up the kept ones"
@@ -285,7 +296,14 @@ def _state_problem(state: dict) -> str:
             or not all(s > 0 for s in num["scale"]):
         return "numeric statistics not finite, or a scale <= 0"
     if len(cat["categories"]) != len(cat["columns"]) or not all(
-            isinstance(seen, list) and seen == sorted(set(seen)) and all(isinstance(c, int) for c in seen)
-            for seen in cat["categories"]):
+            isinstance(seen, list) and _ints(seen) and seen == sorted(set(seen)) for seen in cat["categories"]):
         return "categories are not one sorted list of integer codes per categorical column"
+    cards = cat.get("cardinalities", [])
+    if len(cards) != len(cat["columns"]) or not _ints(cards) or \
+            any(seen and (seen[0] < 0 or seen[-1] >= c) for seen, c in zip(cat["categories"], cards)):
+        return "category codes outside their column's vocabulary"
     return ""
+
+
+def _ints(values) -> bool:
+    return all(type(v) is int for v in values)

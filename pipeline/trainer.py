@@ -82,6 +82,7 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
         say(f"notice: --cat-encoding {cfg.cat_encoding} applies to a neural model on a table's categorical columns; "
             f"{'LightGBM splits on categories itself' if not neural else 'this data has none'}: ignored")
         cfg = replace(cfg, cat_encoding=Config().cat_encoding)  # not saved as the recipe: --resume without it works
+    cfg = input_kind(desc.kind).resolve(cfg, desc.spec_features, say)
     if not neural:  # the torch engine's notices (batch size, warmup, precision) would be noise
         say = (lambda *_: None)
     if cfg.batch_size == 0:

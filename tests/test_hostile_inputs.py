@@ -112,3 +112,64 @@ def test_a_bool_column_with_a_missing_test_value_reads_as_a_number(tmp_path, wor
     test.to_csv(root / "test.csv", index=False)
     assert make_folds.main(["--data", str(root), "--n-splits", "3"]) == 0
     assert "1 numeric + 0 categorical" in capsys.readouterr().out
+
+
+def test_many_constant_columns_are_one_notice_with_a_count(tmp_path, workdir, capsys):
+    rng = np.random.default_rng(0)
+    wide = pd.DataFrame(np.ones((40, 2000)), columns=[f"c{j}" for j in range(2000)])
+    train = pd.concat([pd.DataFrame({"id": range(40), "x": rng.normal(size=40), "y": rng.normal(size=40)}), wide], axis=1)
+    root = tmp_path / "c"
+    root.mkdir()
+    train.to_csv(root / "train.csv", index=False)
+    train.drop(columns="y").head(5).to_csv(root / "test.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--n-splits", "2"]) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
+    assert len(notices) == 1 and "2,000 columns left out (constant): c0, c1, c2, c3, c4, ...; keep them with --features" \
+        in notices[0]
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda s: s | {"kept": [False, True, 2]}, "column indices that are not integers"),
+    (lambda s: s | {"categorical": s["categorical"] | {"categories": [list(range(3_000_000))]}},
+     "category codes outside their column's vocabulary"),
+    (lambda s: s | {"categorical": s["categorical"] | {"categories": [[True]]}}, "not one sorted list of integer"),
+])
+def test_a_hand_edited_preprocessing_state_is_one_line(tmp_path, edit, problem):
+    from pipeline import preprocess
+    from pipeline.errors import PipelineError
+
+    x = np.array([[1.0, 0], [3.0, 1], [1.0, 1], [3.0, 0]], dtype=np.float32)
+    state = preprocess.fit(x, [1], [3], ["age", "city"])
+    path = tmp_path / "fold0.prep.json"
+    path.write_text(json.dumps(edit(state)))
+    with pytest.raises(PipelineError, match=problem):
+        preprocess.load(path)
+
+
+def test_a_preprocessing_state_of_other_columns_is_refused(tmp_path):
+    from pipeline import preprocess
+    from pipeline.errors import PipelineError
+
+    x = np.array([[1.0, 0], [3.0, 1], [1.0, 1], [3.0, 0]], dtype=np.float32)
+    path = tmp_path / "fold0.prep.json"
+    preprocess.save(preprocess.fit(x, [1], [3], ["age", "city"]), path)
+    assert preprocess.load(path, {"names": ["age", "city"], "categorical": [1], "cardinalities": [3]})
+    for features in ({"names": ["age", "town"], "categorical": [1], "cardinalities": [3]},
+                     {"names": ["age", "city"], "categorical": [1], "cardinalities": [3_000_000]}):
+        with pytest.raises(PipelineError, match="not the experiment's"):
+            preprocess.load(path, features)
+
+
+def test_a_wide_one_hot_becomes_embeddings_with_a_notice(tmp_path, workdir, capsys):
+    rng = np.random.default_rng(0)
+    codes = [f"k{i}" for i in rng.integers(0, 600, 1500)]  # ~600 values: one-hot past 512 columns
+    root = tmp_path / "c"
+    root.mkdir()
+    pd.DataFrame({"id": range(1500), "k": codes, "x": rng.normal(size=1500), "y": rng.normal(size=1500)}).to_csv(
+        root / "train.csv", index=False)
+    pd.DataFrame({"id": range(1500, 1510), "k": codes[:10], "x": rng.normal(size=10)}).to_csv(root / "test.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--n-splits", "2", "--drop-cols", "id"]) == 0
+    assert train.main(["--data", str(root), "--model", "mlp", "--epochs", "1", "--exp", "m", "--fold", "0"]) == 0
+    err = capsys.readouterr().out  # train's notices go with its other lines
+    assert "notice: one-hot blocks of 1 categorical column(s) would be" in err and "the largest, k," in err
+    assert json.loads((workdir / "weights/m/config.json").read_text())["cat_encoding"] == "embed"

@@ -127,9 +127,7 @@ def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, te
             categories[col] = sorted(train[col].dropna().astype(str).unique().tolist())
     if not numeric and not categorical:
         raise PipelineError(f"{where}: no usable feature column (left out: {cut(', '.join(dropped))}); name them with --features")
-    for col, why in dropped.items():
-        hint = "" if why.startswith("not in") else "; keep it with --features"
-        print(f"notice: {where}: column {cut(col)} left out ({why}){hint}", file=sys.stderr)
+    _notice_dropped(dropped, where)
     return Columns(test_file, id_col, tuple(targets), names, tuple(numeric), tuple(categorical), categories, dropped)
 
 
@@ -147,6 +145,22 @@ def _named_in(frame: pd.DataFrame, name: str) -> str:
     if name in frame.columns:
         return name
     return next((str(c) for c in frame.columns if same_name(c, name)), "")
+
+
+def _notice_dropped(dropped: dict, where: str, each: int = 5) -> None:
+    """One notice per left-out column, or for many (20,000 constant columns) one per reason with a count and the
+    first few names."""
+    by_reason: dict[str, list[str]] = {}
+    for col, why in dropped.items():
+        by_reason.setdefault(why, []).append(col)
+    for why, cols in by_reason.items():
+        hint = "" if why.startswith("not in") else f"; keep {'it' if len(cols) == 1 else 'them'} with --features"
+        if len(cols) <= each:
+            for col in cols:
+                print(f"notice: {where}: column {cut(col)} left out ({why}){hint}", file=sys.stderr)
+        else:
+            print(f"notice: {where}: {len(cols):,} columns left out ({why}): {cut(', '.join(cols[:each]))}, ...{hint}",
+                  file=sys.stderr)
 
 
 def _guess_id(test: pd.DataFrame, sample: pd.DataFrame | None) -> str:

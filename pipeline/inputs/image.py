@@ -33,6 +33,10 @@ class ImageInput:
     def check_mixing(self, cfg) -> None:
         """Mixup and cutmix both apply to images."""
 
+    def resolve(self, cfg, features: dict, say):
+        """The recipe this data needs: as given (tables widen theirs)."""
+        return cfg
+
     def settings(self, cfg) -> dict:
         """What of the train flags this kind's batches need at inference too (saved in the data spec): nothing."""
         return {}

@@ -29,6 +29,10 @@ class SequenceInput:
     default_model = "transformer"
     pool = "mean"
 
+    def resolve(self, cfg, features: dict, say):
+        """The recipe this data needs: as given (tables widen theirs)."""
+        return cfg
+
     def settings(self, cfg) -> dict:
         """The training window, saved in the data spec."""
         return {"crop": cfg.crop_len}
@@ -62,7 +66,7 @@ class SequenceInput:
 
         write_json(state, path)
 
-    def load_state(self, path) -> dict:
+    def load_state(self, path, spec=None) -> dict:
         from pipeline.checkpoint import read_json
 
         state = read_json(path, "normalisation state")

@@ -14,6 +14,9 @@ from pipeline import preprocess
 from pipeline.errors import PipelineError
 
 
+ONEHOT_MAX_WIDTH = 512  # one-hot slots over every categorical column before the MLP embeds them instead
+
+
 class TableInput:
     name = "table"
     has_preprocessing = True
@@ -63,8 +66,26 @@ class TableInput:
     def save_state(self, state: dict, path) -> None:
         preprocess.save(state, path)
 
-    def load_state(self, path) -> dict:
-        return preprocess.load(path)
+    def load_state(self, path, spec=None) -> dict:
+        """A fold's saved preprocessing, checked against the experiment's columns (`spec`: its DataSpec)."""
+        return preprocess.load(path, spec.features if spec is not None else None)
+
+    def resolve(self, cfg, features: dict, say):
+        """The recipe this data needs: one-hot blocks wider than ONEHOT_MAX_WIDTH in all (a 9,000-value column of a
+        0.5 MB file took 4.9 GB) become learned embeddings, with a notice (before any work)."""
+        from dataclasses import replace
+
+        from pipeline.inputs import model_form
+
+        cards = list(features.get("cardinalities", []))
+        width = sum(c + 1 for c in cards)
+        if model_form(cfg.model) == "gbm" or cfg.cat_encoding != "onehot" or width <= ONEHOT_MAX_WIDTH:
+            return cfg
+        name = features["names"][features["categorical"][int(np.argmax(cards))]]
+        say(f"notice: one-hot blocks of {len(cards)} categorical column(s) would be {width:,} input columns (over "
+            f"{ONEHOT_MAX_WIDTH:,}; the largest, {name}, has {max(cards):,} values); using --cat-encoding embed "
+            "(a learned embedding per column) instead")
+        return replace(cfg, cat_encoding="embed")
 
     def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
         from pipeline.engine import take

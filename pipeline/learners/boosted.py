@@ -84,5 +84,5 @@ def predict_fold(path: Path, raw: np.ndarray, spec, model_name: str) -> np.ndarr
         raise PipelineError(f"{prep}: missing (the preprocessing fold {path.name} was trained with); retrain with "
                             "--overwrite")
     library = gbm_learner(model_name)
-    state = preprocess.load(prep)
+    state = preprocess.load(prep, spec.features)
     return library.predict(library.load(path, spec.task.num_outputs), preprocess.gbm_apply(state, raw), spec.task)
