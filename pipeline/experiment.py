@@ -130,6 +130,7 @@ def _read_part(path: Path, key: str | None = None):
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
         with f:
+            _check_declared_sizes(f)
             if key is not None:
                 return f[key]
             if "id" not in f.files or "p" not in f.files:
@@ -141,6 +142,19 @@ def _read_part(path: Path, key: str | None = None):
             and all(v.shape[:1] == data["id"].shape for v in data.values())):
         raise PipelineError(f"{path}: damaged (needs integer 'id' and targets of one length); retrain with --overwrite")
     return data
+
+
+def _check_declared_sizes(f) -> None:
+    """Each array's header against the bytes stored for it: a header declaring (10^6, 10^6) over a few bytes would
+    have numpy allocate terabytes before finding the data short."""
+    for info in f.zip.infolist():
+        with f.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member)
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if declared > info.file_size:
+            raise ValueError(f"{info.filename} declares shape {shape} ({declared:,} bytes) but holds {info.file_size:,}")
 
 
 def write_oof_rows(exp_dir: Path, k: int, rows: pd.DataFrame, total_rows: int, name: str = "oof") -> None:

@@ -72,9 +72,10 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     say = (lambda *_: None) if quiet else print
     src = data.resolve(cfg.data)
     desc = data_description(cfg, src)
+    # the data checked against the folds' description first: folds of other data are said before any notice on it
+    train = data.read_train_as(src, desc, cfg.data, str(description_path(cfg.folds_path)))
     cfg = model_for(cfg, input_kind(desc.kind), say)
     exp_dir = experiment.experiment_dir(cfg.weights_dir, cfg.exp_name)
-    train = data.read_train_as(src, desc, cfg.data, str(description_path(cfg.folds_path)))
     folds = read_folds(cfg.folds_path, train.train_hash, len(train.targets))
     cfg.fold_ids(folds.n_splits)  # a fold the folds file lacks is refused here
     neural = model_form(cfg.model) != "gbm"

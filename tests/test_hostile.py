@@ -440,7 +440,7 @@ def test_config_file_quirks(tmp_path, capsys):
     big = tmp_path / "big.json"
     big.write_text('{"lr": 0.001' + " " * (2 << 20) + "}")
     assert make_folds.main(["--config", str(big)]) == 2
-    assert "a config file is at most 1,048,576" in one_error_line(capsys.readouterr().err)
+    assert "a settings file is at most 1,048,576" in one_error_line(capsys.readouterr().err)
     binary = tmp_path / "bin.json"
     binary.write_bytes(b"\xff\xfe{")
     assert make_folds.main(["--config", str(binary)]) == 2

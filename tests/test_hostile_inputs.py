@@ -173,3 +173,24 @@ def test_a_wide_one_hot_becomes_embeddings_with_a_notice(tmp_path, workdir, caps
     err = capsys.readouterr().out  # train's notices go with its other lines
     assert "notice: one-hot blocks of 1 categorical column(s) would be" in err and "the largest, k," in err
     assert json.loads((workdir / "weights/m/config.json").read_text())["cat_encoding"] == "embed"
+
+
+def test_arrays_of_two_widths_name_both_files(tmp_path):
+    from pipeline.data.sequences import load_all
+    from pipeline.data.source import Source
+    from pipeline.errors import PipelineError
+
+    torch.save(torch.zeros(5, 3), tmp_path / "odd.pt")  # the first file is the odd one
+    torch.save(torch.zeros(5, 4), tmp_path / "b.pt")
+    with pytest.raises(PipelineError) as e:
+        load_all(Source(tmp_path), ["odd.pt", "b.pt"])
+    assert str(e.value) == f"{tmp_path / 'b.pt'}: 4 features per frame, but {tmp_path / 'odd.pt'} has 3"
+
+
+def test_folds_of_other_data_are_said_before_any_notice_on_that_data(workdir, capsys):
+    assert make_folds.main(["--data", "sample-table"]) == 0
+    capsys.readouterr()
+    assert train.main(["--data", "sample-speakers", "--epochs", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "this data is a table" not in captured.out + captured.err
+    assert "--data sample-speakers does not fit folds/folds.json" in one_line(captured.err)

@@ -61,7 +61,29 @@ def test_the_store_stays_per_fold_once_chosen(tmp_path, monkeypatch):
     assert not (tmp_path / "oof.csv").exists() and done_folds(tmp_path) == [0, 1]
 
 
-@pytest.mark.parametrize("damage", ["garbage", "no_p", "short_id", "both"])
+def _with_header(npz: bytes, member: str, shape: tuple) -> bytes:
+    """The archive with one member's .npy header declaring `shape` (its data left as it was)."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(npz)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            raw = src.read(info)
+            if info.filename == member:
+                body = io.BytesIO(raw)
+                version = np.lib.format.read_magic(body)
+                _, fortran, dtype = np.lib.format.read_array_header_1_0(body) if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0(body)
+                head = io.BytesIO()
+                np.lib.format.write_array_header_1_0(head, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                            "fortran_order": fortran, "shape": shape})
+                raw = head.getvalue() + raw[body.tell():]
+            dst.writestr(info.filename, raw)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no_p", "short_id", "both", "huge_header"])
 def test_a_damaged_fold_file_is_one_line_naming_it(tmp_path, monkeypatch, damage):
     monkeypatch.setattr(experiment, "OOF_CSV_CELLS", 0)
     write_oof(tmp_path, *fold_rows(0)[:1], 0, *fold_rows(0)[1:], TASK, total_rows=15)
@@ -70,6 +92,9 @@ def test_a_damaged_fold_file_is_one_line_naming_it(tmp_path, monkeypatch, damage
         path.write_bytes(b"not a zip")
     elif damage in ("no_p", "short_id"):
         np.savez(path, id=np.arange(2 if damage == "short_id" else 5), **({"p": np.zeros((5, 3))} if damage == "short_id" else {}))
+    elif damage == "huge_header":  # a header declaring 4 TB over a few bytes: refused before numpy allocates it
+        np.savez(path, id=np.arange(5), p=np.zeros((5, 3), np.float32))
+        path.write_bytes(_with_header(path.read_bytes(), "p.npy", (10**6, 10**6)))
     else:
         pd.DataFrame({"id": [0], "fold": [0]}).to_csv(tmp_path / "oof.csv", index=False)
     with pytest.raises(PipelineError) as e:

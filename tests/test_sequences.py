@@ -140,7 +140,7 @@ def test_the_generic_sequences_layout_through_the_four_stages(workdir, capsys, t
 @pytest.mark.parametrize("damage,expected", [
     ("missing", r"sample_submission\.csv: row \d+: no array 's250' \(\.pt or \.npy\) in test/"),
     ("header_only", r"test\.csv: header only, no rows"),
-    ("other_width", r"test/s2\d\d\.pt: 20 features per frame, the others have 28"),
+    ("other_width", r"test/s2\d\d\.pt: 20 features per frame, but \S+/train/\S+\.pt has 28"),
     ("group_is_target", r"--group-col: label is the target column"),
     ("one_class", r"train\.csv: column label holds 1 class \(3\); a multiclass task needs at least 2"),
 ])

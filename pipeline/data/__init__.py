@@ -321,7 +321,7 @@ def _describe_sequences(src, root, train_csv, frame, id_col, target_cols, image_
             the_task.submission_mode(sample)
         test_side, _ = seq.test_arrays(src, desc)  # every test id names an array of the test folder
         width = seq.load_features(src, files[0]).shape[1]
-        seq.load_features(src, test_side[0], width)  # a test side of another shape is refused before training
+        seq.load_features(src, test_side[0], width, src.label(files[0]))  # another shape is refused before training
     return desc, TrainSet(encode(frame[targets], the_task, where), np.arange(len(frame), dtype=np.int64),
                           _groups(frame, group_col, where), _hash(src.read_file(train_csv)), files=tuple(files))
 

@@ -152,19 +152,25 @@ def context_batch(p: Packed, frames: torch.Tensor, k: int) -> torch.Tensor:
     return p.read(pos)
 
 
-def by_length(lengths: torch.Tensor, batch_size: int, budget: int = 0) -> list[torch.Tensor]:
+def by_length(lengths: torch.Tensor, batch_size: int, budget: int = 0, square_budget: int = 0) -> list[torch.Tensor]:
     """Indices in batches of similar lengths (sorted, longest first), each at most batch_size rows and, with a
-    budget, at most `budget` padded frames: evaluation pads each batch only to its own longest.
+    budget, at most `budget` padded frames: evaluation pads each batch only to its own longest. `square_budget`
+    bounds rows x T^2 (an attention map per row): a 2,000-frame utterance goes with few others.
 
     >>> [b.tolist() for b in by_length(torch.tensor([5, 1, 4, 2]), 2)]
     [[0, 2], [3, 1]]
+    >>> [len(b) for b in by_length(torch.tensor([2000] + [100] * 40), 64, 10**6, 2 * 10**7)]
+    [5, 36]
     """
     order = torch.argsort(lengths.cpu(), descending=True, stable=True)
     batches, start = [], 0
     while start < len(order):
         size = batch_size
+        longest = max(1, int(lengths[order[start]]))
         if budget:
-            size = max(1, min(batch_size, budget // max(1, int(lengths[order[start]]))))
+            size = max(1, min(size, budget // longest))
+        if square_budget:
+            size = max(1, min(size, square_budget // longest ** 2))
         batches.append(order[start:start + size])
         start += size
     return batches

@@ -116,8 +116,9 @@ def _index(idx, device: torch.device):
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------
-def load_features(src: Source, rel: str, n_features: int = 0) -> np.ndarray:
-    """One (T, F) float32 array from a .pt (weights_only) or .npy file (no pickles), checked."""
+def load_features(src: Source, rel: str, n_features: int = 0, like: str = "") -> np.ndarray:
+    """One (T, F) float32 array from a .pt (weights_only) or .npy file (no pickles), checked; `n_features`: the
+    width it must have, that of file `like` (named in the message, since either may be the odd one)."""
     where = src.label(rel)
     raw = src.read_file(rel)
     try:
@@ -138,7 +139,8 @@ def load_features(src: Source, rel: str, n_features: int = 0) -> np.ndarray:
         raise PipelineError(f"{where}: expected a float tensor of (frames, features), found {shape}"
                             + (f" {array.dtype}" if isinstance(array, np.ndarray) else ""))
     if n_features and array.shape[1] != n_features:
-        raise PipelineError(f"{where}: {array.shape[1]} features per frame, the others have {n_features}")
+        raise PipelineError(f"{where}: {array.shape[1]} features per frame, but {like or 'the others'} has "
+                            f"{n_features}")
     if len(array) == 0 or array.shape[1] == 0:
         raise PipelineError(f"{where}: {'no frames' if len(array) == 0 else 'no features in its frames'} "
                             f"(shape {tuple(array.shape)})")
@@ -195,7 +197,7 @@ def match_arrays(ids: pd.Series, folder: str, files: list[str], where: str) -> l
 def load_all(src: Source, rels: list[str]) -> Packed:
     arrays, width = [], 0
     for rel in rels:
-        arrays.append(load_features(src, rel, width))
+        arrays.append(load_features(src, rel, width, src.label(rels[0])))
         width = arrays[0].shape[1]
     return pack(arrays)
 

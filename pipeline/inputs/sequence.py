@@ -20,6 +20,7 @@ from pipeline.engine import to_device
 from pipeline.errors import PipelineError
 
 EVAL_FRAMES = 200_000  # padded frames per evaluation batch of whole sequences (each batch pads to its longest)
+EVAL_SQUARE = 1 << 26  # rows x T^2 per evaluation batch: an attention map of 67M cells (256 MB float32 per head)
 
 
 class SequenceInput:
@@ -91,7 +92,7 @@ class SequenceInput:
 
     def eval_inputs(self, data, batch_size: int, device: torch.device, spec):
         """(positions in data, model inputs) per batch: whole sequences, similar lengths together."""
-        for batch in by_length(data.lengths.cpu(), max(1, batch_size), EVAL_FRAMES):
+        for batch in by_length(data.lengths.cpu(), max(1, batch_size), EVAL_FRAMES, EVAL_SQUARE):
             x, lengths = whole_batch(data.packed, data.rows[batch.to(data.rows.device)])
             yield batch, (to_device(x, device), lengths.to(device))
 
