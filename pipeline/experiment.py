@@ -33,6 +33,8 @@ RECIPE = ["model", "pretrained_path", "img_size", "hidden", "layers", "pool", "c
           "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
           "mixup", "cutmix", "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
           "drop_rate", "drop_path_rate", "seed"]
+# The recipe fields a boosting library's fold reads (the rest are the torch engine's): its hints and report name these.
+GBM_RECIPE = ["model", "select_features", "gbm_params", "seed"]
 # Values train resolves from a flag (the parameters in --gbm-params' file): compared as the recipe is.
 RESOLVED = ["gbm_param_values"]
 # What the rows were split by: every fold of one experiment must come from the same folds file.
@@ -241,6 +243,23 @@ class HeldLock:
 def _adopt_lock(*dups) -> HeldLock:
     """In the fold process: keep the inherited descriptors open (so the lock is held) for the process's life."""
     return HeldLock([d.detach() for d in dups])
+
+
+def writer(exp_dir: Path) -> str:
+    """Who is training this experiment now, as its lock says ('' = nobody): a hint to train its missing folds would
+    only be refused while it runs."""
+    path = exp_dir / ".lock"
+    if not path.is_file():
+        return ""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a whole-experiment run holds it exclusively
+    except BlockingIOError:
+        return os.pread(fd, 500, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+    busy = _busy_folds(exp_dir)
+    return f"single-fold runs of fold(s) {', '.join(busy)}" if busy else ""
 
 
 def _busy_folds(exp_dir: Path) -> list[str]:

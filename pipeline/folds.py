@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,10 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.checkpoint import read_json
+from pipeline.config import DEFAULT_DATA, Config
 from pipeline.errors import PipelineError
+
+DEFAULT_FOLDS_PATH = Config().folds_path
 
 
 @dataclass(frozen=True)
@@ -26,14 +30,27 @@ def description_path(folds_path: str | Path) -> Path:
     return Path(folds_path).with_suffix(".json")
 
 
-def read_description(folds_path: str | Path) -> dict:
-    """What make_folds recorded beside the folds file (layout, task, group column); {} for an older folds file."""
+def make_folds_command(data: str, folds_path: str | Path, overwrite: bool = True) -> str:
+    """The make_folds command that (re)makes `folds_path` from `data`, as a hint to run as printed.
+
+    >>> make_folds_command("data/my comp", "folds/folds.csv")
+    "python -m pipeline.make_folds --data 'data/my comp' --overwrite"
+    """
+    words = ["python -m pipeline.make_folds", "--data", shlex.quote(str(data))]
+    if str(folds_path) != DEFAULT_FOLDS_PATH:
+        words += ["--folds-path", shlex.quote(str(folds_path))]
+    return " ".join(words + (["--overwrite"] if overwrite else []))
+
+
+def read_description(folds_path: str | Path, data: str = DEFAULT_DATA) -> dict:
+    """What make_folds recorded beside the folds file (layout, task, group column); {} for an older folds file.
+    `data`: the competition it was made from, for the hint to remake it."""
     path = description_path(folds_path)
     if not path.exists():
         return {}
     info = read_json(path, "folds description")
     if not isinstance(info.get("group_col", ""), str) or not isinstance(info.get("data", {}), dict):
-        raise PipelineError(f"{path}: damaged folds description; remake it with: python -m pipeline.make_folds --overwrite")
+        raise PipelineError(f"{path}: damaged folds description; remake it with: {make_folds_command(data, folds_path)}")
     return info
 
 
@@ -73,11 +90,14 @@ def file_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def read_folds(path: str, train_hash: str, n_rows: int) -> Folds:
-    """Fold of every train row from the folds file, refusing one made from other data."""
+def read_folds(path: str, train_hash: str, n_rows: int, data: str = DEFAULT_DATA) -> Folds:
+    """Fold of every train row from the folds file, refusing one made from other data (`data`: the competition the
+    caller reads, for the hint to make the file)."""
+    remake = make_folds_command(data, path)
     if not Path(path).is_file():
         state = "is a directory" if Path(path).is_dir() else "not found"
-        raise PipelineError(f"{path}: {state}; make the folds file first with: python -m pipeline.make_folds")
+        raise PipelineError(f"{path}: {state}; make the folds file first with: "
+                            f"{make_folds_command(data, path, overwrite=Path(path).is_dir())}")
     raw = Path(path).read_bytes()
     try:
         df = pd.read_csv(io.BytesIO(raw))
@@ -85,12 +105,12 @@ def read_folds(path: str, train_hash: str, n_rows: int) -> Folds:
         raise PipelineError(f"{path}: not a readable folds file ({str(e).strip().splitlines()[0][:100]})") from None
     missing = [c for c in ("id", "fold", "train_hash") if c not in df.columns]
     if missing:
-        raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}; remake it with: python -m pipeline.make_folds")
+        raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}; remake it with: {remake}")
     if set(df["train_hash"].astype(str)) != {train_hash} or len(df) != n_rows:
         raise PipelineError(f"{path}: made from a different train.csv (hash/rows {df['train_hash'].iloc[0]}/{len(df)}, "
-                            f"now {train_hash}/{n_rows}); remake it with: python -m pipeline.make_folds")
+                            f"now {train_hash}/{n_rows}); remake it with: {remake}")
     if not df["id"].equals(pd.Series(np.arange(n_rows), name="id")):
-        raise PipelineError(f"{path}: ids must be the train rows 0..{n_rows - 1} in order; remake it with make_folds")
+        raise PipelineError(f"{path}: ids must be the train rows 0..{n_rows - 1} in order; remake it with: {remake}")
     folds = pd.to_numeric(df["fold"], errors="coerce").to_numpy()
     n_splits = len(np.unique(folds))
     bad = ~np.isin(folds, np.arange(n_splits))

@@ -23,8 +23,8 @@ from pipeline.config import Config, ExperimentConfig, flag
 from pipeline.engine import DataSpec, predict
 from pipeline.ensemble import combine, honest_scores
 from pipeline.errors import PipelineError
-from pipeline.experiment import (RECIPE, CVSummary, cv_summary, done_folds, experiment_dir, oof_arrays, oof_where,
-                                 prob_columns, read_oof, write_oof_rows)
+from pipeline.experiment import (GBM_RECIPE, RECIPE, CVSummary, cv_summary, done_folds, experiment_dir, oof_arrays, oof_where,
+                                 prob_columns, read_oof, write_oof_rows, writer)
 from pipeline.inputs import model_form
 from pipeline.models import build_model
 from pipeline.tasks import Task
@@ -65,6 +65,9 @@ def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
     paths = [exp_dir / f"fold{k}{suffix}" for k in range(n_splits)]
     missing = [k for k, p in enumerate(paths) if not p.is_file()]
     if missing:
+        if holder := writer(exp_dir):
+            raise PipelineError(f"{exp_dir}: missing fold weights {', '.join(paths[k].name for k in missing)} of "
+                                f"{n_splits}: a training is writing them now ({holder}); wait for it to finish")
         finished = set(done_folds(exp_dir))
         if finished.isdisjoint(missing):  # unfinished folds (an interrupted run): --resume trains them
             how = train_command(exp_dir, cfg or Config(), "--fold all --resume")
@@ -120,7 +123,8 @@ def train_command(exp_dir: Path, cfg: Config, what: str) -> str:
     config, defaults = experiment_config(exp_dir), Config()
     words = ["python -m pipeline.train --exp", shlex.quote(exp_dir.name), what]
     where = {"data": cfg.data, "weights_dir": cfg.weights_dir, "folds_path": config.setting("folds_path")}
-    for name in ["pretrained", *where, *RECIPE]:
+    recipe = GBM_RECIPE if model_form(config.model) == "gbm" else ["pretrained", *RECIPE]  # what its learner reads
+    for name in [*where, *recipe]:
         value = where[name] if name in where else config.setting(name)
         if value is None or value == getattr(defaults, name):
             continue

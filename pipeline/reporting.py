@@ -18,7 +18,7 @@ from pipeline.checkpoint import atomic_path, write_csv  # noqa: E402
 from pipeline.config import Config, ExperimentConfig  # noqa: E402
 from pipeline.engine import DataSpec  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.experiment import CVSummary, cv_summary, oof_arrays, oof_where, read_oof, read_table  # noqa: E402
+from pipeline.experiment import GBM_RECIPE, CVSummary, cv_summary, oof_arrays, oof_where, read_oof, read_table  # noqa: E402
 from pipeline.inputs import model_form  # noqa: E402
 from pipeline.learners import boosted  # noqa: E402
 
@@ -212,7 +212,7 @@ def report_markdown(name: str, config: ExperimentConfig, cv: CVSummary, sections
     tta = (f"\nOOF with TTA ({cv.oof_tta['preset']}): {metric} {cv.oof_tta[metric]:.5f}, "
            f"loss {cv.oof_tta['loss']:.4f}\n" if cv.oof_tta else "")
     keys = ("model", "epochs", "batch_size", "lr", "label_smoothing", "img_size") if model_form(
-        config.model) != "gbm" else ("model", "select_features", "gbm_params")
+        config.model) != "gbm" else GBM_RECIPE[:3]
     recipe = ", ".join(f"{k} {config.setting(k)}" for k in keys)
     body = "\n".join(sections)
     return f"""# Experiment {name}

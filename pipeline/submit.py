@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline import data
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
-from pipeline.folds import read_description
+from pipeline.folds import description_path, make_folds_command, read_description
 from pipeline.kaggle_client import authenticated, call
 from pipeline.tasks import Task
 
@@ -78,9 +78,10 @@ def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Descripti
         if (exp_dir / "config.json").is_file():
             desc, spec = experiment_data(exp_dir)
             return spec.task, desc
-    info = read_description(cfg.folds_path).get("data")
+    info = read_description(cfg.folds_path, cfg.data).get("data")
     if info is not None:
-        desc = data.Description.from_dict(info, "folds/folds.json")
+        desc = data.Description.from_dict(info, str(description_path(cfg.folds_path)),
+                                          f"remake it with: {make_folds_command(cfg.data, cfg.folds_path)}")
         return desc.task, desc
     return Task("multiclass", tuple(str(i) for i in range(10))), None  # Digit Recognizer
 

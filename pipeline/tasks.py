@@ -97,13 +97,12 @@ class Task:
         return asdict(self) | {"classes": list(self.classes)}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "task") -> Task:
+    def from_dict(cls, d: dict, where: str = "task", remedy: str = "retrain the experiment with --overwrite") -> Task:
         try:
             return cls(str(d["kind"]), tuple(str(c) for c in d["classes"]), str(d.get("metric", "")),
                        float(d.get("threshold", 0.5)))
         except (KeyError, TypeError, ValueError) as e:
-            raise PipelineError(f"{where}: not a task description ({type(e).__name__}: {e}); "
-                                "remake the folds with: python -m pipeline.make_folds --overwrite") from None
+            raise PipelineError(f"{where}: not a task description ({type(e).__name__}: {e}); {remedy}") from None
 
     def target_columns(self) -> list[str]:
         """OOF columns holding the truth: label (class index), target (one value), or y0..y{C-1} (0/1 labels, or the

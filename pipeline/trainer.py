@@ -23,7 +23,7 @@ from pipeline.distributed import SINGLE, Ranks
 from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, make_scheduler, on_device, predict,
                              resolve_device, resolve_precision, steps_per_epoch, train_one_epoch)
 from pipeline.errors import PipelineError, TrainingDiverged
-from pipeline.folds import description_path, file_hash, read_description, read_folds
+from pipeline.folds import description_path, file_hash, make_folds_command, read_description, read_folds
 from pipeline.inputs import check_model, input_kind, model_form
 from pipeline.learners import gbm_learner
 from pipeline.models import build_model, pretrained_stats, unwrap
@@ -32,10 +32,11 @@ from pipeline.resume import FoldProgress, check_snapshot, restore, snapshot
 
 def data_description(cfg: Config, src) -> data.Description:
     """What make_folds saved beside the folds file; detected with defaults for a folds file older than that."""
-    saved = read_description(cfg.folds_path).get("data")
+    saved = read_description(cfg.folds_path, cfg.data).get("data")
     if saved is None:
-        return data.describe(src, group_col=read_description(cfg.folds_path).get("group_col", ""))[0]
-    return data.Description.from_dict(saved, str(description_path(cfg.folds_path)))
+        return data.describe(src, group_col=read_description(cfg.folds_path, cfg.data).get("group_col", ""))[0]
+    return data.Description.from_dict(saved, str(description_path(cfg.folds_path)),
+                                      f"remake it with: {make_folds_command(cfg.data, cfg.folds_path)}")
 
 
 @dataclass
@@ -76,7 +77,7 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
     train = data.read_train_as(src, desc, cfg.data, str(description_path(cfg.folds_path)))
     cfg = model_for(cfg, input_kind(desc.kind), say)
     exp_dir = experiment.experiment_dir(cfg.weights_dir, cfg.exp_name)
-    folds = read_folds(cfg.folds_path, train.train_hash, len(train.targets))
+    folds = read_folds(cfg.folds_path, train.train_hash, len(train.targets), cfg.data)
     cfg.fold_ids(folds.n_splits)  # a fold the folds file lacks is refused here
     neural = model_form(cfg.model) != "gbm"
     if cfg.cat_encoding != Config().cat_encoding and not (neural and desc.spec_features.get("categorical")):

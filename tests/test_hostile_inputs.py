@@ -194,3 +194,61 @@ def test_folds_of_other_data_are_said_before_any_notice_on_that_data(workdir, ca
     captured = capsys.readouterr()
     assert "this data is a table" not in captured.out + captured.err
     assert "--data sample-speakers does not fit folds/folds.json" in one_line(captured.err)
+
+
+def _printed(text: str, stage: str) -> list[str]:
+    from test_hints import printed_command
+
+    return printed_command(text, stage)
+
+
+def test_the_hint_to_make_missing_folds_runs_as_printed(workdir, capsys):
+    flags = ["--data", "sample-table", "--folds-path", "f/table.csv"]
+    assert train.main([*flags, "--model", "lightgbm"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "make the folds file first with: python -m pipeline.make_folds --data sample-table --folds-path f/table.csv" \
+        in err
+    assert make_folds.main(_printed(err, "make_folds")) == 0
+    assert train.main([*flags, "--model", "lightgbm", "--fold", "0"]) == 0
+
+
+def test_the_hint_to_remake_folds_of_a_changed_train_file_runs_as_printed(tmp_path, workdir, capsys):
+    root = tmp_path / "c"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"id": range(60), "x": rng.normal(size=60), "y": rng.normal(size=60)})
+    frame.to_csv(root / "train.csv", index=False)
+    frame.drop(columns="y").head(5).to_csv(root / "test.csv", index=False)
+    flags = ["--data", str(root), "--folds-path", "f/c.csv"]
+    assert make_folds.main([*flags, "--n-splits", "2"]) == 0
+    frame.head(50).to_csv(root / "train.csv", index=False)
+    capsys.readouterr()
+    assert train.main([*flags, "--model", "lightgbm"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "made from a different train.csv" in err and "remake it with: python -m pipeline.make_folds" in err
+    assert make_folds.main(_printed(err, "make_folds") + ["--n-splits", "2"]) == 0
+    assert train.main([*flags, "--model", "lightgbm"]) == 0
+
+
+def test_the_hint_to_finish_a_lightgbm_experiment_names_only_its_recipe_and_runs(workdir, capsys):
+    assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
+    assert train.main(["--data", "sample-table", "--model", "lightgbm", "--exp", "g", "--fold", "0"]) == 0
+    capsys.readouterr()
+    assert infer.main(["--data", "sample-table", "--exp", "g"]) == 2
+    err = one_line(capsys.readouterr().err)
+    hint = _printed(err, "train")
+    assert "--batch-size" not in hint and "--label-smoothing" not in hint and "--resume" in hint
+    assert train.main(hint) == 0
+    assert infer.main(["--data", "sample-table", "--exp", "g"]) == 0
+
+
+def test_missing_folds_of_an_experiment_in_training_say_so_not_to_train_them(workdir, capsys):
+    from pipeline import experiment
+
+    assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
+    assert train.main(["--data", "sample-table", "--model", "lightgbm", "--exp", "g", "--fold", "0"]) == 0
+    capsys.readouterr()
+    with experiment.locked(workdir / "weights/g"):
+        assert infer.main(["--data", "sample-table", "--exp", "g"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "a training is writing them now (pid" in err and "python -m pipeline.train" not in err

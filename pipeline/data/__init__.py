@@ -117,17 +117,18 @@ class Description:
         return asdict(self) | {"task": self.task.to_dict(), "target_cols": list(self.target_cols)}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> Description:
+    def from_dict(cls, d: dict, where: str, remedy: str = "retrain the experiment with --overwrite") -> Description:
+        """A saved description (folds.json's, or an experiment's config.json's), checked; `remedy`: what a damaged one
+        asks the user to do."""
         try:
             fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "task"}
-            desc = cls(task=Task.from_dict(d["task"], where), **fields)
+            desc = cls(task=Task.from_dict(d["task"], where, remedy), **fields)
             desc = replace(desc, target_cols=tuple(str(c) for c in desc.target_cols))
         except (KeyError, TypeError) as e:
-            raise PipelineError(f"{where}: not a data description ({type(e).__name__}: {e}); "
-                                "remake it with: python -m pipeline.make_folds --overwrite") from None
+            raise PipelineError(f"{where}: not a data description ({type(e).__name__}: {e}); {remedy}") from None
         if desc.layout not in LAYOUTS or desc.channels not in (1, 3) or not isinstance(desc.side, int):
             raise PipelineError(f"{where}: damaged data description (layout {desc.layout!r}, channels "
-                                f"{desc.channels!r}); remake it with: python -m pipeline.make_folds --overwrite")
+                                f"{desc.channels!r}); {remedy}")
         return desc
 
 
