@@ -41,7 +41,7 @@ class Config:
     features: tuple[str, ...] = ()  # make_folds, tables: the feature columns to use; () = every column but the id and target(s)
     drop_cols: tuple[str, ...] = ()  # make_folds, tables: columns to leave out (an id-like column the guess kept, a leak)
     # model
-    model: str = "digit_cnn"  # any timm model name; digit_cnn is the pipeline's own CNN for 28x28 digits
+    model: str = "digit_cnn"  # images: any timm model name (digit_cnn: the pipeline's own CNN for 28x28 digits); tables: lightgbm or mlp; sequences: gru, lstm, transformer, conformer; frames: mlp or those
     pretrained: bool = False  # start from timm's pretrained weights (downloaded from the hub: needs internet)
     pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
     img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
@@ -56,7 +56,7 @@ class Config:
     # training
     fold: str = "all"  # 'all', one fold index 0..n_splits-1, or 'full' (every row, no validation: full.pth, no CV)
     epochs: int = 15  # passes over the fold's training rows, >= 1
-    batch_size: int = 0  # images per optimizer step; 0 = auto: the largest of 256/128/64/32 giving >= 16 steps an epoch
+    batch_size: int = 0  # rows per optimizer step (images, table rows, utterances or frames); 0 = auto: the largest of 256/128/64/32 giving >= 16 steps an epoch
     lr: float = 3e-3  # peak learning rate after warmup, > 0
     sched: str = "cosine"  # lr schedule (timm's scheduler factory): cosine | step | plateau | constant; cosine, step and constant move every optimizer step, plateau once an epoch on the validation metric
     min_lr: float = 0.0  # lr the cosine decays to, and plateau's floor; sweep and tune keep its ratio to the config's --lr (3e-3 unless set) for each lr they try, 0 <= x < lr

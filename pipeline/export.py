@@ -175,7 +175,7 @@ def manifest(cfg: Config, dataset_id: str) -> dict:
     """What an export folder holds, written into it first: its experiments, the settings and the dataset id."""
     return {"experiments": list(cfg.exp), "dataset": dataset_id, "competition": cfg.competition,
             **{k: v for k, v in settings(cfg).items() if k != "exp"},
-            "weights_dir": str(Path(cfg.weights_dir).resolve()), "pipeline": pipeline.__version__}
+            "weights_dir": cfg.weights_dir, "pipeline": pipeline.__version__}
 
 
 def experiment_files(cfg: Config) -> dict[str, list[Path]]:
@@ -204,13 +204,30 @@ def experiment_files(cfg: Config) -> dict[str, list[Path]]:
     return files
 
 
+PATH_FIELDS = ("data", "folds_path", "weights_dir", "cache_dir", "gbm_params", "pretrained_path", "out", "aug")
+
+
+def without_local_paths(config: dict) -> dict:
+    """An experiment's config.json as exported: absolute paths cut to their file name (a recipe's own
+    names and relative paths are kept).
+
+    >>> without_local_paths({"data": "/home/me/comp", "folds_path": "folds/folds.csv", "aug": "digits", "lr": 0.1})
+    {'data': 'comp', 'folds_path': 'folds/folds.csv', 'aug': 'digits', 'lr': 0.1}
+    """
+    return {k: Path(v).name if k in PATH_FIELDS and isinstance(v, str) and Path(v).is_absolute() else v
+            for k, v in config.items()}
+
+
 def weights_dataset(cfg: Config, files: dict[str, list[Path]], out: Path, dataset_id: str) -> list[Path]:
     """Each experiment's checked files and the blend file, copied; dataset-metadata.json."""
     copied = []
     for e, paths in files.items():
         (out / e).mkdir()
         for path in paths:
-            shutil.copy2(path, out / e / path.name)
+            if path.name == "config.json":  # the local paths in it (/home/me/...) stay here
+                write_json(without_local_paths(json.loads(path.read_text(encoding="utf-8"))), out / e / path.name)
+            else:
+                shutil.copy2(path, out / e / path.name)
             copied.append(out / e / path.name)
     files = copied
     if len(cfg.exp) > 1:

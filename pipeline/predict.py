@@ -230,8 +230,10 @@ def oof_tta(exp_dir: Path, images: torch.Tensor, preset: str, batch_size: int, d
     return cv
 
 
-def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Task]:
-    """(M, N, C) OOF predictions of the experiments, their targets, folds and task; all must share the folds."""
+def read_oofs(weights_dir: Path, exps: tuple[str, ...], same_folds: bool = True
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Task]:
+    """(M, N, C) OOF predictions of the experiments, their targets, folds and task; all must share the folds
+    (`same_folds`: a blend fitted on OOF needs them; a mean fits nothing, and each row stays out of fold in each)."""
     frames, hashes = [], []
     task = experiment_data(experiment_dir(weights_dir, exps[0]))[1].task
     for e in exps:
@@ -241,7 +243,7 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
             raise PipelineError(f"{weights_dir / e / 'oof.csv'}: not found; the ensemble needs every experiment's OOF "
                                 "(train --fold all)")
         frames.append(table.sort_values("id").reset_index(drop=True))
-    if len(set(hashes)) > 1:
+    if len(set(hashes)) > 1 and same_folds:
         i = next(i for i, h in enumerate(hashes) if h != hashes[0])
         raise PipelineError(f"--exp: {exps[i]} was trained on folds file {hashes[i]!r}, {exps[0]} on {hashes[0]!r}; "
                             "a blend fitted on OOF rows from two fold assignments leaks: retrain one of them on the "
@@ -251,7 +253,7 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
         cv_summary(f, k, task, oof_where(weights_dir / e))
     first = frames[0]
     for e, f in zip(exps[1:], frames[1:]):
-        if not (f["id"].equals(first["id"]) and f["fold"].equals(first["fold"])):
+        if not (f["id"].equals(first["id"]) and (f["fold"].equals(first["fold"]) or not same_folds)):
             raise PipelineError(f"--exp: {e} and {exps[0]} have different OOF rows or folds; "
                                 "blend experiments trained on the same folds file with --fold all")
     arrays = [oof_arrays(f, task, oof_where(weights_dir / e)) for e, f in zip(exps, frames)]
@@ -261,7 +263,7 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...]) -> tuple[np.ndarray, np.
 def ensemble_weights(weights_dir: Path, exps: tuple[str, ...], method: str) -> np.ndarray:
     """The blend's weights fitted on OOF (equal for mean and rank); prints every experiment's OOF score and the
     blend's honest one (fitted on the other folds, scored on the held-out fold) in the competition's metric."""
-    probs, targets, folds, task = read_oofs(weights_dir, exps)
+    probs, targets, folds, task = read_oofs(weights_dir, exps, same_folds=method not in ("mean", "rank"))
     if method == "rank" and task.metric != "roc_auc":
         raise PipelineError(f"--ensemble rank: rank averaging keeps only the order of scores, which only AUC judges; "
                             f"this competition's metric is {task.metric}: use mean, learned or greedy")

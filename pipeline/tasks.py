@@ -90,7 +90,8 @@ class Task:
         if self.kind == "regression":
             shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
             return f"regression on {shown}, metric {self.metric}"
-        shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
+        ordered = sorted(self.classes, key=int) if _all_int(self.classes) else self.classes  # 0, 1, 2, ... 10
+        shown = ", ".join(ordered[:6]) + (", ..." if len(ordered) > 6 else "")
         return f"{self.kind}, {len(self.classes)} classes ({shown}), metric {self.metric}"
 
     def to_dict(self) -> dict:
@@ -122,6 +123,16 @@ class Task:
             else values.astype(np.float32)
 
     # -- training -----------------------------------------------------------------------------------------
+    @property
+    def train_loss_name(self) -> str:
+        """What `loss` computes, as the epoch line names it (label smoothing included)."""
+        return {"multiclass": "cross-entropy", "multilabel": "bce"}.get(self.kind, "mse")
+
+    @property
+    def loss_name(self) -> str:
+        """What scores' 'loss' is, on hard targets: log_loss or rmse."""
+        return metrics.LOSS_NAME[self.kind]
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
              scale: torch.Tensor | None = None) -> torch.Tensor:
         """Training loss on float32 logits; label smoothing here only (validation uses hard targets). scale: several

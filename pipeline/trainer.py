@@ -97,7 +97,8 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
         say(f"notice: --warmup-epochs {cfg.warmup_epochs:g} >= --epochs {cfg.epochs}: the whole run warms up, so the lr "
             f"reaches --lr only at the end and never decays; lower --warmup-epochs or raise --epochs")
     if not desc.task.smooths_labels and cfg.label_smoothing:
-        say(f"notice: --label-smoothing {cfg.label_smoothing} does not apply to regression; ignored")
+        if cfg.label_smoothing != Config().label_smoothing:  # the default is no request: nothing to tell
+            say(f"notice: --label-smoothing {cfg.label_smoothing} does not apply to regression; ignored")
         cfg = replace(cfg, label_smoothing=0.0)
     mean, std = desc.normalize
     if cfg.pretrained or cfg.pretrained_path:  # a pretrained backbone expects the statistics it was trained with
@@ -308,9 +309,10 @@ def train_fold(cfg: Config, resolved: ExperimentConfig, spec: DataSpec, k: int, 
             if ranks.main:
                 experiment.append_metrics(exp_dir, row, epoch_result.lrs)
                 writer.save(snapshot(state, model, optimizer, generator, scaler, ema, scheduler, swa), last)
-            say(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train loss {loss:.4f}  valid loss "
-                       f"{valid['loss']:.4f}  valid {metric} {valid[metric]:.5f}  lr {lr:.2e}  "
-                       f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} img/s{'  *best' if improved else ''}")
+            task, unit = spec.task, spec.input_kind.unit
+            say(f"fold {k} epoch {epoch + 1:>3}/{cfg.epochs}  train {task.train_loss_name} {loss:.4f}  valid "
+                f"{task.loss_name} {valid['loss']:.4f}  valid {metric} {valid[metric]:.5f}  lr {lr:.2e}  "
+                f"{seconds:5.1f}s  {len(train_idx) / seconds:,.0f} {unit}/s{'  *best' if improved else ''}")
             if on_epoch is not None:
                 on_epoch(epoch + 1, valid)
             if stop_early(epoch + 1, state.best_epoch, cfg.patience):
@@ -339,7 +341,7 @@ def train_fold(cfg: Config, resolved: ExperimentConfig, spec: DataSpec, k: int, 
                                 exp_dir / f"fold{k}.pth")
         writer.wait()
         say(f"fold {k}: checkpoints written in the background, {writer.seconds:.1f}s of disk time "
-                   "(not in the img/s above)")
+                   f"(not in the {spec.input_kind.unit}/s above)")
     if ranks.main:
         experiment.write_selection(exp_dir, selection)
     return state.best_preds

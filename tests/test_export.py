@@ -187,6 +187,8 @@ def test_push_creates_then_versions_the_datasets_and_pushes_the_kernel(exported,
     assert set(uploaded) == {"a.zip", "b.zip", "blend_a+b.json"}  # one folder per experiment, zipped by the client
     with zipfile.ZipFile(io.BytesIO(uploaded["a.zip"])) as z:
         assert sorted(z.namelist()) == sorted([f"fold{k}.pth" for k in range(5)] + ["config.json", "cv.json", "oof.csv"])
+        exported = json.loads(z.read("config.json"))
+    assert exported["data"] == comp.name and str(root) not in json.dumps(exported)  # no local path leaves the machine
     code = {server.blobs[f["token"]]["name"] for f in server.datasets["alice/tiny-digits-code"][0]["files"]}
     assert "requirements.txt" in code and any(n.startswith("pipeline-0.1.0-") for n in code)
     assert any(n.startswith("ttach-") for n in code)

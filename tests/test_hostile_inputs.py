@@ -172,6 +172,8 @@ def test_a_wide_one_hot_becomes_embeddings_with_a_notice(tmp_path, workdir, caps
     assert train.main(["--data", str(root), "--model", "mlp", "--epochs", "1", "--exp", "m", "--fold", "0"]) == 0
     err = capsys.readouterr().out  # train's notices go with its other lines
     assert "notice: one-hot blocks of 1 categorical column(s) would be" in err and "the largest, k," in err
+    epoch = next(line for line in err.splitlines() if line.startswith("fold 0 epoch"))
+    assert "train mse " in epoch and "valid rmse " in epoch and " row/s" in epoch  # each loss named, rows counted
     assert json.loads((workdir / "weights/m/config.json").read_text())["cat_encoding"] == "embed"
 
 
@@ -252,3 +254,54 @@ def test_missing_folds_of_an_experiment_in_training_say_so_not_to_train_them(wor
         assert infer.main(["--data", "sample-table", "--exp", "g"]) == 2
     err = one_line(capsys.readouterr().err)
     assert "a training is writing them now (pid" in err and "python -m pipeline.train" not in err
+
+
+def test_extra_target_like_columns_suggest_the_target_the_sample_names(tmp_path, workdir, capsys):
+    """Bike sharing: train has casual, registered and count; test has none; the sample predicts count."""
+    rng = np.random.default_rng(0)
+    casual, registered = rng.integers(0, 50, 80), rng.integers(0, 200, 80)
+    root = tmp_path / "bikes"
+    root.mkdir()
+    pd.DataFrame({"datetime": range(80), "temp": rng.normal(size=80), "casual": casual, "registered": registered,
+                  "count": casual + registered}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"datetime": range(80, 90), "temp": rng.normal(size=10)}).to_csv(root / "test.csv", index=False)
+    pd.DataFrame({"datetime": range(80, 90), "count": 0}).to_csv(root / "sampleSubmission.csv", index=False)
+    (root / "sampleSubmission.csv").rename(root / "sample_submission.csv")
+    assert make_folds.main(["--data", str(root), "--n-splits", "2"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"{root / 'sample_submission.csv'} predicts 1 (count); name the target with --target-col count" in err
+    assert make_folds.main(["--data", str(root), "--n-splits", "2", *err.rsplit(" ", 2)[-2:]]) == 0
+
+
+def test_a_mean_of_experiments_on_other_folds_is_allowed_a_fitted_blend_is_not(workdir, capsys):
+    for name, seed in (("a", "1"), ("b", "2")):
+        folds = ["--folds-path", f"f/{name}.csv"]
+        assert make_folds.main(["--data", "sample-table", "--n-splits", "3", "--seed", seed, *folds]) == 0
+        assert train.main(["--data", "sample-table", "--model", "lightgbm", "--exp", name, *folds]) == 0
+    capsys.readouterr()
+    assert infer.main(["--data", "sample-table", "--exp", "a", "b", "--ensemble", "learned"]) == 2
+    assert "a blend fitted on OOF rows from two fold assignments leaks" in one_line(capsys.readouterr().err)
+    assert infer.main(["--data", "sample-table", "--exp", "a", "b", "--ensemble", "mean"]) == 0
+    assert "OOF mean blend (nothing fitted)" in capsys.readouterr().out
+
+
+def test_a_first_iteration_kept_on_a_tiny_table_is_said_and_an_empty_test_column_too(tmp_path, workdir, capsys):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tiny"
+    root.mkdir()
+    x = rng.normal(size=40)
+    pd.DataFrame({"id": range(40), "x": x, "z": rng.normal(size=40), "y": x}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"id": range(40, 45), "x": x[:5], "z": np.nan}).to_csv(root / "test.csv", index=False)
+    assert make_folds.main(["--data", str(root), "--n-splits", "2"]) == 0
+    assert "test.csv: 1 feature column(s) empty in every row (z)" in capsys.readouterr().err
+    assert train.main(["--data", str(root), "--model", "lightgbm", "--exp", "g"]) == 0
+    out = capsys.readouterr().out
+    assert "notice: fold 0: lightgbm kept its first iteration only; 20 training rows with min_data_in_leaf 20" in out
+    assert "does not apply to regression" not in out  # --label-smoothing was never asked for
+
+
+def test_integer_class_names_are_shown_in_numeric_order():
+    from pipeline.tasks import Task
+
+    task = Task("multiclass", tuple(sorted(str(i) for i in range(12))))  # text order: 0, 1, 10, 11, 2, ...
+    assert "12 classes (0, 1, 2, 3, 4, 5, ...)" in task.describe()

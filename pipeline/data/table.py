@@ -98,6 +98,13 @@ def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, te
                            test_where)
     targets = list(target_cols) or [c for c in train.columns if c not in test.columns and c not in (group_col,)
                                     and not same_name(c, id_col)]
+    if sample is not None and not target_cols and len(targets) > len(sample.columns) - 1:
+        named = [t for t in targets if any(same_name(MANGLED.sub(r"\1", t), c) for c in sample.columns[1:])]
+        sample_where = src.label(src.find("sample_submission.csv") or "sample_submission.csv")
+        raise PipelineError(f"{where}: {len(targets)} columns that {test_where} lacks ({cut(', '.join(targets))}) but "
+                            f"{sample_where} predicts {len(sample.columns) - 1} ({cut(', '.join(map(str, sample.columns[1:])))})"
+                            f"; name the target{'s' if len(named) > 1 else ''} with --target-col "
+                            f"{' '.join(named) if named else 'NAME'}")
     missing = [c for c in targets if c not in train.columns]
     if missing or not targets:
         raise PipelineError(f"--target-col: {where} has {'no column ' + repr(missing[0]) if missing else 'no column that ' + test_where + ' lacks'}"
@@ -223,6 +230,10 @@ def matrix(frame: pd.DataFrame, cols: Columns, where: str = "") -> np.ndarray:
     """(N, F) float32: numeric columns as they are, categorical as codes into the train vocabulary (NaN unseen).
     `where` (the test file): name each categorical column with more than UNSEEN_NOTICE of its values unseen."""
     out = np.empty((len(frame), len(cols.features)), dtype=np.float32)
+    empty = [col for col in cols.features if where and len(frame) and frame[col].isna().all()]
+    if empty:
+        print(f"notice: {where}: {len(empty)} feature column(s) empty in every row ({cut(', '.join(empty))}): the "
+              "models learned them from the train file and see them missing here", file=sys.stderr)
     for j, col in enumerate(cols.numeric):
         out[:, j] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
     for j, col in enumerate(cols.categorical, start=len(cols.numeric)):

@@ -8,6 +8,7 @@ from pipeline.augment import augment, to_model_input
 
 class ImageInput:
     name = "image"
+    unit = "img"  # what the training speed counts: img/s
     has_preprocessing = False  # pixels need no fitted statistics: the normalisation is fixed per data set
     forms = ("image", "vector", "sequence")  # timm backbones; the mlp sees the flattened image, sequence models its rows
     default_model = "digit_cnn"

@@ -25,6 +25,7 @@ EVAL_SQUARE = 1 << 26  # rows x T^2 per evaluation batch: an attention map of 67
 
 class SequenceInput:
     name = "sequence"
+    unit = "seq"  # what the training speed counts: seq/s
     has_preprocessing = True
     forms = ("sequence",)
     default_model = "transformer"
@@ -102,6 +103,7 @@ class SequenceInput:
 
 class FramesInput(SequenceInput):
     name = "frames"
+    unit = "frame"  # what the training speed counts: frame/s
     forms = ("sequence", "vector")
     default_model = "mlp"
     pool = "center"

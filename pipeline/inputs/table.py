@@ -19,6 +19,7 @@ ONEHOT_MAX_WIDTH = 512  # one-hot slots over every categorical column before the
 
 class TableInput:
     name = "table"
+    unit = "row"  # what the training speed counts: row/s
     has_preprocessing = True
     forms = ("vector", "gbm")  # mlp (the neural learner) or lightgbm (the gbm learner)
     default_model = "lightgbm"

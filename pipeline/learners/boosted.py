@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.learners import gbm_learner
 
 SUFFIX = ".txt"  # the fold's model file: fold<k>.txt
+MIN_LEAF_ALIASES = ("min_data_in_leaf", "min_data_per_leaf", "min_data", "min_child_samples", "min_samples_leaf")
 
 
 def train_fold(cfg, params: dict, spec, k: int, data: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
@@ -41,6 +42,10 @@ def train_fold(cfg, params: dict, spec, k: int, data: torch.Tensor, targets: tor
     booster, best, preds = library.fit_fold(x_train, y[train_rows], x_valid, y[valid_rows],
                                             preprocess.gbm_categorical(state), spec.task, params, cfg.seed + k)
     seconds = time.perf_counter() - started
+    if best <= 1:  # the first tree alone scored best: usually no split was possible
+        leaf = next((params[a] for a in MIN_LEAF_ALIASES if a in params), 20)
+        print(f"notice: fold {k}: {cfg.model} kept its first iteration only; {len(train_rows):,} training rows with "
+              f"min_data_in_leaf {leaf} leave few splits: set a lower min_data_in_leaf in --gbm-params", flush=True)
     valid = spec.task.scores(preds, y[valid_rows])
     if main:
         preprocess.save(state, exp_dir / f"fold{k}.prep.json")
