@@ -234,15 +234,20 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...], same_folds: bool = True
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Task]:
     """(M, N, C) OOF predictions of the experiments, their targets, folds and task; all must share the folds
     (`same_folds`: a blend fitted on OOF needs them; a mean fits nothing, and each row stays out of fold in each)."""
-    frames, hashes = [], []
+    frames, hashes, trained_on = [], [], []
     task = experiment_data(experiment_dir(weights_dir, exps[0]))[1].task
     for e in exps:
         hashes.append(experiment_config(experiment_dir(weights_dir, e)).folds_hash)
+        trained_on.append(experiment_config(experiment_dir(weights_dir, e)).train_hash)
         table = read_oof(weights_dir / e)
         if table is None:
             raise PipelineError(f"{weights_dir / e / 'oof.csv'}: not found; the ensemble needs every experiment's OOF "
                                 "(train --fold all)")
         frames.append(table.sort_values("id").reset_index(drop=True))
+    if len(set(trained_on)) > 1:  # any blend, a mean too: rows of other data are other rows under the same ids
+        i = next(i for i, h in enumerate(trained_on) if h != trained_on[0])
+        raise PipelineError(f"--exp: {exps[i]} was trained on other data than {exps[0]} (train file hash "
+                            f"{trained_on[i]!r} vs {trained_on[0]!r}); blend experiments of one competition's data")
     if len(set(hashes)) > 1 and same_folds:
         i = next(i for i, h in enumerate(hashes) if h != hashes[0])
         raise PipelineError(f"--exp: {exps[i]} was trained on folds file {hashes[i]!r}, {exps[0]} on {hashes[0]!r}; "

@@ -263,6 +263,9 @@ class Task:
             out[columns[0]] = pd.array(names.astype(np.int64)) if _all_int(self.classes) else names
         return out
 
+    def _names_a_class(self, column: str) -> bool:
+        return sum(str(name).strip().lower() == str(column).strip().lower() for name in self.classes) == 1
+
     def positive_class(self, column: str) -> int:
         """The class whose probability a binary task's one column holds: the class it names (a column `cancer` holds
         P(cancer), whichever way the names sort), else the second class in order (P(1) for 0/1, P(yes) for no/yes).
@@ -314,8 +317,8 @@ class Task:
         if self.kind != "regression" and len(columns) > 1 and set(columns) == set(self.classes):
             return "probabilities", columns
         if len(columns) == 1 and self.kind == "multiclass" and len(self.classes) == 2 \
-                and self.metric in ("log_loss", "roc_auc"):
-            return "positive", columns
+                and (self.metric in ("log_loss", "roc_auc") or self._names_a_class(columns[0])):
+            return "positive", columns  # a column named after a class holds its probability, whatever the metric
         if len(columns) == 1:
             return "labels", columns
         raise PipelineError(f"sample_submission.csv: columns {', '.join(columns[:5])} fit neither id + one label column "

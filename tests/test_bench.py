@@ -81,5 +81,6 @@ def test_bench_sequences_runs_each_side_in_its_own_process(capsys, monkeypatch, 
                         r"([\d,]+) MB", out.strip().splitlines()[-1])
     assert len(sides) == 2 and data and last, out
     fast, slow = (int(sides[k].replace(",", "")) for k in ("pipeline", "seed-notebook"))
-    assert float(last[1]) == pytest.approx(fast / slow, rel=0.05)  # the printed ratio is the printed figures'
+    # the printed ratio is the printed figures' (each rounded to a whole number: tiny rates move the ratio)
+    assert (fast - 0.5) / (slow + 0.5) - 0.01 <= float(last[1]) <= (fast + 0.5) / (slow - 0.5) + 0.01
     assert float(data[3]) == pytest.approx(int(data[2].replace(",", "")) / int(data[1].replace(",", "")), rel=0.05)

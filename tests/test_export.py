@@ -35,9 +35,11 @@ def exported(tmp_path_factory, sample_dir):
     pd.DataFrame({"ImageId": range(1, 41), "Label": 0}).to_csv(comp / "sample_submission.csv", index=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        assert make_folds.main(["--data", str(comp)]) == 0
+        folds = ["--folds-path", str(root / "folds/folds.csv")]  # absolute: a local path the export must not carry
+        assert make_folds.main(["--data", str(comp), *folds]) == 0
         for exp, lr in (("a", "3e-3"), ("b", "1e-3")):
-            assert train.main(["--data", str(comp), "--epochs", "1", "--batch-size", "32", "--lr", lr, "--exp", exp]) == 0
+            assert train.main(["--data", str(comp), "--epochs", "1", "--batch-size", "32", "--lr", lr, "--exp", exp,
+                               *folds]) == 0
         stale_side_files(root / "weights")
         before = file_states(root / "weights")
         assert export.main(["--exp", "a", "b", "--ensemble", "learned", "--tta", "--data", str(comp),
@@ -188,7 +190,9 @@ def test_push_creates_then_versions_the_datasets_and_pushes_the_kernel(exported,
     with zipfile.ZipFile(io.BytesIO(uploaded["a.zip"])) as z:
         assert sorted(z.namelist()) == sorted([f"fold{k}.pth" for k in range(5)] + ["config.json", "cv.json", "oof.csv"])
         exported = json.loads(z.read("config.json"))
-    assert exported["data"] == comp.name and str(root) not in json.dumps(exported)  # no local path leaves the machine
+    local = json.loads((root / "weights/a/config.json").read_text())
+    assert local["folds_path"].startswith("/") and exported["folds_path"] == Path(local["folds_path"]).name
+    assert not [v for v in exported.values() if isinstance(v, str) and v.startswith("/")]  # no local path leaves
     code = {server.blobs[f["token"]]["name"] for f in server.datasets["alice/tiny-digits-code"][0]["files"]}
     assert "requirements.txt" in code and any(n.startswith("pipeline-0.1.0-") for n in code)
     assert any(n.startswith("ttach-") for n in code)

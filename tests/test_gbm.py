@@ -169,6 +169,8 @@ def test_resolve_params_defaults_aliases_and_objective():
     ({"workers": "a:1,b:2"}, "regression", "workers: 'a:1,b:2' asks for distributed training"),
     ({"objective": "binary"}, "regression", "objective 'binary' does not fit a regression on target"),
     ({"objective": "softmax"}, "regression", "objective 'softmax' does not fit a regression"),
+    ({"interaction_constraints": [[100, 200]]}, "regression", "interaction_constraints names feature 100; the fold's "
+                                                             "rows have 3 features"),  # LightGBM would crash
 ])
 def test_bad_requests_are_one_line(params, task, message):
     task = Task("multilabel", ("x", "y")) if task == "multilabel" else TASKS[task]

@@ -61,15 +61,25 @@ def test_a_test_split_line_outside_the_data_is_refused(frames_sample, tmp_path, 
         one_line(capsys.readouterr().err)
 
 
-def test_a_test_utterance_listed_twice_is_refused_at_make_folds(speakers_sample, tmp_path, workdir, capsys):
+@pytest.mark.parametrize("spelling", ["{}", "./{}"])
+def test_a_test_utterance_listed_twice_is_refused_at_make_folds(speakers_sample, tmp_path, workdir, capsys, spelling):
     root = copy_of(speakers_sample, tmp_path)
     name = root / "Dataset/testdata.json"
     meta = json.loads(name.read_text())
-    meta["utterances"].append(dict(meta["utterances"][0]))
+    first = meta["utterances"][0]["feature_path"]
+    meta["utterances"].append(dict(meta["utterances"][0]) | {"feature_path": spelling.format(first)})
     name.write_text(json.dumps(meta))
     assert make_folds.main(["--data", str(root)]) == 2
-    first = meta["utterances"][0]["feature_path"]
-    assert f"testdata.json: feature path {first!r} is listed twice" in one_line(capsys.readouterr().err)
+    assert f"testdata.json: feature path {spelling.format(first)!r} is listed twice" in \
+        one_line(capsys.readouterr().err)
+
+
+def test_a_nul_in_a_test_split_line_is_refused_at_make_folds(frames_sample, tmp_path, workdir, capsys):
+    root = copy_of(frames_sample, tmp_path)
+    split = root / "libriphone/test_split.txt"
+    split.write_text("10\x00\n" + split.read_text())
+    assert make_folds.main(["--data", str(root)]) == 2
+    assert "test_split.txt: feature path 'feat/test/10\\x00.pt' holds a NUL character" in one_line(capsys.readouterr().err)
 
 
 def test_a_json_nested_too_deeply_is_one_line(speakers_sample, tmp_path, workdir, capsys):
@@ -271,6 +281,22 @@ def test_extra_target_like_columns_suggest_the_target_the_sample_names(tmp_path,
     err = one_line(capsys.readouterr().err)
     assert f"{root / 'sample_submission.csv'} predicts 1 (count); name the target with --target-col count" in err
     assert make_folds.main(["--data", str(root), "--n-splits", "2", *err.rsplit(" ", 2)[-2:]]) == 0
+
+
+def test_no_blend_mixes_experiments_trained_on_other_data(tmp_path, workdir, capsys):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"id": range(90), "x": rng.normal(size=90)})
+    for name, sign in (("a", 1), ("b", -1)):  # same ids and test, opposite targets
+        root = tmp_path / name
+        root.mkdir()
+        frame.assign(y=sign * frame["x"]).to_csv(root / "train.csv", index=False)
+        frame.head(10).to_csv(root / "test.csv", index=False)
+        folds = ["--folds-path", f"f/{name}.csv"]
+        assert make_folds.main(["--data", str(root), "--n-splits", "3", *folds]) == 0
+        assert train.main(["--data", str(root), "--model", "lightgbm", "--exp", name, *folds]) == 0
+    capsys.readouterr()
+    assert infer.main(["--data", str(tmp_path / "a"), "--exp", "a", "b", "--ensemble", "mean"]) == 2
+    assert "--exp: b was trained on other data than a" in one_line(capsys.readouterr().err)
 
 
 def test_a_mean_of_experiments_on_other_folds_is_allowed_a_fitted_blend_is_not(workdir, capsys):

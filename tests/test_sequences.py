@@ -186,6 +186,10 @@ def test_half_precision_arrays_load_as_float32(tmp_path):
     torch.save(torch.tensor([[1.5, -2.0]], dtype=torch.bfloat16), tmp_path / "a.pt")
     array = load_features(Source(tmp_path), "a.pt")
     assert array.dtype.name == "float32" and array.tolist() == [[1.5, -2.0]]
+    torch.save(torch.nn.Parameter(torch.ones(2, 3)), tmp_path / "p.pt")  # a saved Parameter, gradients on
+    torch.save(torch._neg_view(torch.ones(2, 3)), tmp_path / "n.pt")  # a lazily negated view
+    assert load_features(Source(tmp_path), "p.pt").tolist() == [[1.0] * 3] * 2
+    assert load_features(Source(tmp_path), "n.pt").tolist() == [[-1.0] * 3] * 2
 
 
 @pytest.mark.parametrize("name,content,expected", [
@@ -199,6 +203,8 @@ def test_half_precision_arrays_load_as_float32(tmp_path):
                  marks=pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")),
     ("h.pt", torch.zeros(3, 2, device="meta"), r"h\.pt: a tensor on the meta device holds no values"),
     ("i.pt", torch.zeros(3, 0), r"i\.pt: no features in its frames \(shape \(3, 0\)\)"),
+    ("k.pt", torch.zeros(1, 28).expand(2_000_000, 28), r"k\.pt: a view of \(2000000, 28\) over far fewer stored"),
+    ("l.pt", torch.zeros(3, 2).to(torch.float8_e4m3fn), r"l\.pt: a float8_e4m3fn tensor numpy cannot read"),
     ("j.pt", torch.tensor([[0.0, 1e300]], dtype=torch.float64), r"j\.pt: frame 0: values beyond float32's range "
                                                                   r"\(up to 1e\+300\)"),
 ])

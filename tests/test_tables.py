@@ -312,7 +312,7 @@ def test_regression_on_several_targets_at_once(tmp_path, workdir, capsys):
     assert result["p_value"] == pytest.approx(wilcoxon(*errors).pvalue)
     pd.DataFrame({"id": frame["id"].iloc[350:], "bp": 0.0}).to_csv(root / "sample_submission.csv", index=False)
     assert make_folds.main(["--data", str(root), "--overwrite"]) == 2  # refused before any training, not at infer
-    assert "1 value column(s) after the id (bp) for 2 regression target(s)" in capsys.readouterr().err
+    assert "predicts 1 (bp); name the target with --target-col bp" in capsys.readouterr().err
 
 
 def test_categorical_columns_as_learned_embeddings(wine, workdir, capsys):

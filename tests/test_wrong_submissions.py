@@ -71,21 +71,22 @@ def test_sample_ids_that_are_the_row_numbers_pair_with_an_id_less_test(tmp_path,
     assert np.corrcoef(sub["target"], 2 * a[N_TRAIN:])[0, 1] > 0.8
 
 
-@pytest.mark.parametrize("labels, column", [
-    (("cancer", "healthy"), "cancer"),  # the column names the class that sorts first
-    (("alpha", "zeta"), "zeta"),  # ... and the one that sorts last
-    ((0, 1), "1"), ((0, 1), "0"),  # 0/1 labels
-    (("no", "yes"), "insured"),  # a column that names no class: the second class in order (P(yes))
+@pytest.mark.parametrize("labels, column, metric", [
+    (("cancer", "healthy"), "cancer", ()),  # no --metric: a column named after a class still holds a probability
+    (("cancer", "healthy"), "cancer", ("--metric", "roc_auc")),  # the column names the class that sorts first
+    (("alpha", "zeta"), "zeta", ("--metric", "roc_auc")),  # ... and the one that sorts last
+    ((0, 1), "1", ("--metric", "roc_auc")), ((0, 1), "0", ("--metric", "log_loss")),  # 0/1 labels
+    (("no", "yes"), "insured", ("--metric", "roc_auc")),  # a column naming no class: the second class (P(yes))
 ])
 def test_a_binary_probability_column_holds_the_probability_of_the_class_it_names(tmp_path, workdir, capsys,
-                                                                                  labels, column):
+                                                                                  labels, column, metric):
     a = signal(N_TRAIN + N_TEST)
     positive = labels[1] if column not in map(str, labels) else next(x for x in labels if str(x) == column)
     y = np.where(a > 0, labels[0], labels[1])
     root = write(tmp_path / "c", pd.DataFrame({"id": np.arange(N_TRAIN), "a": a[:N_TRAIN], "label": y[:N_TRAIN]}),
                  pd.DataFrame({"id": np.arange(N_TRAIN, N_TRAIN + N_TEST), "a": a[N_TRAIN:]}),
                  pd.DataFrame({"id": np.arange(N_TRAIN, N_TRAIN + N_TEST), column: 0.5}))
-    sub = submission(root, folds_args=("--metric", "roc_auc"))
+    sub = submission(root, folds_args=metric)
     assert f"P({positive}) in {column}" in capsys.readouterr().out
     is_positive = (y[N_TRAIN:] == positive).astype(float)
     assert np.corrcoef(sub[column], is_positive)[0, 1] > 0.9

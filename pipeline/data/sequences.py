@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -163,9 +164,17 @@ def _tensor_array(value: torch.Tensor, where: str) -> np.ndarray:
                             "(tensor.to_dense())")
     if value.is_meta:
         raise PipelineError(f"{where}: a tensor on the meta device holds no values; save the tensor itself")
+    if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+        raise PipelineError(f"{where}: a view of {tuple(value.shape)} over far fewer stored values (an expand()ed "
+                            "tensor); save tensor.clone()")
+    value = value.detach().resolve_neg().resolve_conj()  # a saved Parameter, or a lazily negated view
     if value.dtype in (torch.bfloat16, torch.float16):
         value = value.float()  # numpy has no bfloat16; float32 is what the pipeline stores anyway
-    return value.numpy()
+    try:
+        return value.numpy()
+    except (TypeError, RuntimeError) as e:  # float8, quantized and other types numpy has no counterpart for
+        raise PipelineError(f"{where}: a {str(value.dtype).removeprefix('torch.')} tensor numpy cannot read "
+                            f"({cut(str(e).splitlines()[0], 60)}); save float32") from None
 
 
 ARRAY_EXTS = (".pt", ".npy")
@@ -270,14 +279,19 @@ def speakers_test(src: Source, root: str) -> list[str]:
 def checked_paths(files: list[str], root: str, where: str) -> list[str]:
     """Feature files a list names (`where`), relative to the source: none outside it, none twice (two rows, one id)."""
     for f in files:
+        if "\x00" in f:
+            raise PipelineError(f"{where}: feature path {cut(f[len(root):])!r} holds a NUL character")
         if not inside(f[len(root):]) or not inside(f):
             raise PipelineError(f"{where}: feature path {cut(f[len(root):])!r} leads outside the competition data; "
                                 "feature paths are relative to the folder of the file that lists them")
-    seen = set()
+    seen = {}
     for f in files:
-        if f in seen:
-            raise PipelineError(f"{where}: feature path {cut(f[len(root):])!r} is listed twice; one row per utterance")
-        seen.add(f)
+        same = posixpath.normpath(f)  # ./a.pt and a.pt are one file
+        if same in seen:
+            raise PipelineError(f"{where}: feature path {cut(f[len(root):])!r} is listed twice"
+                                f"{'' if seen[same] == f else ' (as ' + repr(cut(seen[same][len(root):])) + ')'}; "
+                                "one row per utterance")
+        seen[same] = f
     return files
 
 

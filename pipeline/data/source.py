@@ -127,7 +127,7 @@ def inside(rel: str) -> bool:
     (True, True, False, False, False)
     """
     norm = posixpath.normpath(rel)
-    return not rel.startswith("/") and norm != ".." and not norm.startswith("../")
+    return not rel.startswith("/") and norm != ".." and not norm.startswith("../") and "\x00" not in rel
 
 
 def read_zip_member(zf: zipfile.ZipFile, path: Path, rel: str) -> bytes:

@@ -60,6 +60,7 @@ def fit_fold(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_va
 
     lgb_params, rounds, stopping = resolve_params(params, task, seed)
     _check_fold(x_train, y_train, x_valid, y_valid, task)
+    _check_feature_indices(lgb_params, np.shape(x_train)[1])
     y_train, y_valid = _targets(y_train, task), _targets(y_valid, task)
     train = lgb.Dataset(x_train, label=y_train, categorical_feature=list(categorical) or "auto")
     valid = train.create_valid(x_valid, label=y_valid)
@@ -272,6 +273,19 @@ def _check_known(params: dict) -> None:
         if name in NETWORK or name == "tree_learner" and str(value).strip().lower() not in ("serial", ""):
             raise PipelineError(f"--gbm-params: {key}: {quote(value, 60)} asks for distributed training, which "
                                 "waits for other machines; each fold trains in one process here: remove it")
+
+
+def _check_feature_indices(params: dict, n_features: int) -> None:
+    """interaction_constraints name feature indices that LightGBM follows unchecked (an index past the columns
+    crashes the process)."""
+    from lightgbm.basic import _ConfigAliases
+
+    for key in _ConfigAliases.get("interaction_constraints"):
+        for group in params.get(key) or []:
+            for j in group if isinstance(group, list) else [group]:
+                if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < n_features:
+                    raise PipelineError(f"--gbm-params: {key} names feature {quote(j)}; the fold's rows have "
+                                        f"{n_features} features (indices 0..{n_features - 1})")
 
 
 def _pop(params: dict, key: str, default):
