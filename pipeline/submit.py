@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline import data
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
-from pipeline.folds import description_path, make_folds_command, read_description
+from pipeline.folds import description_path, make_folds_command, read_description, read_folds
 from pipeline.kaggle_client import authenticated, call
 from pipeline.tasks import Task
 
@@ -82,6 +82,10 @@ def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Descripti
     if info is not None:
         desc = data.Description.from_dict(info, str(description_path(cfg.folds_path)),
                                           f"remake it with: {make_folds_command(cfg.data, cfg.folds_path)}")
+        # no experiment named the task: the folds' description does, if it was made from this --data
+        train = data.read_train_as(data.resolve(cfg.data), desc, cfg.data, str(description_path(cfg.folds_path)),
+                                   new_folds=False)
+        read_folds(cfg.folds_path, train.train_hash, len(train.targets), cfg.data)
         return desc.task, desc
     return Task("multiclass", tuple(str(i) for i in range(10))), None  # Digit Recognizer
 

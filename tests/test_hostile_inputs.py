@@ -331,3 +331,13 @@ def test_integer_class_names_are_shown_in_numeric_order():
 
     task = Task("multiclass", tuple(sorted(str(i) for i in range(12))))  # text order: 0, 1, 10, 11, 2, ...
     assert "12 classes (0, 1, 2, 3, 4, 5, ...)" in task.describe()
+
+
+def test_submit_refuses_to_check_a_file_against_folds_of_other_data(tmp_path, workdir, capsys):
+    assert make_folds.main(["--data", "sample-table"]) == 0  # folds/folds.json: the diabetes table, regression
+    sample = pd.read_csv("data/sample-diabetes/sample_submission.csv")
+    sample.to_csv("orphan.csv", index=False)  # no experiment and no record beside it
+    capsys.readouterr()
+    assert submit.main(["orphan.csv", "--data", "sample-speakers", "--dry-run"]) == 2
+    assert "--data sample-speakers does not fit folds/folds.json" in one_line(capsys.readouterr().err)
+    assert submit.main(["orphan.csv", "--data", "sample-table", "--dry-run"]) == 0
