@@ -31,7 +31,7 @@ from pipeline.engine import DataSpec, autocast, backward_and_step, grad_scaler, 
 from pipeline.models import build_model
 from pipeline.tasks import Task
 
-MEAN, STD = data.IMAGENET_MEAN, data.IMAGENET_STD
+from pipeline.data.layouts.csv_images import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD  # noqa: E402
 
 
 def write_jpegs(root: Path, n: int, side: int = 384, quality: int = 90) -> Path:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError, cut, one_line, quote
+from pipeline.io import read_json
 
 DEFAULT_DATA = "data/digit-recognizer"
 
@@ -186,8 +187,8 @@ RULES = {  # field -> (test, rule text)
     "cat_encoding": (lambda v: v in ("onehot", "embed"), "must be onehot or embed"),
     "aug": (lambda v: v in ("", "digits", "natural", "none", "specaugment") or v.endswith((".json", ".yaml", ".yml")),
             "must be digits, natural, none, specaugment or an albumentations .json/.yaml file"),
-    "layout": (lambda v: v in ("", "pixels", "csv-images", "class-folders", "table", "speakers", "frames"),
-               "must be pixels, csv-images, class-folders, table, speakers or frames"),
+    "layout": (lambda v: bool(re.fullmatch(r"[a-z][a-z-]*|", v)),
+               "must be a layout's name (make_folds --help lists them)"),
     "layers": (lambda v: 1 <= v <= 64, "must be 1..64"),
     "pool": (lambda v: v in ("mean", "attention"), "must be mean or attention"),
     "crop_len": (lambda v: 1 <= v <= 100_000, "must be 1..100000 frames"),
@@ -467,9 +468,22 @@ class ExperimentConfig:
 
     @classmethod
     def read(cls, path: str | Path) -> ExperimentConfig:
-        from pipeline.checkpoint import read_json
-
         return cls.from_dict(read_json(path, "experiment config"), str(path))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, path: Path) -> ExperimentConfig:
+        """The resolved config saved in a fold checkpoint, with the keys and types inference rebuilds from."""
+        config = ckpt.get("config")
+        if not isinstance(config, dict):
+            raise PipelineError(f"{path}: no 'config' mapping in the checkpoint; it was not written by pipeline.train")
+        for key, kind in (("model", str), ("num_classes", int), ("in_chans", int), ("img_size", int), ("n_splits", int)):
+            value = config.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise PipelineError(f"{path}: config {key} must be {kind.__name__}, found {value!r}")
+        if not (1 <= config["num_classes"] <= 100_000 and 1 <= config["in_chans"] <= 16 and 16 <= config["img_size"] <= 512):
+            raise PipelineError(f"{path}: config num_classes/in_chans/img_size out of range: "
+                                f"{config['num_classes']}/{config['in_chans']}/{config['img_size']}")
+        return cls.from_dict(config, str(path))
 
     @classmethod
     def resolve(cls, cfg: Config, **fixed) -> ExperimentConfig:

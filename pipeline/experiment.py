@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.checkpoint import atomic_path, read_json, write_csv, write_json
+from pipeline.io import atomic_path, read_json, write_csv, write_json
 from pipeline.config import Config, ExperimentConfig
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
@@ -374,7 +374,7 @@ def prepare_full(exp_dir: Path, config: ExperimentConfig, overwrite: bool) -> No
 
 def other_folds_hash(exp_dir: Path, folds_hash: str, retrained: list[int]) -> str | None:
     """The folds hash of a kept fold checkpoint that differs from `folds_hash` (config.json may have been replaced)."""
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.io import load_checkpoint
 
     for path in sorted(exp_dir.iterdir()):
         match = re.fullmatch(r"fold(\d+)\.pth", path.name)

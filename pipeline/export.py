@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pipeline
 from pipeline import infer, predict
-from pipeline.checkpoint import write_json
+from pipeline.io import write_json
 from pipeline.config import Config, flag, make_config, parse_stage
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import done_folds, experiment_dir, oof_parts, oof_where

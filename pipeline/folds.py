@@ -1,7 +1,6 @@
 """Fold assignment (pure) and the folds file that every experiment shares."""
 from __future__ import annotations
 
-import hashlib
 import io
 import shlex
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from pipeline.checkpoint import read_json
+from pipeline.io import file_hash, read_json
 from pipeline.config import DEFAULT_DATA, Config
 from pipeline.errors import PipelineError
 
@@ -84,10 +83,6 @@ def folds_frame(ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, train_ha
     if labels.ndim == 1:
         frame["label"] = labels
     return frame.assign(fold=folds, train_hash=train_hash)
-
-
-def file_hash(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def read_folds(path: str, train_hash: str, n_rows: int, data: str = DEFAULT_DATA) -> Folds:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import data
-from pipeline.checkpoint import write_csv, write_json
+from pipeline.io import write_csv, write_json
 from pipeline.config import Config, parse_config
 from pipeline.engine import on_device, resolve_device
 from pipeline.ensemble import blend, rank_average

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import data
-from pipeline.checkpoint import write_csv, write_json
+from pipeline.io import write_csv, write_json
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.folds import description_path, folds_frame, read_description
@@ -29,8 +29,7 @@ FLAGS = ["data", "folds_path", "n_splits", "seed", "group_col", "layout", "id_co
 
 def run(cfg: Config) -> np.ndarray:
     src = data.resolve(cfg.data)
-    desc, train = data.describe(src, cfg.layout, cfg.id_col, cfg.target_col, cfg.image_dir, cfg.task, cfg.metric,
-                                cfg.threshold, cfg.group_col, features=cfg.features, drop_cols=cfg.drop_cols)
+    desc, train = data.describe(src, data.Options.from_flags(cfg))
     print(desc.summary())
     folds = desc.task.split(train.targets, cfg.n_splits, cfg.seed, train.groups)
     frame = folds_frame(train.ids, train.targets, folds, train.train_hash)

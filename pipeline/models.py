@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from timm.models import register_model
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.io import load_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.nets import NETS, build_net
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from pipeline import data
-from pipeline.checkpoint import check_fold_config, load_checkpoint, write_json, write_npy
+from pipeline.io import load_checkpoint, write_json, write_npy
 from pipeline.config import Config, ExperimentConfig, flag
 from pipeline.engine import DataSpec, predict
 from pipeline.ensemble import combine, honest_scores
@@ -139,7 +139,7 @@ def load_fold_model(path: Path, device: torch.device,
     `experiment`: the experiment's config.json; a checkpoint trained on other folds or for other outputs is refused.
     """
     ckpt = load_checkpoint(path)
-    saved = check_fold_config(ckpt, path)
+    saved = ExperimentConfig.from_checkpoint(ckpt, path)
     experiment = experiment or saved
     if saved.folds_hash != experiment.folds_hash:
         raise PipelineError(f"{path}: trained on folds file {saved.folds_hash!r}, the experiment's config.json "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.checkpoint import read_json, write_json
+from pipeline.io import read_json, write_json
 from pipeline.errors import PipelineError, quote
 
 VERSION = 1

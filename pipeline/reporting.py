@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
-from pipeline.checkpoint import atomic_path, write_csv  # noqa: E402
+from pipeline.io import atomic_path, write_csv  # noqa: E402
 from pipeline.config import Config, ExperimentConfig  # noqa: E402
 from pipeline.engine import DataSpec  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import train
-from pipeline.checkpoint import write_csv
+from pipeline.io import write_csv
 from pipeline.config import TRAIN_FLAGS, Config, check_name, parse_stage, with_lr
 from pipeline.errors import PipelineError, main_guard
 

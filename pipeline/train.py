@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline import distributed, experiment
-from pipeline.checkpoint import write_json
+from pipeline.io import write_json
 from pipeline.config import TRAIN_FLAGS, Config, ExperimentConfig, command, parse_config
 from pipeline.distributed import Ranks
 from pipeline.engine import (resolve_device)

@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from pipeline import data, distributed, experiment
-from pipeline.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, write_json
+from pipeline.io import BackgroundWriter, load_checkpoint, save_checkpoint, write_json
 from pipeline.augment import is_albumentations, load_albumentations
 from pipeline.config import Config, ExperimentConfig
 from pipeline.distributed import SINGLE, Ranks
@@ -34,7 +34,7 @@ def data_description(cfg: Config, src) -> data.Description:
     """What make_folds saved beside the folds file; detected with defaults for a folds file older than that."""
     saved = read_description(cfg.folds_path, cfg.data).get("data")
     if saved is None:
-        return data.describe(src, group_col=read_description(cfg.folds_path, cfg.data).get("group_col", ""))[0]
+        return data.describe(src, data.Options(group_col=read_description(cfg.folds_path, cfg.data).get("group_col", "")))[0]
     return data.Description.from_dict(saved, str(description_path(cfg.folds_path)),
                                       f"remake it with: {make_folds_command(cfg.data, cfg.folds_path)}")
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline import data, train, trainer
-from pipeline.checkpoint import write_json
+from pipeline.io import write_json
 from pipeline.config import TRAIN_FLAGS, Config, check_name, parse_stage, with_lr
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.experiment import RECIPE

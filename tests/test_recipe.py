@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.augment import MEAN, STD
-from pipeline.checkpoint import BackgroundWriter
+from pipeline.io import BackgroundWriter
 from pipeline.config import Config, with_lr
 from pipeline.engine import DataSpec, load_scheduler_state, make_scheduler, scheduler_state, train_one_epoch
 from pipeline.errors import PipelineError

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline import infer, make_folds, train
-from pipeline.checkpoint import load_checkpoint
+from pipeline.io import load_checkpoint
 from pipeline.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ def test_kill_and_resume_matches_uninterrupted(small_comp, tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
-    from pipeline.checkpoint import atomic_path
+    from pipeline.io import atomic_path
 
     path = tmp_path / "oof.csv"
     path.write_text("complete old file")

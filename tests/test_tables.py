@@ -16,7 +16,7 @@ import pytest
 from sklearn.datasets import load_diabetes, load_wine
 
 from pipeline import data, infer, make_folds, submit, train
-from pipeline.checkpoint import read_json
+from pipeline.io import read_json
 
 pytestmark = pytest.mark.slow
 

@@ -41,7 +41,7 @@ def _complete(root: Path, names: tuple[str, ...]) -> bool:
 
 def write_sample(root: str = SAMPLE_DIR) -> Path:
     """The pixels layout: train.csv (label, pixel0..783), test.csv, sample_submission.csv (ImageId from 1)."""
-    from pipeline.checkpoint import write_csv
+    from pipeline.io import write_csv
 
     root_path = Path(root)
     if _complete(root_path, ("train.csv", "test.csv", "sample_submission.csv", "solution.csv")):
@@ -63,7 +63,7 @@ def write_sample_images(root: str = SAMPLE_IMAGES_DIR) -> Path:
     """The csv-images layout: train.csv (image_id, label as a name), train_images/*.png (RGB), test_images/*.png."""
     from PIL import Image
 
-    from pipeline.checkpoint import atomic_path, write_csv
+    from pipeline.io import atomic_path, write_csv
 
     root_path = Path(root)
     if _complete(root_path, ("train.csv", "sample_submission.csv", "solution.csv")):
@@ -91,7 +91,7 @@ def write_sample_table(root: str = SAMPLE_TABLE_DIR) -> Path:
     from sklearn.datasets import load_diabetes
     from sklearn.model_selection import train_test_split
 
-    from pipeline.checkpoint import write_csv
+    from pipeline.io import write_csv
 
     root_path = Path(root)
     names = ("diabetes_train.csv", "diabetes_test.csv", "sample_submission.csv", "solution.csv")

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.data.common import read_sample_submission
+from pipeline.data.layout import Description, Layout, Options
 from pipeline.data.packed import Packed, pack
 from pipeline.data.source import Source, inside
 from pipeline.errors import PipelineError, cut
@@ -321,39 +323,7 @@ def frames_labels(src: Source, root: str, utterances: list[str]) -> dict[str, li
     return {u: table[u] for u in utterances}
 
 
-def train_rows(src: Source, layout: str, root: str, files: list[str], n_rows: int):
-    """The train feature files packed, as rows: utterances (speakers) or frames, whose counts must match the labels."""
-    packed = load_all(src, files)
-    if layout != "frames":
-        return SequenceRows(packed, torch.arange(len(packed)))
-    utterances = frames_split(src, root, "train")
-    labels = frames_labels(src, root, utterances)
-    for utt, n in zip(utterances, packed.lengths.tolist()):
-        if len(labels[utt]) != n:
-            raise PipelineError(f"{src.label(root + 'train_labels.txt')}: utterance {utt!r} has {len(labels[utt])} "
-                                f"labels for {n} frames in {src.label(frame_file(root, 'train', utt))}")
-    if len(packed.values) != n_rows:
-        raise PipelineError(f"{src.label(root)}: {len(packed.values):,} train frames, the folds have {n_rows:,} rows; "
-                            "remake the folds")
-    return FrameRows(packed, torch.arange(len(packed.values)))
-
-
-def test_arrays(src: Source, desc) -> tuple[list[str], list[str]]:
-    """(feature files, ids as a submission names them): testdata.json's feature_paths, test_split.txt's files, or the
-    generic layout's test ids (the sample's, else test.csv's) and their arrays."""
-    layout, root = desc.layout, desc.root
-    if layout == "sequences":
-        ids = generic_test_ids(src, desc)
-        folders = array_folders(src, root)
-        return match_arrays(ids, desc.test_dir, folders.get(desc.test_dir, []), _ids_where(src, root)), ids.tolist()
-    if layout == "speakers":
-        files = speakers_test(src, root)
-        return files, [f[len(root):] for f in files]
-    files = [frame_file(root, "test", u) for u in frames_split(src, root, "test")]
-    return files, []
-
-
-def _ids_where(src: Source, root: str) -> str:
+def ids_where(src: Source, root: str) -> str:
     rel = src.find("sample_submission.csv") or root + "test.csv"
     return src.label(rel)
 
@@ -378,43 +348,55 @@ def generic_test_ids(src: Source, desc) -> pd.Series:
     return text[col] if isinstance(col, str) else text.iloc[:, 0]
 
 
-def default_sample(src: Source, desc) -> pd.DataFrame:
-    """The header the course's sample code writes, where a class competition ships no sample submission: Id,Category
-    (speakers: each test utterance's feature_path) or Id,Class (frames: the running index of every test frame); for
-    the generic layout, test.csv's ids and the target columns."""
-    layout, task = desc.layout, desc.task
-    files, ids = test_arrays(src, desc)
-    if layout == "sequences":
-        return pd.DataFrame({desc.id_col: ids, **{c: 0 for c in desc.target_cols}})
-    if layout == "speakers":
-        return pd.DataFrame({"Id": ids, "Category": task.classes[0]})
-    total = int(load_all(src, files).lengths.sum())
-    return pd.DataFrame({"Id": np.arange(total), "Class": 0})
+class SequenceLayout(Layout):
+    """A layout of (T, F) feature arrays: its rows are packed sequences (or their frames), never augmented or
+    flipped; the subclasses say which files name the test side and how a submission names its rows."""
+    kind = "sequence"
+    tta_preset = ""
+    augment = "none"
+    checks_classes = False  # the classes are taken from the saved description when re-read
+    rows = "sequences"  # what one row is, in make_folds' summary
 
+    def summary(self, desc: Description) -> str:
+        return f"{desc.layout}: {desc.root or './'}, {self.ident(desc)}{desc.task.describe()}, {desc.n_images:,} {self.rows}"
 
-def rows_for_test(src: Source, desc, sample: pd.DataFrame):
-    """The test rows in the sample's order: utterances named by their feature_path, sequences by their id (the
-    sample's own ids name the arrays), or frames by running index."""
-    layout = desc.layout
-    files, ids = test_arrays(src, desc)
-    packed = load_all(src, files)
-    where = src.label("sample_submission.csv")
-    if layout == "sequences":
+    def ident(self, desc: Description) -> str:
+        return ""
+
+    def train_rows(self, src: Source, desc: Description, train, img_size: int, cache_dir: str):
+        """The train feature files packed once: (sum of T, F) and the rows that view it."""
+        packed = load_all(src, list(train.files))
         return SequenceRows(packed, torch.arange(len(packed)))
-    if layout == "speakers":
-        position = {name: i for i, name in enumerate(ids)}
-        wanted = sample.iloc[:, 0].astype(str)
-        unknown = [v for v in wanted if v not in position]
-        if unknown:
-            raise PipelineError(f"{where}: id {cut(unknown[0])!r} is not a feature_path of testdata.json")
-        return SequenceRows(packed, torch.tensor([position[v] for v in wanted], dtype=torch.int64))
-    wanted = pd.to_numeric(sample.iloc[:, 0], errors="coerce").to_numpy(dtype=np.float64)
-    total = len(packed.values)
-    bad = ~np.isfinite(wanted) | (wanted < 0) | (wanted >= total) | (wanted != np.round(wanted))
-    if bad.any():
-        raise PipelineError(f"{where}: id {cut(str(sample.iloc[int(np.flatnonzero(bad)[0]), 0]))!r} is not the index "
-                            f"of a test frame (0..{total - 1}, test_split.txt's utterances in order)")
-    return FrameRows(packed, torch.from_numpy(wanted.astype(np.int64)))
+
+    def test_arrays(self, src: Source, desc: Description) -> tuple[list[str], list[str]]:
+        """(feature files, ids as a submission names them)."""
+        raise NotImplementedError
+
+    def default_sample(self, src: Source, desc: Description) -> pd.DataFrame:
+        """The submission's header and ids where the competition ships no sample submission."""
+        raise NotImplementedError
+
+    def test_rows(self, src: Source, sample: pd.DataFrame, listed: tuple[list[str], list[str]]):
+        """The test arrays (`listed`: test_arrays') packed, as rows in the sample's order."""
+        packed = load_all(src, listed[0])
+        return SequenceRows(packed, torch.arange(len(packed)))
+
+    def submission_sample(self, src: Source, desc: Description) -> pd.DataFrame:
+        sample = read_sample_submission(src, "", required=False)
+        return sample if sample is not None else self.default_sample(src, desc)
+
+    def read_test(self, src: Source, desc: Description, img_size: int, cache_dir: str):
+        sample = self.submission_sample(src, desc)
+        return self.test_rows(src, sample, self.test_arrays(src, desc)), sample
+
+
+def one_class_per_row(layout: str, opts: Options) -> None:
+    """speakers and frames: no columns to group by, one class per row."""
+    if opts.group_col:
+        raise PipelineError(f"--group-col: the {layout} layout has no columns to group by"
+                            + (" (its folds are grouped by utterance already)" if layout == "frames" else ""))
+    if opts.task and opts.task != "multiclass":
+        raise PipelineError(f"--task {opts.task}: the {layout} layout labels each row with one class (multiclass)")
 
 
 def frame_file(root: str, which: str, utt: str) -> str:
@@ -436,7 +418,7 @@ def _digit_columns() -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def _save_pt(array: np.ndarray, path: Path) -> None:
-    from pipeline.checkpoint import atomic_path
+    from pipeline.io import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), tmp)
@@ -447,7 +429,7 @@ def write_sample_speakers(root: str = SAMPLE_SPEAKERS_DIR) -> Path:
     (id10000..id10009); 20% held out as testdata.json, the truth in solution.csv."""
     from sklearn.model_selection import train_test_split
 
-    from pipeline.checkpoint import write_csv, write_json
+    from pipeline.io import write_csv, write_json
 
     base = Path(root)
     data = base / "Dataset"
@@ -478,7 +460,7 @@ def write_sample_speakers(root: str = SAMPLE_SPEAKERS_DIR) -> Path:
 def write_sample_frames(root: str = SAMPLE_FRAMES_DIR) -> Path:
     """HW2's layout from the digits: 3-6 digits side by side make an utterance whose every frame (a column of 28
     features) carries its digit; 359 utterances, 20% of them the test split, the truth in solution.csv."""
-    from pipeline.checkpoint import atomic_path, write_csv
+    from pipeline.io import atomic_path, write_csv
 
     base = Path(root)
     lib = base / "libriphone"

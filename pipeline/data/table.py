@@ -84,10 +84,13 @@ def read_csv(src: Source, rel: str, text: tuple[str, ...] = ()) -> pd.DataFrame:
     return frame
 
 
-def detect(src: Source, train_file: str, test_file: str, train: pd.DataFrame, test: pd.DataFrame,
-           sample: pd.DataFrame | None, id_col: str = "", target_cols: tuple[str, ...] = (),
-           features: tuple[str, ...] = (), drop_cols: tuple[str, ...] = (), group_col: str = "") -> Columns:
-    """The id, target(s) and features of a table competition; each guess overridden by its flag."""
+def detect(src: Source, files: tuple[str, str], frames: tuple, opts) -> Columns:
+    """The id, target(s) and features of a table competition; each guess overridden by its flag.
+
+    files: (train file, test file); frames: (train, test, sample or None) as read; opts: data.layout.Options."""
+    (train_file, test_file), (train, test, sample) = files, frames
+    id_col, target_cols, features = opts.id_col, opts.target_cols, opts.features
+    drop_cols, group_col = opts.drop_cols, opts.group_col
     where, test_where = src.label(train_file), src.label(test_file)
     named = id_col
     id_col = _named_in(test, id_col) if id_col else _guess_id(test, sample)

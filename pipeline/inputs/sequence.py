@@ -64,12 +64,12 @@ class SequenceInput:
         return data.normalised(mean, std)
 
     def save_state(self, state: dict, path) -> None:
-        from pipeline.checkpoint import write_json
+        from pipeline.io import write_json
 
         write_json(state, path)
 
     def load_state(self, path, spec=None) -> dict:
-        from pipeline.checkpoint import read_json
+        from pipeline.io import read_json
 
         state = read_json(path, "normalisation state")
         ok = isinstance(state, dict) and state.get("kind") == self.name and all(

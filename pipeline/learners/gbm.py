@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.checkpoint import atomic_path
+from pipeline.io import atomic_path
 from pipeline.errors import PipelineError, cut, one_line, quote
 
 DEFAULTS = {"learning_rate": 0.05, "num_leaves": 31, "feature_fraction": 0.9, "bagging_fraction": 0.8,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -165,30 +166,14 @@ def check_state_dict(state, path: Path) -> None:
             raise PipelineError(f"{path}: weights {key} hold NaN or infinite values; this checkpoint is unusable")
 
 
-FOLD_CONFIG = {"model": str, "num_classes": int, "in_chans": int, "img_size": int, "n_splits": int}
-
-
-def check_fold_config(ckpt: dict, path: Path):
-    """The resolved config saved in a fold checkpoint (a config.ExperimentConfig), with the keys and types inference
-    rebuilds from."""
-    from pipeline.config import ExperimentConfig
-
-    config = ckpt.get("config")
-    if not isinstance(config, dict):
-        raise PipelineError(f"{path}: no 'config' mapping in the checkpoint; it was not written by pipeline.train")
-    for key, kind in FOLD_CONFIG.items():
-        value = config.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise PipelineError(f"{path}: config {key} must be {kind.__name__}, found {value!r}")
-    if not (1 <= config["num_classes"] <= 100_000 and 1 <= config["in_chans"] <= 16 and 16 <= config["img_size"] <= 512):
-        raise PipelineError(f"{path}: config num_classes/in_chans/img_size out of range: "
-                            f"{config['num_classes']}/{config['in_chans']}/{config['img_size']}")
-    return ExperimentConfig.from_dict(config, str(path))
-
-
 def _refusal(message: str) -> str:
     """Name the global that weights_only loading blocked (e.g. os.system)."""
     for line in message.splitlines():
         if "GLOBAL" in line or "Unsupported global" in line:
             return f"it holds code or objects, not only weights ({line.strip()[:160]})"
     return "it holds code or objects, not only weights"
+
+
+def file_hash(raw: bytes) -> str:
+    """First 16 hex digits of sha256: what identifies a train file, a folds file or a params file."""
+    return hashlib.sha256(raw).hexdigest()[:16]
