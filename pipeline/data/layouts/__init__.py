@@ -4,4 +4,5 @@ yes is the competition's layout; `--layout NAME` picks one).
 A new layout is one module here (a pipeline.data.layout.Layout subclass that calls `register`) and one line below.
 """
 from pipeline.data.layouts import speakers, frames, sequences  # noqa: F401  files only they have: first
+from pipeline.data.layouts import arrays, idx  # noqa: F401
 from pipeline.data.layouts import pixels, table, csv_images, class_folders  # noqa: F401
