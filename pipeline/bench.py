@@ -37,8 +37,9 @@ from timm.optim import create_optimizer_v2
 from pipeline import data
 from pipeline.augment import MEAN, STD, albumentations_affine
 from pipeline.config import Config, ExperimentConfig, parse_stage
-from pipeline.engine import (DataSpec, auto_batch_size, autocast, backward_and_step, grad_scaler, make_scheduler, resolve_device,
-                             steps_per_epoch)
+from pipeline.device import autocast, grad_scaler, resolve_device
+from pipeline.inputs.spec import DataSpec
+from pipeline.engine import auto_batch_size, backward_and_step, make_scheduler, steps_per_epoch
 from pipeline.errors import main_guard
 from pipeline.folds import assign_folds
 from pipeline.metrics import accuracy

@@ -27,7 +27,9 @@ from pipeline import data
 from pipeline.augment import random_natural, to_model_input
 from pipeline.config import Config
 from pipeline.data import images as img
-from pipeline.engine import DataSpec, autocast, backward_and_step, grad_scaler, take, train_one_epoch
+from pipeline.device import autocast, grad_scaler, take
+from pipeline.inputs.spec import DataSpec
+from pipeline.engine import backward_and_step, train_one_epoch
 from pipeline.models import build_model
 from pipeline.tasks import Task
 

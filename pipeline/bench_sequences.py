@@ -225,7 +225,7 @@ def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) ->
     from pipeline.config import ExperimentConfig
     from pipeline.data.packed import pack
     from pipeline.data.sequences import FrameRows, SequenceRows
-    from pipeline.engine import DataSpec
+    from pipeline.inputs.spec import DataSpec
     from pipeline.tasks import Task
     from pipeline.trainer import train_fold
 

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
 from pipeline.config import Config, ExperimentConfig, to_dict
-from pipeline.engine import DataSpec, backward_and_step, make_scheduler, steps_per_epoch
+from pipeline.inputs.spec import DataSpec
+from pipeline.engine import backward_and_step, make_scheduler, steps_per_epoch
 from pipeline.folds import assign_folds
 from pipeline.nets import MLP, parse_hidden
 from pipeline.tasks import Task, target_bins

@@ -1,158 +1,20 @@
 """One training step loop and one predict, shared by training, validation, OOF and test inference."""
 from __future__ import annotations
 
-import contextlib
-import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from pipeline.device import autocast
 from pipeline.distributed import SINGLE, Ranks, shard
+from pipeline.inputs.spec import DataSpec
 from pipeline.augment import albumentations_batches, is_albumentations
-from pipeline.errors import PipelineError
-from pipeline.tasks import Task
 
 
 BARS = True  # progress bars (off in parallel fold workers, whose bars would overwrite each other)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """How a model sees the data: the task, the input kind and its settings, the training augmentation law."""
-    task: Task
-    img_size: int  # image: side the model sees (0 for other kinds)
-    mean: tuple[float, ...]  # image: per-channel normalisation on the 0..1 scale
-    std: tuple[float, ...]
-    augment: str = "digits"  # image: digits | natural | none | an albumentations file
-    kind: str = "image"  # input kind (pipeline.inputs): image | table
-    features: dict = field(default_factory=dict, hash=False)  # table: names, categorical indices, cardinalities
-
-    @property
-    def input_kind(self):
-        from pipeline.inputs import input_kind
-
-        return input_kind(self.kind)
-
-    def inputs(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        """A batch of rows as the model consumes it (normalised images, preprocessed features)."""
-        return self.input_kind.model_input(x, self, channels_last)
-
-    def train_batch(self, x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
-        """A batch of training rows, augmented the kind's way (before `inputs`)."""
-        return self.input_kind.train_batch(x, self, cfg, generator)
-
-    def to_dict(self) -> dict:
-        return {"task": self.task.to_dict(), "img_size": self.img_size, "mean": list(self.mean),
-                "std": list(self.std), "augment": self.augment, "kind": self.kind, "features": self.features}
-
-    @classmethod
-    def from_config(cls, config, where: str) -> DataSpec:
-        """From a resolved config (config.ExperimentConfig: config.json's or a checkpoint's); Digit Recognizer's before
-        specs were saved."""
-        spec = config.data_spec
-        if spec is None:  # trained before task kinds existed: 10 digits, MNIST statistics
-            from pipeline.augment import MEAN, STD
-            return cls(Task("multiclass", tuple(str(i) for i in range(config.num_classes))), config.img_size,
-                       (MEAN,), (STD,))
-        try:
-            if not isinstance(spec, dict) or not isinstance(spec.get("task"), dict):
-                raise TypeError(f"expected a mapping with a task, found {type(spec).__name__}")
-            features = spec.get("features", {})
-            if not isinstance(features, dict):
-                raise TypeError(f"features: expected a mapping, found {type(features).__name__}")
-            return cls(Task.from_dict(spec["task"], where), int(spec["img_size"]), tuple(map(float, spec["mean"])),
-                       tuple(map(float, spec["std"])), str(spec.get("augment", "digits")),
-                       str(spec.get("kind", "image")), features)
-        except (KeyError, TypeError, ValueError) as e:
-            raise PipelineError(f"{where}: damaged data_spec ({type(e).__name__}: {e}); retrain with --overwrite") from None
-
-
-def on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The whole uint8 array on the device when it fits in 80% of free GPU memory; else kept in host memory,
-    where batches stream from (pinned, asynchronous copies; see take). Packed sequences (data.sequences' rows) alike."""
-    if not isinstance(images, np.ndarray):
-        if device.type != "cuda":
-            return images
-        size = images.packed.values.nbytes
-        if size < 0.8 * torch.cuda.mem_get_info(device)[0]:
-            return images.to(device)
-        print(f"notice: {size / 2**30:.1f} GiB of frames exceed free GPU memory; batches are gathered in host memory "
-              "and streamed")
-        return images
-    host = torch.from_numpy(images if images.flags.writeable else np.array(images))
-    if device.type != "cuda":
-        return host
-    if images.nbytes < 0.8 * torch.cuda.mem_get_info(device)[0]:
-        return host.to(device)
-    print(f"notice: {images.nbytes / 2**30:.1f} GiB of images exceed free GPU memory; streaming batches from host memory")
-    return host
-
-
-def take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Rows `idx` of images that live on the device, or stream them from host memory (pinned, asynchronous)."""
-    if images.device == device:
-        return images[idx]
-    return to_device(images[idx.cpu()], device)
-
-
-def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch gathered in host memory sent to the GPU through pinned memory (an asynchronous copy); else as is."""
-    if device.type == "cuda" and batch.device.type == "cpu":
-        return batch.pin_memory().to(device, non_blocking=True)
-    return batch.to(device)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """python, numpy and torch (CPU and every GPU) from one seed; --deterministic also pins cuDNN's algorithms."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"--device: {name} requested but no CUDA GPU is visible; use --device cpu or auto")
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-    return device
-
-
-@functools.lru_cache(maxsize=8)
-def resolve_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 on GPUs with fast bf16 (Ampere and later), fp16 on older ones (Kaggle's T4, P100), fp32 on CPU."""
-    if name == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise PipelineError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no fast bf16; use fp16 or auto")
-    return name
-
-
-def autocast(device: torch.device, precision: str = "auto"):
-    """Mixed precision for the forward pass: bf16 or fp16 autocast, or none (fp32)."""
-    precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
-    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
-    if resolve_precision(precision, device) != "fp16":
-        return None
-    return torch.amp.GradScaler(device.type)
 
 
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:

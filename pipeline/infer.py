@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline import data
 from pipeline.io import write_csv, write_json
 from pipeline.config import Config, parse_config
-from pipeline.engine import on_device, resolve_device
+from pipeline.device import on_device, resolve_device
 from pipeline.ensemble import blend, rank_average
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import experiment_dir

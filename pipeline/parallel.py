@@ -19,7 +19,7 @@ import torch
 
 from pipeline import trainer
 from pipeline.config import Config, ExperimentConfig, make_config, to_dict
-from pipeline.engine import resolve_device
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.experiment import HeldLock
 

@@ -20,7 +20,8 @@ import torch
 from pipeline import data
 from pipeline.io import load_checkpoint, write_json, write_npy
 from pipeline.config import Config, ExperimentConfig, flag
-from pipeline.engine import DataSpec, predict
+from pipeline.inputs.spec import DataSpec
+from pipeline.engine import predict
 from pipeline.ensemble import combine, honest_scores
 from pipeline.errors import PipelineError
 from pipeline.experiment import (GBM_RECIPE, RECIPE, CVSummary, cv_summary, done_folds, experiment_dir, oof_arrays, oof_where,

@@ -12,7 +12,9 @@ from tqdm.auto import tqdm
 from pipeline import distributed
 from pipeline.config import Config
 from pipeline.distributed import SINGLE, Ranks
-from pipeline.engine import DataSpec, autocast, predict, seed_everything, take
+from pipeline.device import autocast, seed_everything, take
+from pipeline.inputs.spec import DataSpec
+from pipeline.engine import predict
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.models import build_model, unwrap
 

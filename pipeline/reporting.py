@@ -16,7 +16,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  #
 
 from pipeline.io import atomic_path, write_csv  # noqa: E402
 from pipeline.config import Config, ExperimentConfig  # noqa: E402
-from pipeline.engine import DataSpec  # noqa: E402
+from pipeline.inputs.spec import DataSpec  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.experiment import GBM_RECIPE, CVSummary, cv_summary, oof_arrays, oof_where, read_oof, read_table  # noqa: E402
 from pipeline.inputs import model_form  # noqa: E402

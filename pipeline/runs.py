@@ -17,7 +17,7 @@ from scipy.stats import binomtest, wilcoxon
 from pipeline import data
 from pipeline.config import Config, ExperimentConfig, parse_config
 from pipeline.errors import PipelineError, main_guard
-from pipeline.engine import DataSpec
+from pipeline.inputs.spec import DataSpec
 from pipeline.experiment import CVSummary, experiment_dir
 from pipeline.inputs import model_form
 from pipeline.predict import experiment_config, read_oofs

@@ -21,7 +21,7 @@ from pipeline import distributed, experiment
 from pipeline.io import write_json
 from pipeline.config import TRAIN_FLAGS, Config, ExperimentConfig, command, parse_config
 from pipeline.distributed import Ranks
-from pipeline.engine import (resolve_device)
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, main_guard
 from pipeline.predict import oof_tta
 from pipeline.trainer import Setup, check_batch, fit_fold, for_ranks, setup, train_full

@@ -20,8 +20,9 @@ from pipeline.io import BackgroundWriter, load_checkpoint, save_checkpoint, writ
 from pipeline.augment import is_albumentations, load_albumentations
 from pipeline.config import Config, ExperimentConfig
 from pipeline.distributed import SINGLE, Ranks
-from pipeline.engine import (DataSpec, auto_batch_size, grad_scaler, make_scheduler, on_device, predict,
-                             resolve_device, resolve_precision, steps_per_epoch, train_one_epoch)
+from pipeline.device import grad_scaler, on_device, resolve_device, resolve_precision
+from pipeline.inputs.spec import DataSpec
+from pipeline.engine import auto_batch_size, make_scheduler, predict, steps_per_epoch, train_one_epoch
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.folds import description_path, file_hash, make_folds_command, read_description, read_folds
 from pipeline.inputs import check_model, input_kind, model_form

@@ -261,7 +261,8 @@ def test_each_rank_trains_on_its_share_of_every_global_batch(rank):
     from pipeline.augment import MEAN, STD
     from pipeline.config import Config
     from pipeline.distributed import Ranks
-    from pipeline.engine import DataSpec, train_one_epoch
+    from pipeline.inputs.spec import DataSpec
+    from pipeline.engine import train_one_epoch
     from pipeline.tasks import Task
 
     class Seen(torch.nn.Module):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipeline import data, experiment, infer, make_folds, recipe, runs, sweep, train, tune
-from pipeline.engine import DataSpec
+from pipeline.inputs.spec import DataSpec
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.tasks import Task
 

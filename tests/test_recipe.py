@@ -11,7 +11,8 @@ import torch
 from pipeline.augment import MEAN, STD
 from pipeline.io import BackgroundWriter
 from pipeline.config import Config, with_lr
-from pipeline.engine import DataSpec, load_scheduler_state, make_scheduler, scheduler_state, train_one_epoch
+from pipeline.inputs.spec import DataSpec
+from pipeline.engine import load_scheduler_state, make_scheduler, scheduler_state, train_one_epoch
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 

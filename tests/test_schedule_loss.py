@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from pipeline.augment import MEAN, STD, to_model_input
 from pipeline.config import Config
-from pipeline.engine import DataSpec, auto_batch_size, make_scheduler, predict, train_one_epoch
+from pipeline.inputs.spec import DataSpec
+from pipeline.engine import auto_batch_size, make_scheduler, predict, train_one_epoch
 from pipeline.metrics import log_loss, scores
 from pipeline.tasks import Task
 
@@ -53,7 +54,7 @@ def test_scores():
 
 
 def test_precision_choice_and_fp16_scaler():
-    from pipeline.engine import grad_scaler, resolve_precision
+    from pipeline.device import grad_scaler, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32" and grad_scaler("auto", cpu) is None
@@ -121,7 +122,7 @@ def test_clip_grad_bounds_each_step():
 def test_patience_rule_and_drop_rates_and_determinism():
     import timm
 
-    from pipeline.engine import seed_everything
+    from pipeline.device import seed_everything
     from pipeline.models import build_model
     from pipeline.recipe import stop_early
 

@@ -237,7 +237,7 @@ def test_a_packed_set_larger_than_free_gpu_memory_stays_in_host_memory_and_says_
     """Past 80% of free GPU memory the packed frames are not moved (batches are gathered on the host and streamed);
     on the CPU nothing moves and nothing is said. Free memory is patched: no GPU is needed."""
     from pipeline.data.sequences import SequenceRows
-    from pipeline.engine import on_device, to_device
+    from pipeline.device import on_device, to_device
 
     rows = SequenceRows(pack([np.ones((1000, 40)), np.ones((500, 40))]), torch.arange(2))  # 240,000 bytes of frames
     assert on_device(rows, torch.device("cpu")) is rows and capsys.readouterr().out == ""

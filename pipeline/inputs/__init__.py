@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pipeline.errors import PipelineError
 from pipeline.inputs.image import ImageInput
+from pipeline.inputs.spec import DataSpec  # noqa: F401 - how a model sees the data
 from pipeline.inputs.sequence import FramesInput, SequenceInput
 from pipeline.inputs.table import TableInput
 

@@ -48,7 +48,7 @@ class ImageInput:
 
     def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
         """A training batch as the model consumes it: rows taken (from the device, or streamed), augmented, normalised."""
-        from pipeline.engine import take
+        from pipeline.device import take
 
         x = self.train_batch(take(data, idx, device), spec, cfg, generator)
         return self.model_input(x, spec, device.type == "cuda")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.data.packed import by_length, context_batch, crop_batch, whole_batch
-from pipeline.engine import to_device
+from pipeline.device import to_device
 from pipeline.errors import PipelineError
 
 EVAL_FRAMES = 200_000  # padded frames per evaluation batch of whole sequences (each batch pads to its longest)

@@ -89,7 +89,7 @@ class TableInput:
         return replace(cfg, cat_encoding="embed")
 
     def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
-        from pipeline.engine import take
+        from pipeline.device import take
 
         return self.model_input(take(data, idx, device), spec, False)
 
