@@ -12,7 +12,7 @@ from timm.models import register_model
 
 from pipeline.io import load_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.nets import NETS, build_net
+from pipeline.nets import NETS, build_net, parse_hidden
 
 OFFLINE = ("download them once where there is internet (torch.save(timm.create_model(NAME, pretrained=True)"
            ".state_dict(), FILE)) and pass --pretrained-path FILE (.pth or .safetensors)")
@@ -91,6 +91,30 @@ def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
         load_pretrained(model, pretrained_path, in_chans)
     _check_input_size(model, name, in_chans, img_size)
     return model
+
+
+def check_model_settings(cfg, n_features: int = 0) -> None:
+    """What can be refused of --model and its settings without building it: an unknown name, weights or stochastic
+    depth asked of a network that has none, a --hidden that does not parse, a --pretrained-path that cannot be read.
+    What only a build can tell (a backbone refusing an option, an image size too small for it) is said when fold
+    0's model is built, before its first epoch."""
+    name = cfg.model
+    if name in NETS:
+        if cfg.pretrained or cfg.pretrained_path:
+            raise PipelineError(f"--pretrained: {name} has no published weights; train it from scratch")
+        if cfg.drop_path_rate:
+            raise PipelineError(f"--drop-path-rate: {name} has no stochastic depth; leave it at 0")
+        parse_hidden(cfg.hidden)
+        return
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, [*NETS, "lightgbm", *timm.list_models()], n=3)
+        raise PipelineError(f"--model: unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                                                                  "; see timm.list_models()"))
+    if cfg.pretrained and name == "digit_cnn":
+        raise PipelineError(f"--pretrained: digit_cnn has no published weights; train it from scratch, or "
+                            f"{OFFLINE.replace('NAME', repr(name))}")
+    if cfg.pretrained_path:
+        load_checkpoint(cfg.pretrained_path)  # read, not built: a missing or unusable file is refused now
 
 
 def hub_model(name: str, num_classes: int, in_chans: int, kwargs: dict) -> nn.Module:

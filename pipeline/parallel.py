@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import torch
 
@@ -22,6 +23,7 @@ from pipeline.config import Config, ExperimentConfig, make_config, to_dict
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.experiment import HeldLock
+from pipeline.learners import Run
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -89,10 +91,7 @@ def fold_worker(values: dict, me: int, device_name: str, folds, results, threads
                 parent: int) -> None:
     """One --gpus process: train folds from the queue on one device until its stop sign; report each fold.
     `lock` keeps the experiment locked while this process lives; `parent` is the pid it must not outlive."""
-    from pipeline import engine
-
     die_with(parent)
-    engine.BARS = False
     torch.set_num_threads(threads)
     try:
         if device_name.startswith("cuda"):
@@ -100,8 +99,8 @@ def fold_worker(values: dict, me: int, device_name: str, folds, results, threads
         cfg = make_config(values | {"device": device_name, "gpus": ""}, "fold worker")
         job = trainer.setup(cfg, quiet=True)
         device = resolve_device(device_name)
-        resolved = ExperimentConfig.read(job.exp_dir / "config.json")
-        images, targets = job.images(device)
+        job = replace(job, resolved=ExperimentConfig.read(job.exp_dir / "config.json"))  # the run's, as written
+        rows = job.images(device)
     except KeyboardInterrupt:
         return
     except Exception as e:  # noqa: BLE001 - reported in one line by the parent
@@ -110,8 +109,7 @@ def fold_worker(values: dict, me: int, device_name: str, folds, results, threads
     while (k := folds.get()) is not None:
         results.put(("start", k, me, str(os.getpid())))
         try:
-            preds = trainer.fit_fold(job.cfg, resolved, job.spec, k, images, targets, job.folds.fold, job.exp_dir,
-                                     device)
+            preds = job.fit_fold(k, rows, Run(device, bars=False))  # one bar per process would overwrite the others
             job.finish_fold(k, preds)
             results.put(("done", k, me, ""))
         except KeyboardInterrupt:

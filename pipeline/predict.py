@@ -18,16 +18,16 @@ import pandas as pd
 import torch
 
 from pipeline import data
-from pipeline.io import load_checkpoint, write_json, write_npy
+from pipeline.io import write_json, write_npy
 from pipeline.config import Config, ExperimentConfig, flag
 from pipeline.inputs.spec import DataSpec
-from pipeline.engine import predict
+from pipeline.training.engine import predict
 from pipeline.ensemble import combine, honest_scores
 from pipeline.errors import PipelineError
-from pipeline.experiment import (GBM_RECIPE, RECIPE, CVSummary, cv_summary, done_folds, experiment_dir, oof_arrays, oof_where,
+from pipeline.experiment import (CVSummary, cv_summary, done_folds, experiment_dir, oof_arrays, oof_where,
                                  prob_columns, read_oof, write_oof_rows, writer)
-from pipeline.inputs import model_form
-from pipeline.models import build_model
+from pipeline.learners import learner_for
+from pipeline.learners.neural import load_fold_model
 from pipeline.tasks import Task
 
 
@@ -81,41 +81,13 @@ def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
 
 def model_suffix(config: ExperimentConfig) -> str:
     """A fold's model file: fold<k>.pth (torch), fold<k>.txt (a boosting library's text model)."""
-    from pipeline.learners.boosted import SUFFIX
-
-    return SUFFIX if model_form(config.model) == "gbm" else ".pth"
-
-
-def fold_input(path: Path, rows: torch.Tensor, spec: DataSpec) -> torch.Tensor:
-    """Rows as the fold at `path` sees them: its own saved preprocessing applied (tables), or as they are."""
-    if not spec.input_kind.has_preprocessing:
-        return rows
-    return spec.input_kind.apply_fold(fold_state(path, spec), rows)
-
-
-def fold_state(path: Path, spec: DataSpec) -> dict:
-    """The preprocessing state saved beside the fold at `path` (fold<k>.prep.json), as its input kind reads it."""
-    prep = path.with_name(path.name.split(".")[0] + ".prep.json")
-    if not prep.is_file():
-        raise PipelineError(f"{prep}: missing (the preprocessing {path.name} was trained with); retrain with --overwrite")
-    return spec.input_kind.load_state(prep, spec)
+    return learner_for(config.model).suffix
 
 
 def fold_predictions(path: Path, rows: torch.Tensor, cfg: Config, config: ExperimentConfig, preset: str,
-                     device: torch.device,
-                     desc: str) -> np.ndarray:
+                     device: torch.device, desc: str) -> np.ndarray:
     """One fold's predictions (N, outputs) for raw rows, by its learner, through its own preprocessing."""
-    spec = DataSpec.from_config(config, str(path.parent / "config.json"))
-    if model_form(config.model) == "gbm":
-        from pipeline.learners import boosted
-
-        return boosted.predict_fold(path, rows.cpu().numpy(), spec, config.model)
-    model, spec = load_fold_model(path, device, config)
-    if cfg.tta:
-        from pipeline.tta import with_tta  # ttach is needed only with --tta
-        model = with_tta(model, preset)
-    return predict(model, fold_input(path, rows, spec), cfg.batch_size or 1024, spec, device, desc=desc,
-                   precision=cfg.precision)
+    return learner_for(config.model).predict_fold(path, rows, cfg, config, preset, device, desc)
 
 
 def train_command(exp_dir: Path, cfg: Config, what: str) -> str:
@@ -124,47 +96,13 @@ def train_command(exp_dir: Path, cfg: Config, what: str) -> str:
     config, defaults = experiment_config(exp_dir), Config()
     words = ["python -m pipeline.train --exp", shlex.quote(exp_dir.name), what]
     where = {"data": cfg.data, "weights_dir": cfg.weights_dir, "folds_path": config.setting("folds_path")}
-    recipe = GBM_RECIPE if model_form(config.model) == "gbm" else ["pretrained", *RECIPE]  # what its learner reads
+    recipe = learner_for(config.model).recipe  # what its learner reads
     for name in [*where, *recipe]:
         value = where[name] if name in where else config.setting(name)
         if value is None or value == getattr(defaults, name):
             continue
         words += [flag(name)] if value is True else [flag(name), shlex.quote(str(value))]
     return " ".join(words)
-
-
-def load_fold_model(path: Path, device: torch.device,
-                    experiment: ExperimentConfig | None = None) -> tuple[torch.nn.Module, DataSpec]:
-    """Rebuild the fold's model from the config stored in its checkpoint (pretrained=False).
-
-    `experiment`: the experiment's config.json; a checkpoint trained on other folds or for other outputs is refused.
-    """
-    ckpt = load_checkpoint(path)
-    saved = ExperimentConfig.from_checkpoint(ckpt, path)
-    experiment = experiment or saved
-    if saved.folds_hash != experiment.folds_hash:
-        raise PipelineError(f"{path}: trained on folds file {saved.folds_hash!r}, the experiment's config.json "
-                            f"says {experiment.folds_hash!r}; its folds mix two fold assignments: retrain with "
-                            "--overwrite --fold all")
-    for key in ("num_classes", "in_chans"):
-        if getattr(saved, key) != getattr(experiment, key):
-            raise PipelineError(f"{path}: checkpoint has {key}={getattr(saved, key)!r}, the data needs "
-                                f"{getattr(experiment, key)}")
-    spec = DataSpec.from_config(saved, str(path))
-    net_input = spec.input_kind.net_input(saved.in_chans, saved.img_size, fold_state(path, spec)) \
-        if spec.input_kind.has_preprocessing else {}  # the width (and embedded slots) the fold's preprocessing gives
-    model = build_model(saved.model, saved.num_classes, saved.in_chans, saved.img_size, pretrained=False,
-                        hidden=str(saved.setting("hidden")), layers=int(saved.setting("layers")),
-                        **({"pool": str(saved.setting("pool"))} | net_input))
-    model = spec.task.output_head(model)  # regression: its mean and std come with the weights
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        detail = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise PipelineError(f"{path}: weights do not fit {saved.model} ({detail[min(1, len(detail) - 1)][:120]})") from None
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model.to(device).eval(), spec
 
 
 def predict_experiment(exp_dir: Path, images: torch.Tensor, cfg: Config, preset: str, device: torch.device) -> np.ndarray:

@@ -18,9 +18,8 @@ from pipeline.io import atomic_path, write_csv  # noqa: E402
 from pipeline.config import Config, ExperimentConfig  # noqa: E402
 from pipeline.inputs.spec import DataSpec  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.experiment import GBM_RECIPE, CVSummary, cv_summary, oof_arrays, oof_where, read_oof, read_table  # noqa: E402
-from pipeline.inputs import model_form  # noqa: E402
-from pipeline.learners import boosted  # noqa: E402
+from pipeline.experiment import CVSummary, cv_summary, oof_arrays, oof_where, read_oof, read_table  # noqa: E402
+from pipeline.learners import learner_for  # noqa: E402
 
 
 def per_class_scores(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> pd.DataFrame:
@@ -148,13 +147,12 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
     if images is not None and ids.max() >= len(images):
         raise PipelineError(f"{where}: id {ids.max()} is beyond the {len(images):,} train rows; "
                             "pass the --data it was trained on")
-    model = config.model
-    gbm = model_form(model) == "gbm"
-    importance = boosted.importance(exp_dir, model) if gbm else None
+    learner = learner_for(config.model)
+    importance = learner.importance(exp_dir)
     out = exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     sections = []
-    if not gbm:  # a gbm fold is one row (its best iteration): no curve to draw
+    if learner.curves():  # a boosted fold is one row (its best iteration): no curve to draw
         plot_curves(metrics, out / "curves.png", task.metric)
         sections.append("## Training curves\n![curves](curves.png)\n")
         if (exp_dir / "schedule.csv").is_file():
@@ -211,8 +209,7 @@ def report_markdown(name: str, config: ExperimentConfig, cv: CVSummary, sections
     folds = pd.DataFrame([{"fold": k, **s} for k, s in cv.per_fold.items()])
     tta = (f"\nOOF with TTA ({cv.oof_tta['preset']}): {metric} {cv.oof_tta[metric]:.5f}, "
            f"loss {cv.oof_tta['loss']:.4f}\n" if cv.oof_tta else "")
-    keys = ("model", "epochs", "batch_size", "lr", "label_smoothing", "img_size") if model_form(
-        config.model) != "gbm" else GBM_RECIPE[:3]
+    keys = learner_for(config.model).report_keys
     recipe = ", ".join(f"{k} {config.setting(k)}" for k in keys)
     body = "\n".join(sections)
     return f"""# Experiment {name}

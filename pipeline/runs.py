@@ -19,7 +19,7 @@ from pipeline.config import Config, ExperimentConfig, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.inputs.spec import DataSpec
 from pipeline.experiment import CVSummary, experiment_dir
-from pipeline.inputs import model_form
+from pipeline.learners import learner_for
 from pipeline.predict import experiment_config, read_oofs
 
 UNREADABLE = "unreadable experiments"
@@ -73,9 +73,7 @@ def _summary(exp_dir: Path) -> dict:
     return {
         "group": group_of(config, str(exp_dir / "config.json")),
         "exp": exp_dir.name, "model": config.model,
-        **({"epochs": "-", "batch": "-", "lr": "-", "smooth": "-"} if model_form(config.model) == "gbm"
-           else {"epochs": config.setting("epochs"), "batch": config.setting("batch_size"), "lr": config.setting("lr"),
-                 "smooth": config.setting("label_smoothing")}),  # a boosted model has no epochs, batches or lr schedule
+        **learner_for(config.model).runs_columns(config),
         "folds": f"{len(cv.folds_present) if cv else 0}/{config.n_splits}",
         "metric": cv.metric if cv else "-", "cv": _number(cv.score if cv else None),
         "fold_std": _number(cv.fold_std if cv else None),

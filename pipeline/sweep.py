@@ -47,9 +47,9 @@ def plot_heatmap(grid: pd.DataFrame, path: Path, metric: str = "accuracy") -> No
 
 
 def run(cfg: Config, extra: dict) -> pd.DataFrame:
-    from pipeline.inputs import model_form
+    from pipeline.learners import learner_for
 
-    if model_form(cfg.model) == "gbm":
+    if not learner_for(cfg.model).curves():
         raise PipelineError(f"sweep: grids learning rate x batch size, which --model {cfg.model} does not have "
                             f"(no batches, no epochs); search its parameters with: python -m pipeline.tune --model "
                             f"{cfg.model} --data {shlex.quote(cfg.data)} --trials 30")

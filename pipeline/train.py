@@ -24,7 +24,8 @@ from pipeline.distributed import Ranks
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, main_guard
 from pipeline.predict import oof_tta
-from pipeline.trainer import Setup, check_batch, fit_fold, for_ranks, setup, train_full
+from pipeline.learners import Run
+from pipeline.trainer import Setup, check_batch, for_ranks, setup
 
 FLAGS = TRAIN_FLAGS
 REPORT_FLAGS = ["exp", "data", "weights_dir", "cache_dir"]  # what `python -m pipeline.report` needs to find the run
@@ -69,8 +70,7 @@ def run(cfg: Config, on_epoch=None) -> dict:
         job = setup(cfg, quiet=not ranks.main, world=ranks.world)
         check_batch(job.cfg, ranks)
         if cfg.fold == "full":
-            return train_full(job.cfg, job.resolved, job.spec, job.src, job.desc, job.train, job.exp_dir,
-                              resolve_device(job.cfg.device), ranks)
+            return job.train_full(Run(resolve_device(job.cfg.device), ranks))
         return train_folds(job, devices, ranks, on_epoch)
 
 
@@ -108,8 +108,7 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> 
                 device = resolve_device(devices[0])
             images, targets = job.images(device)
             for k in todo:
-                preds = fit_fold(cfg, job.resolved, job.spec, k, images, targets, job.folds.fold, exp_dir, device,
-                                 on_epoch, ranks)
+                preds = job.fit_fold(k, (images, targets), Run(device, ranks, on_epoch))
                 if ranks.main:
                     job.finish_fold(k, preds)
         if not ranks.main:

@@ -18,24 +18,12 @@ from pathlib import Path
 
 from pipeline import data, train, trainer
 from pipeline.io import write_json
-from pipeline.config import TRAIN_FLAGS, Config, check_name, parse_stage, with_lr
+from pipeline.config import TRAIN_FLAGS, Config, check_name, parse_stage
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.experiment import RECIPE
-from pipeline.inputs import model_form
-from pipeline.learners import gbm_learner
+from pipeline.learners import learner_for
 
 FLAGS = [f for f in TRAIN_FLAGS if f not in ("exp", "resume", "overwrite", "report", "oof_tta")] + ["trials"]
-
-
-def suggest(trial, max_epochs: int, min_epochs: int = 1) -> dict:
-    """One point of the search space."""
-    return {
-        "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-4, 0.2, log=True),
-        "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
-        "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
-        "epochs": trial.suggest_int("epochs", max(min_epochs, max_epochs // 3), max_epochs),
-    }
 
 
 def run(cfg: Config, extra: dict):
@@ -46,20 +34,14 @@ def run(cfg: Config, extra: dict):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out_dir = Path(cfg.weights_dir) / "tunes" / check_name(extra["name"], "--name")
 
-    gbm = gbm_learner(cfg.model) if model_form(cfg.model) == "gbm" else None
-    base = gbm.load_params(cfg.gbm_params) if gbm and cfg.gbm_params else {}  # the user's, under each trial's
+    learner = learner_for(cfg.model)
 
     def trial_config(params: dict, name: str) -> Config:
-        """The recipe of a point of the space; a gbm point becomes a params file in the study folder."""
-        if gbm is None:
-            params = dict(params)
-            return replace(with_lr(cfg, params.pop("lr")), **params)
-        path = out_dir / f"{name}.gbm_params.json"
-        write_json(base | params, path)
-        return replace(cfg, gbm_params=str(path))
+        """The recipe of a point of the space (a parameters file in the study folder, where the learner needs one)."""
+        return learner.trial_config(cfg, params, out_dir / f"{name}.gbm_params.json")
 
     def objective(trial):
-        params = gbm.search_space(trial) if gbm else suggest(trial, cfg.epochs, max(1, cfg.swa_epochs))  # --swa-epochs needs that many epochs
+        params = learner.search_space(trial, cfg)
         print(f"== trial {trial.number}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in params.items()))
 
@@ -81,7 +63,7 @@ def run(cfg: Config, extra: dict):
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise PipelineError(f"tune: none of the {cfg.trials} trials completed (all pruned or diverged); "
                             "widen the search or train longer")
-    best = trial_config(study.best_trial.params if gbm else dict(study.best_params), "best")  # min-lr moved as it was
+    best = trial_config(dict(study.best_params), "best")  # min-lr moved as it was
     keep = [f for f in RECIPE if f != "seed"] + ["model", "data", "folds_path", "device"]
     write_json({k: getattr(best, k) for k in keep}, out_dir / "best.json")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

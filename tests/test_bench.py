@@ -65,7 +65,7 @@ def test_bench_sequences_runs_each_side_in_its_own_process(capsys, monkeypatch, 
     if mode == "--speakers":
         import json
 
-        from pipeline import bench_sequences
+        from pipeline.bench import sequences as bench_sequences
 
         def in_process(name, settings):
             bench_sequences.side(name, settings)

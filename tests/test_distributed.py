@@ -262,7 +262,7 @@ def test_each_rank_trains_on_its_share_of_every_global_batch(rank):
     from pipeline.config import Config
     from pipeline.distributed import Ranks
     from pipeline.inputs.spec import DataSpec
-    from pipeline.engine import train_one_epoch
+    from helpers import one_epoch
     from pipeline.tasks import Task
 
     class Seen(torch.nn.Module):
@@ -279,7 +279,7 @@ def test_each_rank_trains_on_its_share_of_every_global_batch(rank):
     spec = DataSpec(Task("multiclass", ("a", "b")), 16, (0.0,), (1 / 255,), "none")  # input value = the row number
     order = torch.randperm(16, generator=torch.Generator().manual_seed(7))
     model = Seen()
-    result = train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), None, images, torch.arange(16),
+    result = one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), None, images, torch.arange(16),
                              torch.zeros(16, dtype=torch.long), cfg, spec, 0, torch.Generator().manual_seed(7),
                              ranks=Ranks(rank, 2))
     assert result.step == 2 and [len(r) for r in model.rows] == [4, 4]

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from pipeline import learners
+from pipeline.learners import boosted
 from pipeline.errors import PipelineError
 from pipeline.learners import gbm
 from pipeline.tasks import Task
@@ -239,7 +239,7 @@ def test_predict_refuses_rows_of_another_width():
 
 
 def test_learner_registry():
-    assert learners.gbm_learner("lightgbm") is gbm
+    assert boosted.gbm_learner("lightgbm") is gbm
     with pytest.raises(PipelineError, match="unknown gradient-boosting learner 'xgb'; valid: lightgbm"):
-        learners.gbm_learner("xgb")
+        boosted.gbm_learner("xgb")
     assert json.dumps(gbm.DEFAULTS)  # the defaults can be saved beside the model as they are

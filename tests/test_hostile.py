@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import data, experiment, infer, make_folds, recipe, runs, sweep, train, tune
+from pipeline import data, experiment, infer, make_folds, runs, sweep, train, tune
+from pipeline.training import recipe
 from pipeline.inputs.spec import DataSpec
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.tasks import Task
@@ -528,18 +529,17 @@ def test_partial_overwrite_checks_the_kept_checkpoints_too(project, capsys):
 def test_damaged_resume_snapshot_values_are_refused(project, edit, message, capsys):
     args = ["--data", project, "--exp", "r", "--fold", "0", "--epochs", "2", "--batch-size", "32"]
     assert train.main(args) == 0
-    from pipeline.recipe import fold_setup
-    from pipeline.resume import FoldProgress, snapshot  # a real snapshot of fold 0 after its first epoch
+    from pipeline.training.recipe import FoldProgress, Recipe  # a real snapshot of fold 0 after its first epoch
     snap = torch.load("weights/r/fold0.pth", weights_only=True)
     model_state = snap["state_dict"]
     oof = pd.read_csv("weights/r/oof.csv")
     preds = torch.tensor(oof[[f"p{c}" for c in range(10)]].to_numpy(), dtype=torch.float32)
     cfg = train.Config(epochs=2, batch_size=32)
     spec = DataSpec(Task("multiclass", tuple(str(i) for i in range(10))), 28, (0.1,), (0.3,))
-    model, _, optimizer, generator = fold_setup(cfg, spec, 1, 0, torch.device("cpu"))
-    model.load_state_dict(model_state)
-    state = snapshot(FoldProgress(1, 5, {"accuracy": 0.5, "loss": 1.0, "log_loss": 1.0}, preds.numpy(), 1), model,
-                     optimizer, generator)
+    fold = Recipe(cfg, spec, 1, torch.device("cpu")).fold(0, "fold 0", {}, np.zeros(4, np.int64), 1000)
+    fold.model.load_state_dict(model_state)
+    fold.progress = FoldProgress(1, 5, {"accuracy": 0.5, "loss": 1.0, "log_loss": 1.0}, preds.numpy(), 1)
+    state = fold.state_dict()
     edit(state)
     Path("weights/r/oof.csv").unlink()  # fold 0 unfinished again
     torch.save(state, "weights/r/fold0.last.pth")

@@ -121,7 +121,7 @@ def test_full_data_model_joins_the_folds(two_experiments, workdir, capsys):
     assert infer.main(["--data", comp, "--exp", "a", "--with-full"]) == 0
     with_full = np.load(workdir / "weights/a/test_probs.npy")
     from pipeline import data
-    from pipeline.engine import predict
+    from pipeline.training.engine import predict
     from pipeline.predict import load_fold_model
 
     model, spec = load_fold_model(workdir / "weights/a/full.pth", torch.device("cpu"))

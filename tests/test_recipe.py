@@ -12,7 +12,8 @@ from pipeline.augment import MEAN, STD
 from pipeline.io import BackgroundWriter
 from pipeline.config import Config, with_lr
 from pipeline.inputs.spec import DataSpec
-from pipeline.engine import load_scheduler_state, make_scheduler, scheduler_state, train_one_epoch
+from helpers import one_epoch
+from pipeline.training.recipe import load_scheduler_state, make_scheduler, scheduler_state
 from pipeline.errors import PipelineError
 from pipeline.tasks import Task
 
@@ -29,7 +30,7 @@ def applied_lrs(cfg: Config, epochs: int, steps: int, metrics=None) -> list[list
     labels = torch.randint(0, 3, (4 * steps,))
     out, step = [], 0
     for epoch in range(epochs):
-        result = train_one_epoch(net, optimizer, scheduler, images, torch.arange(4 * steps), labels, cfg, SPEC, step,
+        result = one_epoch(net, optimizer, scheduler, images, torch.arange(4 * steps), labels, cfg, SPEC, step,
                                  torch.Generator().manual_seed(epoch))
         step = result.step
         out.append(result.lrs)
@@ -227,7 +228,7 @@ def test_schedule_flags_end_to_end(tiny_comp, workdir, capsys):
 def test_resume_snapshot_carries_the_plateau_counters_and_the_swa_average(tmp_path):
     from torch.optim.swa_utils import AveragedModel
 
-    from pipeline.resume import FoldProgress, restore, snapshot
+    from pipeline.training.recipe import FoldProgress, FoldState
 
     cfg = Config(**BASE, epochs=8, warmup_epochs=0, sched="plateau", decay_epochs=3)
 
@@ -243,10 +244,12 @@ def test_resume_snapshot_carries_the_plateau_counters_and_the_swa_average(tmp_pa
     with torch.no_grad():
         model.weight.add_(1.0)
     swa.update_parameters(model)
-    state = FoldProgress(3, 6, {"accuracy": 0.9, "loss": 1.0}, np.zeros((2, 2), np.float32), 1)
-    saved = snapshot(state, model, optimizer, generator, scheduler=scheduler, swa=swa)
+    progress = FoldProgress(3, 6, {"accuracy": 0.9, "loss": 1.0}, np.zeros((2, 2), np.float32), 1)
+    saved = FoldState(model, optimizer, generator, scheduler, model=model, swa=swa, progress=progress).state_dict()
     model2, optimizer2, scheduler2, swa2, generator2 = parts()
-    back = restore(saved, model2, optimizer2, generator2, tmp_path / "x", scheduler=scheduler2, swa=swa2)
+    fold2 = FoldState(model2, optimizer2, generator2, scheduler2, model=model2, swa=swa2)
+    fold2.load_state_dict(saved, tmp_path / "x")
+    back = fold2.progress
     assert (back.epoch, back.step, back.best, back.best_epoch) == (3, 6, {"accuracy": 0.9, "loss": 1.0}, 1)
     assert scheduler2.lr_scheduler.num_bad_epochs == 2 and scheduler2.lr_scheduler.best == 0.9
     assert int(swa2.n_averaged) == 1 and torch.equal(swa2.module.weight, swa.module.weight)

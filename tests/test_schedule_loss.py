@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from pipeline.augment import MEAN, STD, to_model_input
 from pipeline.config import Config
 from pipeline.inputs.spec import DataSpec
-from pipeline.engine import auto_batch_size, make_scheduler, predict, train_one_epoch
+from helpers import one_epoch
+from pipeline.training.engine import auto_batch_size, predict
+from pipeline.training.recipe import make_scheduler
 from pipeline.metrics import log_loss, scores
 from pipeline.tasks import Task
 
@@ -36,7 +38,7 @@ def test_label_smoothing_on_training_loss_only():
     x = to_model_input(images, 16, False)
     expected = F.cross_entropy(model(x), labels, label_smoothing=0.2).item()
     spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
-    result = train_one_epoch(model, opt, make_scheduler(opt, cfg, 1), images, torch.arange(8), labels, cfg, spec, 0,
+    result = one_epoch(model, opt, make_scheduler(opt, cfg, 1), images, torch.arange(8), labels, cfg, spec, 0,
                              torch.Generator().manual_seed(0))
     assert result.loss == pytest.approx(expected, rel=1e-5) and result.step == 1
     assert result.lrs == [pytest.approx(0.5)]  # the cosine's value at step 0 without warmup: the peak
@@ -69,7 +71,7 @@ def test_precision_choice_and_fp16_scaler():
     spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.fc.weight.detach().clone()
-    result = train_one_epoch(model, opt, None, images, torch.arange(16), labels, cfg, spec, 0,
+    result = one_epoch(model, opt, None, images, torch.arange(16), labels, cfg, spec, 0,
                              torch.Generator().manual_seed(0), scaler=scaler)
     assert result.step == 4 and np.isfinite(result.loss)
     assert scaler._get_growth_tracker() == 4  # the scaler took all 4 optimizer steps (none skipped as inf)
@@ -87,7 +89,7 @@ def test_ema_weights_follow_the_model_and_differ_from_it():
     labels = torch.randint(0, 3, (32,))
     cfg = Config(batch_size=4, lr=0.5, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16)
     spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
-    train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.5), None, images, torch.arange(32), labels, cfg,
+    one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.5), None, images, torch.arange(32), labels, cfg,
                     spec, 0, torch.Generator().manual_seed(0), ema=ema)
     averaged, raw = ema.module.fc.weight.detach(), model.fc.weight.detach()
     assert not torch.equal(averaged, start) and not torch.equal(averaged, raw)  # moved, but behind the model
@@ -111,7 +113,7 @@ def test_clip_grad_bounds_each_step():
         cfg = Config(batch_size=4, lr=1.0, warmup_epochs=0, rotate=0, scale=0, shift=0, img_size=16, clip_grad=clip)
         spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
         images = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
-        train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=1.0), None, images, torch.arange(8),
+        one_epoch(model, torch.optim.SGD(model.parameters(), lr=1.0), None, images, torch.arange(8),
                         torch.randint(0, 3, (8,)), cfg, spec, 0, torch.Generator().manual_seed(0))
         return (model.fc.weight.detach() - start).norm().item()
 
@@ -124,7 +126,7 @@ def test_patience_rule_and_drop_rates_and_determinism():
 
     from pipeline.device import seed_everything
     from pipeline.models import build_model
-    from pipeline.recipe import stop_early
+    from pipeline.training.recipe import stop_early
 
     assert [stop_early(e, 2, 3) for e in (3, 4, 5)] == [False, False, True] and not stop_early(50, 1, 0)
     model = build_model("resnet18", 10, 1, 28, drop_rate=0.25, drop_path_rate=0.1)
@@ -153,7 +155,7 @@ def test_mixup_trains_on_mixed_soft_targets():
         spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
         images = torch.randint(0, 255, (16, 1, 2, 2), dtype=torch.uint8)
         labels = torch.randint(0, 3, (16,))
-        return train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), None, images, torch.arange(16),
+        return one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), None, images, torch.arange(16),
                                labels, cfg, spec, 0, torch.Generator().manual_seed(0), mix=mix).loss
 
     plain = loss_with(None)
@@ -186,7 +188,7 @@ def test_mixup_feeds_the_model_the_mixed_images_and_scores_the_mixed_targets():
     spec = DataSpec(Task("multiclass", ("a", "b", "c")), 16, (MEAN,), (STD,), "none")
     images = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    result = train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), None, images, torch.arange(8), labels,
+    result = one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), None, images, torch.arange(8), labels,
                              cfg, spec, 0, torch.Generator().manual_seed(0), mix=mix)
     original, mixed, soft = mix.seen
     assert not torch.allclose(original, mixed)  # alpha 1.0: the images really were mixed
@@ -213,7 +215,7 @@ def test_optimizer_and_mixup_flags_end_to_end(tiny_comp, workdir, capsys):
 
 
 def test_opt_builds_the_named_timm_optimizer():
-    from pipeline.recipe import make_optimizer
+    from pipeline.training.recipe import make_optimizer
 
     sgd = make_optimizer(torch.nn.Linear(3, 2), Config(opt="sgd", momentum=0.8, lr=0.01))
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8

@@ -8,7 +8,7 @@
 
 Stages ask a kind (through DataSpec, which names it) and never branch on it: `train_batch` (the augmented
 training input), `model_input` (what the model consumes), `fit_fold` / `apply_fold` (per-fold preprocessing),
-`tta_check` (a kind without TTA refuses --tta in one line).
+`tta_check` (a kind without TTA refuses --tta in one line), `forward` (how a batch enters the model).
 """
 from __future__ import annotations
 
@@ -26,23 +26,3 @@ def input_kind(name: str):
     if name not in KINDS:
         raise PipelineError(f"input kind {name!r} unknown; valid: {', '.join(KINDS)} (retrain with --overwrite)")
     return KINDS[name]
-
-
-def model_form(name: str) -> str:
-    """What input a model name wants: 'gbm' (a gradient-boosting learner), 'vector' (the mlp), 'sequence' (gru, lstm,
-    transformer, conformer) or 'image' (timm's registry)."""
-    from pipeline.learners import GBM_LEARNERS as LEARNERS
-    from pipeline.nets import NETS
-
-    return "gbm" if name in LEARNERS else NETS.get(name, "image")
-
-
-def check_model(kind, model: str) -> None:
-    """A model that cannot take this kind's rows is refused before any work, naming the ones that can."""
-    if model_form(model) not in kind.forms:
-        from pipeline.learners import GBM_LEARNERS as LEARNERS
-        from pipeline.nets import NETS
-
-        fits = [n for n in (*NETS, *LEARNERS) if model_form(n) in kind.forms]
-        raise PipelineError(f"--model {model}: takes {model_form(model)} input, and this data is a {kind.name}; "
-                            f"use {' or '.join(fits)}{' or any timm backbone' if 'image' in kind.forms else ''}")

@@ -3,19 +3,32 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.augment import augment, to_model_input
+from pipeline.augment import albumentations_batches, augment, is_albumentations, load_albumentations, to_model_input
+from pipeline.inputs.spec import InputKind
 
 
-class ImageInput:
+class ImageInput(InputKind):
     name = "image"
     unit = "img"  # what the training speed counts: img/s
     has_preprocessing = False  # pixels need no fitted statistics: the normalisation is fixed per data set
     forms = ("image", "vector", "sequence")  # timm backbones; the mlp sees the flattened image, sequence models its rows
     default_model = "digit_cnn"
 
-    def train_batch(self, x: torch.Tensor, spec, cfg, generator: torch.Generator) -> torch.Tensor:
+    def train_batch(self, x: torch.Tensor, spec, steps, generator: torch.Generator) -> torch.Tensor:
         """(B, C, H, W) uint8 -> the augmented batch, still on the 0..255 scale."""
-        return augment(x, spec.augment, cfg.rotate, cfg.scale, cfg.shift, generator)
+        return augment(x, spec.augment, steps.rotate, steps.scale, steps.shift, generator)
+
+    def check_augment(self, spec) -> None:
+        if is_albumentations(spec.augment):
+            load_albumentations(spec.augment)  # a bad file fails here, before any work
+
+    def rows_device(self, spec, device: torch.device) -> torch.device:
+        """An albumentations law augments on the CPU, in DataLoader workers: the rows stay in host memory."""
+        return torch.device("cpu") if is_albumentations(spec.augment) else device
+
+    def worker_batches(self, data, order: torch.Tensor, batch: int, spec, generator: torch.Generator):
+        return albumentations_batches(data, order, batch, spec.augment, generator) \
+            if is_albumentations(spec.augment) else None
 
     def model_input(self, x: torch.Tensor, spec, channels_last: bool) -> torch.Tensor:
         return to_model_input(x, spec.img_size, channels_last, spec.mean, spec.std)
@@ -46,11 +59,11 @@ class ImageInput:
         """What a vector model (mlp) gets: the flattened image, no categorical slots; a sequence model: its rows."""
         return {"n_features": in_chans * img_size * img_size, "embeddings": (), "step_features": in_chans * img_size}
 
-    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
+    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, steps, generator: torch.Generator):
         """A training batch as the model consumes it: rows taken (from the device, or streamed), augmented, normalised."""
         from pipeline.device import take
 
-        x = self.train_batch(take(data, idx, device), spec, cfg, generator)
+        x = self.train_batch(take(data, idx, device), spec, steps, generator)
         return self.model_input(x, spec, device.type == "cuda")
 
     def eval_inputs(self, data, batch_size: int, device: torch.device, spec):

@@ -18,12 +18,13 @@ import torch
 from pipeline.data.packed import by_length, context_batch, crop_batch, whole_batch
 from pipeline.device import to_device
 from pipeline.errors import PipelineError
+from pipeline.inputs.spec import InputKind
 
 EVAL_FRAMES = 200_000  # padded frames per evaluation batch of whole sequences (each batch pads to its longest)
 EVAL_SQUARE = 1 << 26  # rows x T^2 per evaluation batch: an attention map of 67M cells (256 MB float32 per head)
 
 
-class SequenceInput:
+class SequenceInput(InputKind):
     name = "sequence"
     unit = "seq"  # what the training speed counts: seq/s
     has_preprocessing = True
@@ -85,7 +86,7 @@ class SequenceInput:
         return {"n_features": n, "step_features": n}
 
     # -- batches ------------------------------------------------------------------------------------------------
-    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
+    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, steps, generator: torch.Generator):
         x, lengths = crop_batch(data.packed, data.rows[idx.to(data.rows.device)], int(spec.features.get("crop", 128)),
                                 generator)
         x = spec_augment(x, lengths, generator) if spec.augment == "specaugment" else x
@@ -96,6 +97,10 @@ class SequenceInput:
         for batch in by_length(data.lengths.cpu(), max(1, batch_size), EVAL_FRAMES, EVAL_SQUARE):
             x, lengths = whole_batch(data.packed, data.rows[batch.to(data.rows.device)])
             yield batch, (to_device(x, device), lengths.to(device))
+
+    def forward(self, model, x):
+        """Sequence networks take (x, lengths); a frame's window (the mlp) is one tensor."""
+        return model(*x) if isinstance(x, tuple) else model(x)
 
     def tta_check(self, preset: str) -> None:
         raise PipelineError(f"--tta: {self.name} rows have no test-time augmentation; infer without --tta")
@@ -120,7 +125,7 @@ class FramesInput(SequenceInput):
         n = len(state["mean"]) if state else 0
         return {"n_features": n, "step_features": n, "steps": 2 * int(state.get("context", 5)) + 1 if state else 1,
                 "pool": self.pool}
-    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
+    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, steps, generator: torch.Generator):
         x = context_batch(data.packed, data.rows[idx.to(data.rows.device)], int(spec.features.get("context", 5)))
         if spec.augment == "specaugment":
             x = spec_augment(x, None, generator)

@@ -31,9 +31,9 @@ class DataSpec:
         """A batch of rows as the model consumes it (normalised images, preprocessed features)."""
         return self.input_kind.model_input(x, self, channels_last)
 
-    def train_batch(self, x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
-        """A batch of training rows, augmented the kind's way (before `inputs`)."""
-        return self.input_kind.train_batch(x, self, cfg, generator)
+    def train_batch(self, x: torch.Tensor, steps, generator: torch.Generator) -> torch.Tensor:
+        """A batch of training rows, augmented the kind's way (before `inputs`); `steps`: the engine's settings."""
+        return self.input_kind.train_batch(x, self, steps, generator)
 
     def to_dict(self) -> dict:
         return {"task": self.task.to_dict(), "img_size": self.img_size, "mean": list(self.mean),
@@ -61,3 +61,25 @@ class DataSpec:
             raise PipelineError(f"{where}: damaged data_spec ({type(e).__name__}: {e}); retrain with --overwrite") from None
 
 
+
+
+class InputKind:
+    """What every input kind shares (pipeline.inputs.image, .table, .sequence override what differs)."""
+    name = ""
+    unit = "row"  # what the training speed counts: row/s
+
+    def forward(self, model, x):
+        """The model's outputs for one batch as eval_inputs / train_inputs give it."""
+        return model(x)
+
+    def check_augment(self, spec: DataSpec) -> None:
+        """A bad augmentation law is refused here, before any work."""
+
+    def rows_device(self, spec: DataSpec, device: torch.device) -> torch.device:
+        """Where the train rows live while training: on the device (batches taken there), unless the kind's
+        augmentation runs on the CPU."""
+        return device
+
+    def worker_batches(self, data, order: torch.Tensor, batch: int, spec: DataSpec, generator: torch.Generator):
+        """Augmented batches from CPU workers, in `order`; None: the kind augments on the device (train_inputs)."""
+        return None

@@ -12,19 +12,20 @@ import torch
 
 from pipeline import preprocess
 from pipeline.errors import PipelineError
+from pipeline.inputs.spec import InputKind
 
 
 ONEHOT_MAX_WIDTH = 512  # one-hot slots over every categorical column before the MLP embeds them instead
 
 
-class TableInput:
+class TableInput(InputKind):
     name = "table"
     unit = "row"  # what the training speed counts: row/s
     has_preprocessing = True
     forms = ("vector", "gbm")  # mlp (the neural learner) or lightgbm (the gbm learner)
     default_model = "lightgbm"
 
-    def train_batch(self, x: torch.Tensor, spec, cfg, generator: torch.Generator) -> torch.Tensor:
+    def train_batch(self, x: torch.Tensor, spec, steps, generator: torch.Generator) -> torch.Tensor:
         """Rows are preprocessed already; tables have no augmentation preset."""
         return x
 
@@ -72,15 +73,14 @@ class TableInput:
         return preprocess.load(path, spec.features if spec is not None else None)
 
     def resolve(self, cfg, features: dict, say):
-        """The recipe this data needs: one-hot blocks wider than ONEHOT_MAX_WIDTH in all (a 9,000-value column of a
-        0.5 MB file took 4.9 GB) become learned embeddings, with a notice (before any work)."""
+        """The recipe a network needs on this data (the neural learner asks): one-hot blocks wider than
+        ONEHOT_MAX_WIDTH in all (a 9,000-value column of a 0.5 MB file took 4.9 GB) become learned embeddings, with a
+        notice (before any work)."""
         from dataclasses import replace
-
-        from pipeline.inputs import model_form
 
         cards = list(features.get("cardinalities", []))
         width = sum(c + 1 for c in cards)
-        if model_form(cfg.model) == "gbm" or cfg.cat_encoding != "onehot" or width <= ONEHOT_MAX_WIDTH:
+        if cfg.cat_encoding != "onehot" or width <= ONEHOT_MAX_WIDTH:
             return cfg
         name = features["names"][features["categorical"][int(np.argmax(cards))]]
         say(f"notice: one-hot blocks of {len(cards)} categorical column(s) would be {width:,} input columns (over "
@@ -88,7 +88,7 @@ class TableInput:
             "(a learned embedding per column) instead")
         return replace(cfg, cat_encoding="embed")
 
-    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, cfg, generator: torch.Generator):
+    def train_inputs(self, data, idx: torch.Tensor, device: torch.device, spec, steps, generator: torch.Generator):
         from pipeline.device import take
 
         return self.model_input(take(data, idx, device), spec, False)

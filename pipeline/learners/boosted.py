@@ -1,4 +1,5 @@
-"""The gbm learner's fold: what train and infer call for `--model lightgbm` (and any library in GBM_LEARNERS).
+"""The gbm learner: `--model lightgbm` (any library in GBM_LEARNERS, one module each with pipeline.learners.gbm's
+functions).
 
 Per fold: the table's preprocessing fitted on the fold's training rows (feature selection, categories the fold
 never saw -> missing), the booster fitted with early stopping on the fold's validation rows in the competition
@@ -14,19 +15,101 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import importlib
+
 from pipeline import experiment, preprocess
 from pipeline.errors import PipelineError
-from pipeline.learners import gbm_learner
+from pipeline.experiment import GBM_RECIPE
+from pipeline.io import file_hash
+from pipeline.learners import GBM_LEARNERS, Learner
 
 SUFFIX = ".txt"  # the fold's model file: fold<k>.txt
 MIN_LEAF_ALIASES = ("min_data_in_leaf", "min_data_per_leaf", "min_data", "min_child_samples", "min_samples_leaf")
 
 
-def train_fold(cfg, params: dict, spec, k: int, data: torch.Tensor, targets: torch.Tensor, folds: np.ndarray,
-               exp_dir: Path, main: bool = True) -> np.ndarray:
-    """Fit fold k with the library's `params` (--gbm-params as read at setup and saved in config.json); save its
-    model and preprocessing; return its validation predictions (n_valid, outputs)."""
+def gbm_learner(name: str):
+    """The module that fits and predicts with the gradient-boosting library `name`."""
+    if name not in GBM_LEARNERS:
+        raise PipelineError(f"--model: unknown gradient-boosting learner {name!r}; valid: {', '.join(GBM_LEARNERS)}")
+    return importlib.import_module("pipeline.learners.gbm")
+
+
+class Boosted(Learner):
+    form = "gbm"
+    suffix = SUFFIX
+    recipe = tuple(GBM_RECIPE)
+    report_keys = tuple(GBM_RECIPE[:3])
+
+    def __init__(self, name: str):
+        self.name, self.library = name, gbm_learner(name)
+
+    def check(self, cfg, task, n_features: int) -> dict:
+        """A bad params file or a task the library cannot fit fails here, before any work; the parameters themselves
+        are the recipe (every fold and --resume read them from config.json), not the file's path."""
+        params = self.library.load_params(cfg.gbm_params) if cfg.gbm_params else {}
+        self.library.check_task(task, params)
+        if not cfg.gbm_params:
+            return {}
+        return {"gbm_param_values": params, "gbm_params_hash": file_hash(Path(cfg.gbm_params).read_bytes())}
+
+    def resolve(self, cfg, kind, features: dict, say):
+        from dataclasses import replace
+
+        from pipeline.config import Config
+
+        if cfg.cat_encoding != Config().cat_encoding:
+            say(f"notice: --cat-encoding {cfg.cat_encoding} applies to a neural model on a table's categorical "
+                "columns; LightGBM splits on categories itself: ignored")
+            cfg = replace(cfg, cat_encoding=Config().cat_encoding)  # not saved as the recipe: --resume without it works
+        return cfg
+
+    def fit_fold(self, setup, k: int, rows: tuple, run) -> np.ndarray:
+        if run.ranks.distributed:
+            raise PipelineError(f"--model {self.name}: a boosting library trains a fold in one process; run it without "
+                                "torchrun (--gpus cpu,cpu trains folds in parallel)")
+        params = setup.resolved.setting("gbm_param_values") or {}  # read once at setup: one recipe for every fold
+        return train_fold(setup.cfg, params, setup.spec, k, rows, setup.folds.fold, setup.exp_dir, run.ranks.main)
+
+    def train_full(self, setup, run) -> dict:
+        raise PipelineError(f"--fold full: {self.name} picks its number of trees on a fold's validation rows, which "
+                            "--fold full does not have; train --fold all and infer from the fold models")
+
+    def predict_fold(self, path: Path, rows: torch.Tensor, cfg, config, preset: str, device, desc: str) -> np.ndarray:
+        from pipeline.inputs.spec import DataSpec
+
+        spec = DataSpec.from_config(config, str(path.parent / "config.json"))
+        return predict_fold(path, rows.cpu().numpy(), spec, self.name)
+
+    def importance(self, exp_dir: Path):
+        return importance(exp_dir, self.name)
+
+    def runs_columns(self, config) -> dict:
+        return {"epochs": "-", "batch": "-", "lr": "-", "smooth": "-"}  # no epochs, batches or lr schedule
+
+    def search_space(self, trial, cfg) -> dict:
+        return self.library.search_space(trial)
+
+    def trial_config(self, cfg, params: dict, path: Path):
+        """A point becomes a params file in the study folder, under the user's own --gbm-params."""
+        from dataclasses import replace
+
+        from pipeline.io import write_json
+
+        base = self.library.load_params(cfg.gbm_params) if cfg.gbm_params else {}
+        write_json(base | params, path)
+        return replace(cfg, gbm_params=str(path))
+
+
+def learner(name: str) -> Boosted:
+    return Boosted(name)
+
+
+def train_fold(cfg, params: dict, spec, k: int, rows: tuple, folds: np.ndarray, exp_dir: Path,
+               main: bool = True) -> np.ndarray:
+    """Fit fold k with the library's `params` (--gbm-params as read at setup and saved in config.json) on `rows`
+    ((data, targets) of every row); save its model and preprocessing; return its validation predictions."""
     library = gbm_learner(cfg.model)
+    data, targets = rows
     raw, y = data.cpu().numpy(), targets.cpu().numpy()
     train_rows, valid_rows = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
     features = spec.features

@@ -24,7 +24,8 @@ from timm.optim import create_optimizer_v2
 
 from pipeline.config import Config, ExperimentConfig, to_dict
 from pipeline.inputs.spec import DataSpec
-from pipeline.engine import backward_and_step, make_scheduler, steps_per_epoch
+from pipeline.training.engine import backward_and_step, steps_per_epoch
+from pipeline.training.recipe import make_scheduler
 from pipeline.folds import assign_folds
 from pipeline.nets import MLP, parse_hidden
 from pipeline.tasks import Task, target_bins
@@ -73,15 +74,16 @@ def notebook_mlp(cfg: Config, x: np.ndarray, y: np.ndarray, folds: np.ndarray, d
 
 
 def pipeline_mlp(cfg: Config, x: np.ndarray, y: np.ndarray, folds: np.ndarray, device: torch.device) -> dict:
-    """Fold 0 through `trainer.train_fold` on the table kind (per-fold preprocessing fitted in it)."""
-    from pipeline.trainer import train_fold
+    """Fold 0 through `training.loop.fit` on the table kind (per-fold preprocessing fitted in it)."""
+    from pipeline.training.loop import fit
+    from pipeline.training.recipe import Recipe
 
     spec = DataSpec(TASK, 0, (0.0,), (1.0,), "none", "table",
                     {"names": [f"f{j}" for j in range(FEATURES)], "categorical": [], "cardinalities": []})
     resolved = ExperimentConfig.resolve(cfg, n_splits=5, num_classes=1, data_spec=spec.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
-        preds = train_fold(cfg, resolved, spec, 0, torch.from_numpy(x).to(device), torch.from_numpy(y).to(device),
-                           folds, Path(tmp), device)
+        rows = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+        preds = fit(Recipe(cfg, spec, resolved.in_chans, device), resolved, rows, folds, 0, Path(tmp))
         import pandas as pd
 
         seconds = pd.read_csv(Path(tmp) / "metrics.csv")["seconds"].tolist()
@@ -127,7 +129,7 @@ def pipeline_lightgbm(cfg: Config, x: np.ndarray, y: np.ndarray, folds: np.ndarr
         started = time.perf_counter()
         for k in range(5):
             params = gbm.load_params(cfg.gbm_params) if cfg.gbm_params else {}
-            oof[folds == k] = boosted.train_fold(cfg, params, spec, k, data, targets, folds, Path(tmp)).reshape(-1)
+            oof[folds == k] = boosted.train_fold(cfg, params, spec, k, (data, targets), folds, Path(tmp)).reshape(-1)
         seconds = time.perf_counter() - started
     return seconds, float(np.sqrt(np.mean((oof - y) ** 2)))
 

@@ -2,7 +2,7 @@
 is batch x T^2): evaluation batches bounded in rows x T^2 (EVAL_SQUARE, the pipeline's) against the frames budget
 alone. Each side runs in its own process, so each peak RSS is its own.
 
-    .venv/bin/python bench/long_utterance.py            # both sides, side by side
+    .venv/bin/python -m pipeline.bench.long_utterance            # both sides, side by side
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def main() -> None:
         return
     runs = {}
     for name in ("off", "on"):
-        out = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-m", "pipeline.bench.long_utterance", name], capture_output=True, text=True, check=True).stdout
         runs[name] = [float(v) for v in out.split()]
     (off_mb, off_s), (on_mb, on_s) = runs["off"], runs["on"]
     print(f"frames budget alone : peak RSS {off_mb:,.0f} MB  {off_s:.2f} s")

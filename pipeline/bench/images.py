@@ -29,7 +29,7 @@ from pipeline.config import Config
 from pipeline.data import images as img
 from pipeline.device import autocast, grad_scaler, take
 from pipeline.inputs.spec import DataSpec
-from pipeline.engine import backward_and_step, train_one_epoch
+from pipeline.training.engine import Rows, Steps, Trainee, backward_and_step, train_one_epoch
 from pipeline.models import build_model
 from pipeline.tasks import Task
 
@@ -151,7 +151,8 @@ def epoch_pipeline(cfg: Config, cache: np.ndarray, labels: np.ndarray, device) -
     scaler = grad_scaler(cfg.precision, device)
 
     def one_epoch(rows):
-        train_one_epoch(model, optimizer, None, images, rows, targets, cfg, spec, 0, generator, scaler=scaler)
+        train_one_epoch(Trainee(model, optimizer, generator, scaler=scaler), Rows(images, rows, targets), spec,
+                        Steps.of(cfg), 0)
         if device.type == "cuda":
             torch.cuda.synchronize()
     one_epoch(rows[:cfg.batch_size])  # warm-up: one step

@@ -100,7 +100,8 @@ def build(kind: str, cfg, context: int = 0):
 def optimizer_and_schedule(model, cfg, rows: int):
     from timm.optim import create_optimizer_v2
 
-    from pipeline.engine import make_scheduler, steps_per_epoch
+    from pipeline.training.engine import steps_per_epoch
+    from pipeline.training.recipe import make_scheduler
 
     optimizer = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return optimizer, make_scheduler(optimizer, cfg, steps_per_epoch(rows, cfg.batch_size), False)
@@ -117,7 +118,7 @@ def notebook_frames(cfg, rows: int, context: int, device: torch.device) -> dict:
     x_train, y_train, x_valid, y_valid = x[train], y[train], x[valid], y[valid]
     del x
     prep = time.perf_counter() - started
-    from pipeline.engine import backward_and_step
+    from pipeline.training.engine import backward_and_step
 
     model = build("frames", cfg, context).to(device)
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(y_train))
@@ -174,7 +175,7 @@ def collate(batch):
 
 
 def notebook_speakers(cfg, rows: int, workers: int, device: torch.device) -> dict:
-    from pipeline.engine import backward_and_step
+    from pipeline.training.engine import backward_and_step
 
     mels, speakers = make_speakers(rows, cfg.seed)
     folds = folds_of(np.arange(len(mels)))
@@ -219,7 +220,7 @@ def notebook_speakers(cfg, rows: int, workers: int, device: torch.device) -> dic
 
 # -- the pipeline -------------------------------------------------------------------------------------------------
 def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) -> dict:
-    """Fold 0 through `trainer.train_fold` on the frames or sequence input kind, as `train` runs it."""
+    """Fold 0 through `training.loop.fit` on the frames or sequence input kind, as `train` runs it."""
     import pandas as pd
 
     from pipeline.config import ExperimentConfig
@@ -227,7 +228,9 @@ def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) ->
     from pipeline.data.sequences import FrameRows, SequenceRows
     from pipeline.inputs.spec import DataSpec
     from pipeline.tasks import Task
-    from pipeline.trainer import train_fold
+    from pipeline.training.engine import Steps
+    from pipeline.training.loop import fit
+    from pipeline.training.recipe import Recipe
 
     task = Task("multiclass", tuple(str(c) for c in range(CLASSES[kind])))
     started = time.perf_counter()
@@ -250,7 +253,8 @@ def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) ->
     prep = time.perf_counter() - started
     resolved = ExperimentConfig.resolve(cfg, n_splits=5, num_classes=CLASSES[kind], data_spec=spec.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
-        preds = train_fold(cfg, resolved, spec, 0, rows.to(device), targets.to(device), folds, Path(tmp), device)
+        preds = fit(Recipe(cfg, spec, resolved.in_chans, device), resolved, (rows.to(device), targets.to(device)), folds, 0,
+                    Path(tmp))
         seconds = pd.read_csv(Path(tmp) / "metrics.csv")["seconds"].tolist()
     accuracy = float((preds.argmax(1) == targets.numpy()[folds == 0]).mean())
     rows, targets = rows.to(device), targets.to(device)
@@ -260,7 +264,7 @@ def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) ->
     order = train[torch.randperm(len(train), device=device, generator=generator)]
     for i in range(len(order) // cfg.batch_size):
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        spec.input_kind.train_inputs(rows, idx, device, spec, cfg, generator), targets[idx]
+        spec.input_kind.train_inputs(rows, idx, device, spec, Steps.of(cfg), generator), targets[idx]
     data_seconds = time.perf_counter() - t0
     return {"epoch_seconds": seconds, "rows": int((folds != 0).sum()), "accuracy": accuracy, "prep_seconds": prep,
             "data_seconds": data_seconds}
@@ -287,7 +291,7 @@ def side(name: str, settings: dict) -> None:
 
 
 def run_side(name: str, settings: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench_sequences", name, json.dumps(settings)],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench.sequences", name, json.dumps(settings)],
                           stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench: the {name} side failed (exit {proc.returncode})")

@@ -2,10 +2,10 @@
 
     python -m pipeline.bench --data data/digit-recognizer.zip --device cuda --model resnet18 --batch-size 256
     python -m pipeline.bench --data data/digit-recognizer.zip --device cpu --limit 4000
-    python -m pipeline.bench --images 2000 --model resnet18 --img-size 64 --device cpu   # image files (bench_images)
-    python -m pipeline.bench --table 100000 --epochs 3 --device cpu                       # tables (bench_tables)
-    python -m pipeline.bench --frames 200000 --epochs 3 --device cpu                      # HW2 frames (bench_sequences)
-    python -m pipeline.bench --speakers 2000 --epochs 3 --device cpu                      # HW4 utterances (bench_sequences)
+    python -m pipeline.bench --images 2000 --model resnet18 --img-size 64 --device cpu   # image files (pipeline.bench.images)
+    python -m pipeline.bench --table 100000 --epochs 3 --device cpu                       # tables (pipeline.bench.tables)
+    python -m pipeline.bench --frames 200000 --epochs 3 --device cpu                      # HW2 frames (pipeline.bench.sequences)
+    python -m pipeline.bench --speakers 2000 --epochs 3 --device cpu                      # HW4 utterances (pipeline.bench.sequences)
 
 Both train fold 0 with the same model, batch size, optimizer (timm AdamW), timm schedule, precision option
 (--precision), label smoothing, augmentation law and ranges, input side (--img-size) and epochs, in one process,
@@ -39,13 +39,14 @@ from pipeline.augment import MEAN, STD, albumentations_affine
 from pipeline.config import Config, ExperimentConfig, parse_stage
 from pipeline.device import autocast, grad_scaler, resolve_device
 from pipeline.inputs.spec import DataSpec
-from pipeline.engine import auto_batch_size, backward_and_step, make_scheduler, steps_per_epoch
+from pipeline.training.engine import auto_batch_size, backward_and_step, steps_per_epoch
 from pipeline.errors import main_guard
 from pipeline.folds import assign_folds
 from pipeline.metrics import accuracy
 from pipeline.models import build_model
 from pipeline.tasks import Task
-from pipeline.trainer import train_fold
+from pipeline.training.loop import fit
+from pipeline.training.recipe import Recipe, make_scheduler
 
 DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
@@ -112,14 +113,14 @@ def seed_notebook_fold(cfg: Config, frame: pd.DataFrame, folds: np.ndarray, devi
 
 
 def pipeline_fold(cfg: Config, train: data.TrainSet, folds: np.ndarray, device: torch.device) -> dict:
-    """Fold 0 through `train_fold`, the function `python -m pipeline.train` calls; per-epoch seconds (training and
+    """Fold 0 through `training.loop.fit`, the function `python -m pipeline.train` calls; per-epoch seconds (training and
     validation, as train_fold times them) from the metrics it writes."""
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
     spec = DataSpec(DIGITS, cfg.img_size, (MEAN,), (STD,), "digits")
     resolved = ExperimentConfig.resolve(cfg, n_splits=5, num_classes=data.NUM_CLASSES, data_spec=spec.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
-        probs = train_fold(cfg, resolved, spec, 0, images, labels, folds, Path(tmp), device)
+        probs = fit(Recipe(cfg, spec, resolved.in_chans, device), resolved, (images, labels), folds, 0, Path(tmp))
         seconds = pd.read_csv(Path(tmp) / "metrics.csv")["seconds"].tolist()
     return {"epoch_seconds": seconds, "rows": int((folds != 0).sum()), "accuracy": accuracy(probs, train.labels[folds == 0])}
 
@@ -154,13 +155,13 @@ def run(cfg: Config, extra: dict) -> float:
     limit, workers = extra["limit"], extra["workers"]
     device = resolve_device(cfg.device)
     if extra["images"]:
-        from pipeline import bench_images
+        from pipeline.bench import images as bench_images
         return bench_images.run(cfg, extra["images"], workers, device)
     if extra["table"]:
-        from pipeline import bench_tables
+        from pipeline.bench import tables as bench_tables
         return bench_tables.run(cfg, extra["table"], device)
     if extra["frames"] or extra["speakers"]:
-        from pipeline import bench_sequences
+        from pipeline.bench import sequences as bench_sequences
         kind = "frames" if extra["frames"] else "speakers"
         return bench_sequences.run(cfg, kind, extra[kind], workers, device)
     src = data.resolve(cfg.data)
@@ -187,16 +188,16 @@ def main(argv=None) -> int:
                          "help": "seed-notebook DataLoader worker processes"},
              "images": {"type": int, "default": 0,
                         "help": "image-file mode: write N 384px JPEGs once and compare the notebook's per-item loader "
-                                "with the decode-once cache (see pipeline/bench_images.py)"},
+                                "with the decode-once cache (see pipeline/bench/images.py)"},
              "table": {"type": int, "default": 0,
                        "help": "table mode: a table of N rows x 100 features; the MLP's DataLoader loop vs the "
-                               "device-resident path, and plain 5-fold LightGBM vs the pipeline's (pipeline/bench_tables.py)"},
+                               "device-resident path, and plain 5-fold LightGBM vs the pipeline's (pipeline/bench/tables.py)"},
              "frames": {"type": int, "default": 0,
                         "help": "HW2 mode: N frames; the notebook's concatenated windows in a DataLoader vs windows "
-                                "gathered from the packed frames (pipeline/bench_sequences.py)"},
+                                "gathered from the packed frames (pipeline/bench/sequences.py)"},
              "speakers": {"type": int, "default": 0,
                           "help": "HW4 mode: N utterances; a per-item .pt Dataset with a padding collate vs the packed "
-                                  "path (pipeline/bench_sequences.py)"}}
+                                  "path (pipeline/bench/sequences.py)"}}
     return main_guard(lambda a: run(*parse_stage(a, "bench", FLAGS, __doc__, {"epochs": 3}, extra)), argv)
 
 

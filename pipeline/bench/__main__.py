@@ -1,0 +1,6 @@
+"""`python -m pipeline.bench`: see pipeline.bench."""
+import sys
+
+from pipeline.bench.digits import main
+
+sys.exit(main())
