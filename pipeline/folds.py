@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.io import file_hash, read_json
 from pipeline.config import DEFAULT_DATA, Config
@@ -51,30 +50,6 @@ def read_description(folds_path: str | Path, data: str = DEFAULT_DATA) -> dict:
     if not isinstance(info.get("group_col", ""), str) or not isinstance(info.get("data", {}), dict):
         raise PipelineError(f"{path}: damaged folds description; remake it with: {make_folds_command(data, folds_path)}")
     return info
-
-
-def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
-    """Fold index (0..n_splits-1) of every row, stratified by label; rows of a group share a fold.
-
-    >>> assign_folds(np.array([0, 0, 1, 1]), n_splits=2, seed=0).tolist()
-    [1, 0, 0, 1]
-    """
-    counts = np.bincount(labels)
-    if counts[counts > 0].min() < n_splits and groups is None:
-        raise PipelineError(f"--n-splits: {n_splits} folds need >= {n_splits} rows of every label; "
-                            f"label {int(np.flatnonzero(counts == counts[counts > 0].min())[0])} has {counts[counts > 0].min()}")
-    if groups is not None and len(np.unique(groups)) < n_splits:
-        raise PipelineError(f"--group-col: {len(np.unique(groups))} groups cannot fill {n_splits} folds; "
-                            "lower --n-splits or choose a finer group column")
-    rows = np.zeros(len(labels))
-    if groups is None:
-        splits = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(rows, labels)
-    else:
-        splits = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(rows, labels, groups)
-    folds = np.full(len(labels), -1, dtype=np.int64)
-    for k, (_, valid) in enumerate(splits):
-        folds[valid] = k
-    return folds
 
 
 def folds_frame(ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, train_hash: str) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+from dataclasses import dataclass
 
 import timm
 import torch
@@ -55,22 +56,37 @@ def digit_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1
     return DigitCNN(num_classes=num_classes, in_chans=in_chans, **allowed)
 
 
-def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
-                pretrained: bool = False, pretrained_path: str = "", drop_rate: float = 0.0,
-                drop_path_rate: float = 0.0, n_features: int = 0, hidden: str = "",
-                embeddings: tuple[int, ...] = (), step_features: int = 0, layers: int = 2, pool: str = "mean",
-                steps: int = 1) -> nn.Module:
+@dataclass(frozen=True)
+class ModelOptions:
+    """build_model's options: the recipe's model settings, and what the input kind gives a network (net_input)."""
+    pretrained: bool = False
+    pretrained_path: str = ""
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    n_features: int = 0  # mlp: the vector's width (0: a flattened image)
+    hidden: str = ""
+    embeddings: tuple[int, ...] = ()  # mlp: slots of each categorical column it embeds (the last columns)
+    step_features: int = 0  # sequence networks: features per step (0: an image's rows)
+    layers: int = 2
+    pool: str = "mean"
+    steps: int = 1  # mlp on frames: a window of `steps` frames, flattened
+
+
+def build_model(name: str, num_classes: int, in_chans: int, img_size: int, **options) -> nn.Module:
     """A timm model for (B, in_chans, img_size, img_size) inputs, checked with one forward pass; or one of the
     project's networks (pipeline.nets): the mlp on vectors of `n_features` (0: a flattened image; a window of `steps`
     frames flattened) whose last len(embeddings) columns are categorical slot indices (that many slots each), a
-    sequence network on steps of `step_features` (0: an image's rows)."""
+    sequence network on steps of `step_features` (0: an image's rows). `options`: ModelOptions' fields."""
+    opts = ModelOptions(**options)
+    pretrained, pretrained_path, drop_rate, drop_path_rate = (opts.pretrained, opts.pretrained_path, opts.drop_rate,
+                                                              opts.drop_path_rate)
     if name in NETS:
         if pretrained or pretrained_path:
             raise PipelineError(f"--pretrained: {name} has no published weights; train it from scratch")
         if drop_path_rate:
             raise PipelineError(f"--drop-path-rate: {name} has no stochastic depth; leave it at 0")
-        return build_net(name, num_classes, n_features or in_chans * img_size * img_size, hidden, drop_rate, embeddings,
-                         step_features or in_chans * img_size, layers, pool, steps)
+        return build_net(name, num_classes, opts.n_features or in_chans * img_size * img_size, opts,
+                         opts.step_features or in_chans * img_size)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, [*NETS, "lightgbm", *timm.list_models()], n=3)
         raise PipelineError(f"--model: unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else

@@ -73,17 +73,16 @@ class MLP(nn.Module):
 NETS = {"mlp": "vector", "gru": "sequence", "lstm": "sequence", "transformer": "sequence", "conformer": "sequence"}
 
 
-def build_net(name: str, num_classes: int, n_features: int, hidden: str = "", drop_rate: float = 0.0,
-              embeddings: tuple[int, ...] = (), step_features: int = 0, layers: int = 2, pool: str = "mean",
-              steps: int = 1) -> nn.Module:
-    """mlp on vectors of n_features (a window of `steps` frames flattened: n_features * steps); a sequence network
-    on steps of `step_features` features."""
+def build_net(name: str, num_classes: int, n_features: int, opts, step_features: int = 0) -> nn.Module:
+    """mlp on vectors of n_features (a window of opts.steps frames flattened: n_features * steps); a sequence network
+    on steps of `step_features` features. opts: models.ModelOptions (hidden, drop_rate, embeddings, layers, pool)."""
     if name == "mlp":
-        return MLP(n_features * max(1, steps), num_classes, parse_hidden(hidden), drop_rate if drop_rate else 0.1,
-                   tuple(embeddings))
+        return MLP(n_features * max(1, opts.steps), num_classes, parse_hidden(opts.hidden),
+                   opts.drop_rate if opts.drop_rate else 0.1, tuple(opts.embeddings))
     if NETS.get(name) == "sequence":
         from pipeline.seqnets import build_sequence_net
 
-        sizes = parse_hidden(hidden) if hidden.strip() else (0,)
-        return build_sequence_net(name, step_features, num_classes, sizes[0], layers, drop_rate or 0.1, pool)
+        sizes = parse_hidden(opts.hidden) if opts.hidden.strip() else (0,)
+        return build_sequence_net(name, step_features, num_classes, sizes[0], opts.layers, opts.drop_rate or 0.1,
+                                  opts.pool)
     raise PipelineError(f"--model: unknown network {name!r}; the project's own: {', '.join(NETS)}")

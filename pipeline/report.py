@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline import data
 from pipeline.config import Config, parse_config
+from pipeline.inputs import input_kind
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import done_folds, experiment_dir
 from pipeline.reporting import write_report
@@ -32,7 +33,7 @@ def run(cfg: Config) -> Path:
         raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "
                             f"({trained_on}); pass the same --data")
     images = data.train_images(src, desc, train, config.img_size, cfg.cache_dir) \
-        if desc.kind == "image" else None  # other inputs have no picture of a row
+        if input_kind(desc.kind).pictures else None  # a table's or a sequence's row has no picture to show
     path = write_report(exp_dir, images)
     print(f"wrote {path} and its figures in {path.parent}/")
     return path

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline import metrics
 from pipeline.errors import PipelineError
@@ -198,8 +199,6 @@ class Task:
 
     def split(self, targets: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
         """Fold (0..n_splits-1) of every row, stratified the way this kind allows."""
-        from pipeline.folds import assign_folds
-
         if self.kind == "multiclass":
             counts = np.bincount(targets, minlength=len(self.classes))
             rare = [c for c, n in zip(self.classes, counts) if 0 < n < n_splits]
@@ -381,3 +380,27 @@ def level(targets: np.ndarray) -> np.ndarray:
 
 def _all_int(names: tuple[str, ...]) -> bool:
     return all(n.lstrip("-").isdigit() for n in names)
+
+
+def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold index (0..n_splits-1) of every row, stratified by label; rows of a group share a fold.
+
+    >>> assign_folds(np.array([0, 0, 1, 1]), n_splits=2, seed=0).tolist()
+    [1, 0, 0, 1]
+    """
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < n_splits and groups is None:
+        raise PipelineError(f"--n-splits: {n_splits} folds need >= {n_splits} rows of every label; "
+                            f"label {int(np.flatnonzero(counts == counts[counts > 0].min())[0])} has {counts[counts > 0].min()}")
+    if groups is not None and len(np.unique(groups)) < n_splits:
+        raise PipelineError(f"--group-col: {len(np.unique(groups))} groups cannot fill {n_splits} folds; "
+                            "lower --n-splits or choose a finer group column")
+    rows = np.zeros(len(labels))
+    if groups is None:
+        splits = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(rows, labels)
+    else:
+        splits = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(rows, labels, groups)
+    folds = np.full(len(labels), -1, dtype=np.int64)
+    for k, (_, valid) in enumerate(splits):
+        folds[valid] = k
+    return folds

@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from pipeline import bench
+from pipeline.bench import digits as bench
 
 pytestmark = pytest.mark.slow
 

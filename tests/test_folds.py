@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.folds import assign_folds, folds_frame, read_folds
+from pipeline.folds import folds_frame, read_folds
+from pipeline.tasks import assign_folds
 
 LABELS = np.repeat(np.arange(10), 23)  # 230 rows, 23 per class
 

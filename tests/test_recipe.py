@@ -166,10 +166,11 @@ class Spy:
 @pytest.mark.slow
 def test_swa_averages_the_last_n_epochs_recomputes_batchnorm_and_keeps_the_better(tiny_comp, workdir, capsys,
                                                                                    monkeypatch):
-    from pipeline import make_folds, train, trainer
+    from pipeline import make_folds, train
+    from pipeline.training import recipe
 
     Spy.seen = []
-    monkeypatch.setattr(trainer, "AveragedModel", Spy.make())
+    monkeypatch.setattr(recipe, "AveragedModel", Spy.make())
     assert make_folds.main(["--data", str(tiny_comp)]) == 0
     assert train.main(["--data", str(tiny_comp), "--fold", "0", "--epochs", "4", "--batch-size", "32",
                        "--swa-epochs", "2"]) == 0

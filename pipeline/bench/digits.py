@@ -41,7 +41,7 @@ from pipeline.device import autocast, grad_scaler, resolve_device
 from pipeline.inputs.spec import DataSpec
 from pipeline.training.engine import auto_batch_size, backward_and_step, steps_per_epoch
 from pipeline.errors import main_guard
-from pipeline.folds import assign_folds
+from pipeline.tasks import assign_folds
 from pipeline.metrics import accuracy
 from pipeline.models import build_model
 from pipeline.tasks import Task

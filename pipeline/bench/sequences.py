@@ -86,15 +86,15 @@ def concat_feat(x: torch.Tensor, concat_n: int) -> torch.Tensor:
     return x.permute(1, 0, 2).reshape(seq_len, concat_n * feature_dim)
 
 
-def build(kind: str, cfg, context: int = 0):
+def build(mode: str, cfg, context: int = 0):
     from pipeline.models import build_model
 
     torch.manual_seed(cfg.seed)
-    if kind == "frames":
-        return build_model("lstm", CLASSES[kind], 1, 0, hidden=cfg.hidden, layers=cfg.layers, pool="center",
-                           n_features=FEATURES[kind], step_features=FEATURES[kind], steps=2 * context + 1)
-    return build_model("transformer", CLASSES[kind], 1, 0, hidden=cfg.hidden, layers=cfg.layers, pool="mean",
-                       n_features=FEATURES[kind], step_features=FEATURES[kind])
+    if mode == "frames":
+        return build_model("lstm", CLASSES[mode], 1, 0, hidden=cfg.hidden, layers=cfg.layers, pool="center",
+                           n_features=FEATURES[mode], step_features=FEATURES[mode], steps=2 * context + 1)
+    return build_model("transformer", CLASSES[mode], 1, 0, hidden=cfg.hidden, layers=cfg.layers, pool="mean",
+                       n_features=FEATURES[mode], step_features=FEATURES[mode])
 
 
 def optimizer_and_schedule(model, cfg, rows: int):
@@ -219,7 +219,7 @@ def notebook_speakers(cfg, rows: int, workers: int, device: torch.device) -> dic
 
 
 # -- the pipeline -------------------------------------------------------------------------------------------------
-def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) -> dict:
+def pipeline_side(mode: str, cfg, n: int, context: int, device: torch.device) -> dict:
     """Fold 0 through `training.loop.fit` on the frames or sequence input kind, as `train` runs it."""
     import pandas as pd
 
@@ -232,9 +232,9 @@ def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) ->
     from pipeline.training.loop import fit
     from pipeline.training.recipe import Recipe
 
-    task = Task("multiclass", tuple(str(c) for c in range(CLASSES[kind])))
+    task = Task("multiclass", tuple(str(c) for c in range(CLASSES[mode])))
     started = time.perf_counter()
-    if kind == "frames":
+    if mode == "frames":
         feats, labels = make_frames(n, cfg.seed)
         packed = pack(feats)
         rows = FrameRows(packed, torch.arange(len(packed.values)))
@@ -251,7 +251,7 @@ def pipeline_side(kind: str, cfg, n: int, context: int, device: torch.device) ->
         spec = DataSpec(task, 0, (0.0,), (1.0,), "none", "sequence", {"crop": cfg.crop_len})
         del mels
     prep = time.perf_counter() - started
-    resolved = ExperimentConfig.resolve(cfg, n_splits=5, num_classes=CLASSES[kind], data_spec=spec.to_dict())
+    resolved = ExperimentConfig.resolve(cfg, n_splits=5, num_classes=CLASSES[mode], data_spec=spec.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
         preds = fit(Recipe(cfg, spec, resolved.in_chans, device), resolved, (rows.to(device), targets.to(device)), folds, 0,
                     Path(tmp))
@@ -278,12 +278,12 @@ def side(name: str, settings: dict) -> None:
     rows, context, workers = (settings.pop(k) for k in ("bench_rows", "context", "workers"))
     cfg = Config(**settings)
     device = torch.device(cfg.device)
-    kind = "frames" if name.endswith("frames") else "speakers"
+    mode = "frames" if name.endswith("frames") else "speakers"
     if name.startswith("notebook"):
-        result = notebook_frames(cfg, rows, context, device) if kind == "frames" else \
+        result = notebook_frames(cfg, rows, context, device) if mode == "frames" else \
             notebook_speakers(cfg, rows, workers, device)
     else:
-        result = pipeline_side(kind, cfg, rows, context, device)
+        result = pipeline_side(mode, cfg, rows, context, device)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -303,27 +303,27 @@ def rate(r: dict) -> float:
     return r["rows"] / (sum(timed) / len(timed))
 
 
-def run(cfg, kind: str, rows: int, workers: int, device: torch.device) -> float:
+def run(cfg, mode: str, rows: int, workers: int, device: torch.device) -> float:
     from pipeline.config import to_dict
 
     context = cfg.context
     defaults = {"frames": {"batch_size": 512, "hidden": "256"},  # HW2's sample batch, a 256-wide BiLSTM
-                "speakers": {"batch_size": 32, "hidden": "80"}}[kind]  # HW4's sample
+                "speakers": {"batch_size": 32, "hidden": "80"}}[mode]  # HW4's sample
     settings = to_dict(cfg) | {"exp": [], "label_smoothing": 0.0, "device": str(device), "precision": "fp32",
                                "batch_size": cfg.batch_size or defaults["batch_size"],
                                "hidden": cfg.hidden or defaults["hidden"],
                                "bench_rows": rows, "context": context, "workers": workers}
-    settings["model"] = "lstm" if kind == "frames" else "transformer"
-    what = "frames" if kind == "frames" else "utterances"
-    print(f"bench --{kind}: {rows:,} {what}, {settings['model']} hidden {settings['hidden']} x {settings['layers']}, "
+    settings["model"] = "lstm" if mode == "frames" else "transformer"
+    what = "frames" if mode == "frames" else "utterances"
+    print(f"bench --{mode}: {rows:,} {what}, {settings['model']} hidden {settings['hidden']} x {settings['layers']}, "
           f"batch {settings['batch_size']}, {cfg.epochs} epochs, device {device}"
-          + (f", context {context} (windows of {2 * context + 1})" if kind == "frames" else
+          + (f", context {context} (windows of {2 * context + 1})" if mode == "frames" else
              f", crop {cfg.crop_len}, notebook workers {workers}") + "; each side in its own process; epoch 1 is the warm-up")
-    slow = run_side(f"notebook-{kind}", dict(settings))
-    fast = run_side(f"pipeline-{kind}", dict(settings))
+    slow = run_side(f"notebook-{mode}", dict(settings))
+    fast = run_side(f"pipeline-{mode}", dict(settings))
     for name, r in (("seed-notebook", slow), ("pipeline", fast)):
         gpu = f"  peak GPU {r['peak_gpu_mb']:,.0f} MB" if "peak_gpu_mb" in r else ""
-        print(f"{kind} {name:<14} {rate(r):>10,.0f} {what}/s  valid accuracy {r['accuracy']:.4f}  "
+        print(f"{mode} {name:<14} {rate(r):>10,.0f} {what}/s  valid accuracy {r['accuracy']:.4f}  "
               f"set-up {r['prep_seconds']:.1f} s  peak RSS {r['peak_rss_mb']:,.0f} MB{gpu}")
     data = [r["rows"] / r["data_seconds"] for r in (slow, fast)]
     share = rate(slow) / data[0]  # the notebook's data path seconds over its epoch seconds

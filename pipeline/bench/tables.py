@@ -26,7 +26,7 @@ from pipeline.config import Config, ExperimentConfig, to_dict
 from pipeline.inputs.spec import DataSpec
 from pipeline.training.engine import backward_and_step, steps_per_epoch
 from pipeline.training.recipe import make_scheduler
-from pipeline.folds import assign_folds
+from pipeline.tasks import assign_folds
 from pipeline.nets import MLP, parse_hidden
 from pipeline.tasks import Task, target_bins
 

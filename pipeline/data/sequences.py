@@ -390,11 +390,12 @@ class SequenceLayout(Layout):
         return self.test_rows(src, sample, self.test_arrays(src, desc)), sample
 
 
-def one_class_per_row(layout: str, opts: Options) -> None:
-    """speakers and frames: no columns to group by, one class per row."""
+def one_class_per_row(layout: str, opts: Options, grouped: str = "") -> None:
+    """speakers and frames: no columns to group by (`grouped`: how the layout groups its folds itself), one class
+    per row."""
     if opts.group_col:
         raise PipelineError(f"--group-col: the {layout} layout has no columns to group by"
-                            + (" (its folds are grouped by utterance already)" if layout == "frames" else ""))
+                            + (f" ({grouped})" if grouped else ""))
     if opts.task and opts.task != "multiclass":
         raise PipelineError(f"--task {opts.task}: the {layout} layout labels each row with one class (multiclass)")
 

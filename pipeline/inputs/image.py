@@ -10,6 +10,7 @@ from pipeline.inputs.spec import InputKind
 class ImageInput(InputKind):
     name = "image"
     unit = "img"  # what the training speed counts: img/s
+    pictures = True
     has_preprocessing = False  # pixels need no fitted statistics: the normalisation is fixed per data set
     forms = ("image", "vector", "sequence")  # timm backbones; the mlp sees the flattened image, sequence models its rows
     default_model = "digit_cnn"

@@ -67,6 +67,7 @@ class InputKind:
     """What every input kind shares (pipeline.inputs.image, .table, .sequence override what differs)."""
     name = ""
     unit = "row"  # what the training speed counts: row/s
+    pictures = False  # whether a row can be shown as a picture (report's wrong predictions)
 
     def forward(self, model, x):
         """The model's outputs for one batch as eval_inputs / train_inputs give it."""

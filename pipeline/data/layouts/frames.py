@@ -26,7 +26,7 @@ class Frames(seq.SequenceLayout):
     def describe(self, src: Source, found: Found, opts: Options, known: Description | None):
         """One row per frame of the train_split.txt utterances, labelled from train_labels.txt; folds are grouped by
         utterance (neighbouring frames are near-copies: split apart, they would make the CV lie)."""
-        seq.one_class_per_row(self.name, opts)
+        seq.one_class_per_row(self.name, opts, "its folds are grouped by utterance already")
         root = seq.find_frames(src)
         if root is None:
             raise PipelineError(f"--layout frames: {src.path} has no train_labels.txt and train_split.txt (HW2's "
