@@ -31,7 +31,7 @@ class Config:
     n_splits: int = 5  # number of folds, 2..20
     seed: int = 42  # seed for folds, weight init, batch order and augmentation
     group_col: str = ""  # train.csv column whose rows must share a fold (StratifiedGroupKFold); '' = none
-    layout: str = ""  # make_folds: pixels | csv-images | class-folders; '' = detect from --data
+    layout: str = ""  # make_folds: a layout's name (docs/layouts.md; an unknown one is refused with the list); '' = detect from --data
     id_col: str = ""  # make_folds: train CSV column naming each image; '' = detect
     target_col: tuple[str, ...] = ()  # make_folds: target column(s) of the train CSV; () = detect
     image_dir: str = ""  # make_folds: folder of the train images (class-folders: of the class folders); '' = detect

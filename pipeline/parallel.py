@@ -100,7 +100,7 @@ def fold_worker(values: dict, me: int, device_name: str, folds, results, threads
         job = trainer.setup(cfg, quiet=True)
         device = resolve_device(device_name)
         job = replace(job, resolved=ExperimentConfig.read(job.exp_dir / "config.json"))  # the run's, as written
-        rows = job.images(device)
+        rows = job.rows(device)
     except KeyboardInterrupt:
         return
     except Exception as e:  # noqa: BLE001 - reported in one line by the parent

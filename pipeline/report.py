@@ -32,7 +32,7 @@ def run(cfg: Config) -> Path:
     if trained_on != train.train_hash:
         raise PipelineError(f"--data: train.csv (hash {train.train_hash}) is not the one {exp_dir.name} was trained on "
                             f"({trained_on}); pass the same --data")
-    images = data.train_images(src, desc, train, config.img_size, cfg.cache_dir) \
+    images = data.train_rows(src, desc, train, config.img_size, cfg.cache_dir) \
         if input_kind(desc.kind).pictures else None  # a table's or a sequence's row has no picture to show
     path = write_report(exp_dir, images)
     print(f"wrote {path} and its figures in {path.parent}/")

@@ -106,7 +106,7 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> 
         else:
             if devices:  # one fold left of a --gpus run: on the first listed device
                 device = resolve_device(devices[0])
-            images, targets = job.images(device)
+            images, targets = job.rows(device)
             for k in todo:
                 preds = job.fit_fold(k, (images, targets), Run(device, ranks, on_epoch))
                 if ranks.main:
@@ -123,7 +123,7 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> 
                                 + ". The others are saved; finish with: "
                                 + command("train", cfg, FLAGS, fold="all", resume=True, overwrite=False))
         if cfg.oof_tta or cfg.report:
-            images = images if images is not None else job.images(device)[0]
+            images = images if images is not None else job.rows(device)[0]
         if cfg.oof_tta:
             cv = oof_tta(exp_dir, images, cfg.tta_preset or desc.tta_preset, cfg.batch_size, device, cfg.precision)
         if cfg.report:

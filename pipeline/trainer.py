@@ -46,10 +46,10 @@ class Setup:
     resolved: ExperimentConfig
     learner: Learner
 
-    def images(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, targets): the train rows on the device (or host memory, where the kind augments on the CPU or they
         do not fit), the targets on the device."""
-        cached = data.train_images(self.src, self.desc, self.train, self.cfg.img_size, self.cfg.cache_dir)
+        cached = data.train_rows(self.src, self.desc, self.train, self.cfg.img_size, self.cfg.cache_dir)
         rows = on_device(cached, self.spec.input_kind.rows_device(self.spec, device))
         return rows, torch.from_numpy(self.train.targets).to(device)
 

@@ -74,8 +74,8 @@ def test_idx_end_to_end_with_the_test_labels_as_truth(idx_sample, workdir, capsy
 
 
 def test_arrays_are_memory_mapped_float32(arrays_sample):
-    _, rows = data.describe(data.Source(arrays_sample))
-    assert isinstance(rows.images, np.memmap) and rows.images.dtype == np.float32
+    _, train = data.describe(data.Source(arrays_sample))
+    assert isinstance(train.rows, np.memmap) and train.rows.dtype == np.float32
 
 
 def test_arrays_in_an_npz_are_found_by_name(arrays_sample, tmp_path):
@@ -83,8 +83,8 @@ def test_arrays_in_an_npz_are_found_by_name(arrays_sample, tmp_path):
     named = {n: np.load(folder / f"{n}.npy") for n in ("train_11", "train_label_11", "test_11")}
     (tmp_path / "comp").mkdir()
     np.savez(tmp_path / "comp/timit.npz", **named)
-    desc, rows = data.describe(data.Source(tmp_path / "comp"))
-    assert desc.layout == "arrays" and desc.train_file == "timit.npz#train_11" and rows.images.shape == (1437, 308)
+    desc, train = data.describe(data.Source(tmp_path / "comp"))
+    assert desc.layout == "arrays" and desc.train_file == "timit.npz#train_11" and train.rows.shape == (1437, 308)
 
 
 def write_arrays(root, train_rows, labels, test_rows):

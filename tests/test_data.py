@@ -36,8 +36,8 @@ def test_read_train_folder_and_zip(sample_dir, tmp_path):
         for name in ("train.csv", "test.csv", "sample_submission.csv"):
             zf.write(sample_dir / name, name)
     zipped = data.read_train(data.resolve(str(archive)))
-    assert folder.images.shape == (1437, 1, 28, 28) and folder.images.dtype == np.uint8
-    assert (folder.images == zipped.images).all() and folder.train_hash == zipped.train_hash
+    assert folder.rows.shape == (1437, 1, 28, 28) and folder.rows.dtype == np.uint8
+    assert (folder.rows == zipped.rows).all() and folder.train_hash == zipped.train_hash
     assert read_test_images(data.resolve(str(archive))).shape == (360, 1, 28, 28)
 
 

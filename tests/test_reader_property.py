@@ -42,8 +42,8 @@ def test_reader_never_crashes(edits, drop, truncate, n_rows, extra):
         except PipelineError as e:
             assert "\n" not in str(e).strip() and "train.csv" in str(e)
             return
-    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (1, 28, 28)
-    assert len(train.labels) == len(train.images) > 0
+    assert train.rows.dtype == np.uint8 and train.rows.shape[1:] == (1, 28, 28)
+    assert len(train.labels) == len(train.rows) > 0
     assert ((train.labels >= 0) & (train.labels < 10)).all()
 
 

@@ -175,7 +175,7 @@ def test_upper_case_npy_arrays_load_as_numpy(workdir, capsys):
         f.rename(f.with_suffix(".NPY"))
     src = data.resolve("comp")
     desc, train = data.describe(src)
-    rows = data.train_images(src, desc, train, 0, "")
+    rows = data.train_rows(src, desc, train, 0, "")
     assert len(rows) == 240 and rows.packed.values.shape[1] == 28
 
 

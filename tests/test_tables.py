@@ -109,7 +109,7 @@ def test_regression_table_with_lightgbm_and_mlp_and_their_blend(workdir, capsys)
 def test_each_fold_fits_its_own_preprocessing_on_its_training_rows(workdir):
     assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
     assert train.main(["--data", "sample-table", "--model", "mlp", "--epochs", "1", "--exp", "m"]) == 0
-    raw = data.read_train(data.resolve("sample-table")).images  # (N, F) float32 as the table reads
+    raw = data.read_train(data.resolve("sample-table")).rows  # (N, F) float32 as the table reads
     folds = pd.read_csv("folds/folds.csv")["fold"].to_numpy()
     for k in range(3):
         state = read_json(workdir / f"weights/m/fold{k}.prep.json", "prep")

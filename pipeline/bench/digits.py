@@ -115,7 +115,7 @@ def seed_notebook_fold(cfg: Config, frame: pd.DataFrame, folds: np.ndarray, devi
 def pipeline_fold(cfg: Config, train: data.TrainSet, folds: np.ndarray, device: torch.device) -> dict:
     """Fold 0 through `training.loop.fit`, the function `python -m pipeline.train` calls; per-epoch seconds (training and
     validation, as train_fold times them) from the metrics it writes."""
-    images = torch.from_numpy(train.images).to(device)
+    images = torch.from_numpy(train.rows).to(device)
     labels = torch.from_numpy(train.labels).to(device)
     spec = DataSpec(DIGITS, cfg.img_size, (MEAN,), (STD,), "digits")
     resolved = ExperimentConfig.resolve(cfg, n_splits=5, num_classes=data.NUM_CLASSES, data_spec=spec.to_dict())
@@ -167,8 +167,8 @@ def run(cfg: Config, extra: dict) -> float:
     src = data.resolve(cfg.data)
     train = data.read_train(src)
     if limit:
-        train = data.TrainSet(train.targets[:limit], train.ids[:limit], None, train.train_hash, images=train.images[:limit])
-    frame = pd.DataFrame(train.images.reshape(len(train.labels), -1), columns=data.PIXELS)
+        train = data.TrainSet(train.targets[:limit], train.ids[:limit], None, train.train_hash, rows=train.rows[:limit])
+    frame = pd.DataFrame(train.rows.reshape(len(train.labels), -1), columns=data.PIXELS)
     frame.insert(0, "label", train.labels)
     folds = assign_folds(train.labels, 5, cfg.seed)
     cfg = replace(cfg, batch_size=cfg.batch_size or auto_batch_size(int((folds != 0).sum())))

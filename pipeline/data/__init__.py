@@ -1,5 +1,5 @@
 """Competition data in any of its layouts, detected from --data (a folder or Kaggle's zip); one module per layout in
-pipeline/data/layouts/ (`python -m pipeline.make_folds --help` lists them):
+pipeline/data/layouts/ (docs/layouts.md gives the order they are tried in):
 
     pixels          train.csv = label, pixel0..pixelN (N+1 a square); test.csv        (Digit Recognizer)
     csv-images      a train CSV (id/file column + target column(s)) and an image folder  (cassava, pawpularity)
@@ -8,6 +8,8 @@ pipeline/data/layouts/ (`python -m pipeline.make_folds --help` lists them):
     speakers        Dataset/mapping.json, metadata.json, testdata.json, uttr-*.pt          (HW4: speaker of an utterance)
     frames          libriphone/feat/{train,test}/*.pt, train_labels.txt, *_split.txt      (HW2: phoneme of every frame)
     sequences       train.csv whose ids name train/<id>.pt|.npy (T, F) arrays, test/ arrays  (any task, per sequence)
+    arrays          *train*.npy (N, F), *label*.npy (N,), *test*.npy (M, F)                 (HW2-2021's windowed frames)
+    idx             train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte, t10k-images-...  (MNIST's own files)
 
 `describe` detects the layout and the task once (make_folds saves the result beside the folds); every later
 stage reads through that Description and its layout object, so no stage branches on a layout.
@@ -32,7 +34,6 @@ from pipeline.data.source import DOWNLOAD, Source, parse_csv  # noqa: F401
 from pipeline.data.source import resolve as _resolve
 from pipeline.errors import PipelineError
 
-LAYOUTS = tuple(REGISTRY)
 NUM_CLASSES = 10  # Digit Recognizer's, for the benchmark and the tests
 SAMPLES = {name: write for layout in REGISTRY.values() for name, write in layout.samples.items()}
 
@@ -102,11 +103,11 @@ def other_folds_path(described_by: str, data_flag: str) -> Path:
     return path.with_name(f"{path.stem}-2.csv") if path == current else path
 
 
-def train_images(src: Source, desc: Description, train: TrainSet, img_size: int, cache_dir: str) -> np.ndarray:
+def train_rows(src: Source, desc: Description, train: TrainSet, img_size: int, cache_dir: str) -> np.ndarray:
     """The rows a model trains on: as read with the targets (pixels, a table), else the layout's (image files decoded
     once at img_size, memory-mapped; feature arrays packed once)."""
-    if train.images is not None:
-        return train.images
+    if train.rows is not None:
+        return train.rows
     return desc.owner.train_rows(src, desc, train, img_size, cache_dir)
 
 

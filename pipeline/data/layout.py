@@ -132,7 +132,7 @@ class TrainSet:
     ids: np.ndarray  # (N,) int64 row number in the train set, from 0: the id in folds.csv and oof.csv
     groups: np.ndarray | None  # (N,) values of the group column, or None
     train_hash: str  # first 16 hex digits of sha256 of the train CSV (or of the class folders' file list)
-    images: np.ndarray | None = None  # rows read with the targets: pixels (N, 1, side, side) uint8, a table's (N, F)
+    rows: np.ndarray | None = None  # rows read with the targets: pixels (N, 1, side, side) uint8, a table's (N, F)
     files: tuple[str, ...] = ()  # image files: relative paths, decoded through the cache
 
     @property
@@ -166,7 +166,7 @@ class Layout:
 
     def train_rows(self, src: Source, desc: Description, train: TrainSet, img_size: int, cache_dir: str):
         """The rows a model trains on, where describe did not read them with the targets."""
-        return train.images
+        return train.rows
 
     def read_test(self, src: Source, desc: Description, img_size: int, cache_dir: str):
         """(test rows in the order of the submission's ids, that submission's sample)."""

@@ -52,7 +52,7 @@ class Learner:
 
     def fit_fold(self, setup, k: int, rows: tuple, run: Run):
         """Fold k's validation predictions; its model and files written. setup: trainer.Setup; rows: (data,
-        targets) of every row, as setup.images gives them."""
+        targets) of every row, as setup.rows gives them."""
         raise NotImplementedError
 
     def train_full(self, setup, run: Run) -> dict:

@@ -63,7 +63,7 @@ class Neural(Learner):
             experiment.prepare_full(exp_dir, resolved, cfg.overwrite)
             if not (exp_dir / "config.json").exists():
                 write_json(resolved.to_dict() | {"fold": "all"}, exp_dir / "config.json")
-            data, targets = setup.images(run.device)
+            data, targets = setup.rows(run.device)
             rows = torch.arange(len(targets), device=data.device)
             train_fold(self.recipe_for(setup, run), resolved, FoldJob("full", data, targets, rows, None, exp_dir))
         print(f"wrote {exp_dir}/full.pth (no CV for it: every row was trained on); add it at inference with --with-full")

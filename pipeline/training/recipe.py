@@ -20,7 +20,7 @@ from pipeline.device import autocast, grad_scaler, seed_everything, take
 from pipeline.distributed import SINGLE, Ranks
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.inputs.spec import DataSpec
-from pipeline.models import build_model, check_model_settings, unwrap
+from pipeline.models import build_model, unwrap
 from pipeline.training.engine import Steps, Trainee, predict, steps_per_epoch
 
 
@@ -191,21 +191,13 @@ class FoldState(Trainee):
 
 
 class Recipe:
-    """What every fold of a run trains with, from the config: checked once (`check`, building nothing), then a
-    FoldState per fold (`fold`)."""
+    """What every fold of a run trains with, from the config (checked once by trainer.setup, building nothing:
+    check_optimizer, check_mixer, models.check_model_settings), then a FoldState per fold (`fold`)."""
 
     def __init__(self, cfg: Config, spec: DataSpec, in_chans: int, device: torch.device, ranks: Ranks = SINGLE,
                  bars: bool = True):
         self.cfg, self.spec, self.in_chans, self.device, self.ranks = cfg, spec, in_chans, device, ranks
         self.steps = Steps.of(cfg, bars)
-
-    @staticmethod
-    def check(cfg: Config, task, n_features: int) -> None:
-        """Refuse a recipe that cannot train, before any work: the optimizer, Mixup, the model's own settings."""
-        check_optimizer(cfg)
-        if cfg.mixup or cfg.cutmix:
-            check_mixer(cfg, task, cfg.batch_size)
-        check_model_settings(cfg, n_features)
 
     def fold(self, k: int, label: str, net_input: dict, train_targets: np.ndarray, n_train: int) -> FoldState:
         """Fold k's state (k: its index, or the seed offset of --fold full; label: 'fold 3', 'fold full'): the model built and wrapped

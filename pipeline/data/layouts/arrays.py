@@ -163,7 +163,7 @@ class Arrays(Layout):
         if known is None:
             the_task.submission_mode(self.submission_sample(src, desc))
         return desc, TrainSet(encode(labels, the_task, where), np.arange(len(rows), dtype=np.int64), None,
-                              _hash(src, (train_ref, label_ref)), images=rows)
+                              _hash(src, (train_ref, label_ref)), rows=rows)
 
     def summary(self, desc: Description) -> str:
         width = len(desc.columns.numeric)

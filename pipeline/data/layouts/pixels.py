@@ -48,7 +48,7 @@ class Pixels(Layout):
         desc = Description("pixels", the_task, train_file=train_csv, target_cols=(target,), channels=1, side=side,
                            group_col=opts.group_col, n_images=len(frame))
         return desc, TrainSet(targets, np.arange(len(frame), dtype=np.int64), row_groups,
-                              file_hash(src.read_file(train_csv)), images=images)
+                              file_hash(src.read_file(train_csv)), rows=images)
 
     def summary(self, desc: Description) -> str:
         return image_summary(desc)

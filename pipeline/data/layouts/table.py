@@ -56,7 +56,7 @@ class Table(Layout):
                            group_col=opts.group_col, n_images=len(train), table=cols.to_dict())
         return desc, TrainSet(encode(train[list(cols.target_cols)], the_task, where),
                               np.arange(len(train), dtype=np.int64), groups(train, opts.group_col, where),
-                              file_hash(src.read_file(train_file)), images=tab.matrix(train, cols))
+                              file_hash(src.read_file(train_file)), rows=tab.matrix(train, cols))
 
     def summary(self, desc: Description) -> str:
         c = desc.columns
