@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline import data, infer, make_folds, submit, train
+from pipeline.errors import PipelineError
 from pipeline.data.layouts import arrays, idx
 
 
@@ -134,3 +135,17 @@ def test_bad_idx_files_are_one_line_naming_the_file(idx_sample, tmp_path, workdi
         labels.write_bytes(gzip.compress(raw[:4] + np.array([1436], ">i4").tobytes() + raw[8:-1]))
     assert make_folds.main(["--data", str(root)]) == 2
     assert expected in one_line(capsys.readouterr().err)
+
+
+def test_a_sample_submission_orders_the_test_rows_by_position(arrays_sample, idx_sample, tmp_path):
+    for sample, name in ((arrays_sample, "arrays"), (idx_sample, "idx")):
+        root = shutil.copytree(sample, tmp_path / name)
+        desc, _ = data.describe(data.Source(root))
+        plain, _ = data.read_test(data.Source(root), desc, 28, str(tmp_path / "cache"))
+        pd.DataFrame({"Id": [2, 0], "Class": 0}).to_csv(root / "sample_submission.csv", index=False)
+        rows, sample_read = data.read_test(data.Source(root), desc, 28, str(tmp_path / "cache"))
+        assert np.array_equal(np.asarray(rows), np.asarray(plain)[[2, 0]]) and list(sample_read["Id"]) == ["2", "0"]
+        pd.DataFrame({"Id": [0, 7.5], "Class": 0}).to_csv(root / "sample_submission.csv", index=False)
+        with pytest.raises(PipelineError, match=r"sample_submission.csv: id '7.5' is not (a row number of .*test_11.npy"
+                                                r"|the position of a test image) \(0\.\.359\)"):
+            data.read_test(data.Source(root), desc, 28, str(tmp_path / "cache"))

@@ -155,15 +155,15 @@ def run(cfg: Config, extra: dict) -> float:
     limit, workers = extra["limit"], extra["workers"]
     device = resolve_device(cfg.device)
     if extra["images"]:
-        from pipeline.bench import images as bench_images
-        return bench_images.run(cfg, extra["images"], workers, device)
+        from pipeline.bench.images import run as run_images
+        return run_images(cfg, extra["images"], workers, device)
     if extra["table"]:
-        from pipeline.bench import tables as bench_tables
-        return bench_tables.run(cfg, extra["table"], device)
+        from pipeline.bench.tables import run as run_table
+        return run_table(cfg, extra["table"], device)
     if extra["frames"] or extra["speakers"]:
-        from pipeline.bench import sequences as bench_sequences
-        kind = "frames" if extra["frames"] else "speakers"
-        return bench_sequences.run(cfg, kind, extra[kind], workers, device)
+        from pipeline.bench.sequences import run as run_sequences
+        mode = "frames" if extra["frames"] else "speakers"
+        return run_sequences(cfg, mode, extra[mode], workers, device)
     src = data.resolve(cfg.data)
     train = data.read_train(src)
     if limit:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline.data import images as img
 from pipeline.data.source import Source, parse_csv
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, cut
 from pipeline.io import file_hash
 from pipeline.tasks import Task
 
@@ -134,3 +134,14 @@ def image_summary(desc) -> str:
     ident = f"id {desc.id_col}, " if desc.id_col else ""
     return (f"{desc.layout}: {ident}target {targets or 'the class folders'}, {desc.task.describe()}, "
             f"{'RGB' if desc.channels == 3 else 'gray'}, {where}")
+
+
+def row_positions(sample: pd.DataFrame, n_rows: int, where: str, what: str, note: str = "") -> np.ndarray:
+    """The sample submission's ids read as positions 0..n_rows-1 of the test rows (layouts whose test rows have no
+    ids of their own); the first that is not one is refused in one line naming `what` a position is."""
+    wanted = pd.to_numeric(sample.iloc[:, 0], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(wanted) | (wanted < 0) | (wanted >= n_rows) | (wanted != np.round(wanted))
+    if bad.any():
+        raise PipelineError(f"{where}: id {cut(str(sample.iloc[int(np.flatnonzero(bad)[0]), 0]))!r} is "
+                            f"not {what} (0..{n_rows - 1}{', ' + note if note else ''})")
+    return wanted.astype(np.int64)

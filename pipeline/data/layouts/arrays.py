@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data import table as tab
-from pipeline.data.common import read_sample_submission
+from pipeline.data.common import read_sample_submission, row_positions
 from pipeline.data.layout import Description, Found, Layout, Options, TrainSet, register
 from pipeline.data.source import Source
 from pipeline.data.targets import encode, infer_task
@@ -181,12 +181,8 @@ class Arrays(Layout):
         """The test rows in the sample's order: its ids are row numbers of the test array."""
         rows = _features(src, desc.test_dir, len(desc.columns.numeric), desc.train_file)
         sample = self.submission_sample(src, desc)
-        wanted = pd.to_numeric(sample.iloc[:, 0], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(wanted) | (wanted < 0) | (wanted >= len(rows)) | (wanted != np.round(wanted))
-        if bad.any():
-            raise PipelineError(f"{src.label('sample_submission.csv')}: id {sample.iloc[int(np.flatnonzero(bad)[0]), 0]!r} "
-                                f"is not a row number of {src.label(desc.test_dir)} (0..{len(rows) - 1})")
-        order = wanted.astype(np.int64)
+        order = row_positions(sample, len(rows), src.label("sample_submission.csv"),
+                              f"a row number of {src.label(desc.test_dir)}")
         return (rows if np.array_equal(order, np.arange(len(rows))) else rows[order]), sample
 
 

@@ -6,10 +6,11 @@ import pandas as pd
 import torch
 
 from pipeline.data import sequences as seq
+from pipeline.data.common import row_positions
 from pipeline.data.layout import Description, Found, Options, TrainSet, register
 from pipeline.data.source import Source
 from pipeline.data.targets import encode, infer_task
-from pipeline.errors import PipelineError, cut
+from pipeline.errors import PipelineError
 from pipeline.io import file_hash
 
 
@@ -79,14 +80,9 @@ class Frames(seq.SequenceLayout):
     def test_rows(self, src: Source, sample: pd.DataFrame, listed: tuple[list[str], list[str]]):
         """Frames by running index, in the sample's order."""
         packed = seq.load_all(src, listed[0])
-        wanted = pd.to_numeric(sample.iloc[:, 0], errors="coerce").to_numpy(dtype=np.float64)
-        total = len(packed.values)
-        bad = ~np.isfinite(wanted) | (wanted < 0) | (wanted >= total) | (wanted != np.round(wanted))
-        if bad.any():
-            raise PipelineError(f"{src.label('sample_submission.csv')}: id "
-                                f"{cut(str(sample.iloc[int(np.flatnonzero(bad)[0]), 0]))!r} is not the index of a test "
-                                f"frame (0..{total - 1}, test_split.txt's utterances in order)")
-        return seq.FrameRows(packed, torch.from_numpy(wanted.astype(np.int64)))
+        wanted = row_positions(sample, len(packed.values), src.label("sample_submission.csv"), "the index of a test frame",
+                               "test_split.txt's utterances in order")
+        return seq.FrameRows(packed, torch.from_numpy(wanted))
 
 
 register(Frames())

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline.data.common import image_summary, read_sample_submission
+from pipeline.data.common import image_summary, read_sample_submission, row_positions
 from pipeline.data.layout import Description, Found, Layout, Options, TrainSet, register
 from pipeline.data.layouts.pixels import MNIST_MEAN, MNIST_STD
 from pipeline.data.source import Source
@@ -137,12 +137,8 @@ class Idx(Layout):
         """The t10k images in the sample's order: its ids are their positions (0..M-1)."""
         images = _images(src, desc.test_dir)
         sample = self.submission_sample(src, desc)
-        wanted = pd.to_numeric(sample.iloc[:, 0], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(wanted) | (wanted < 0) | (wanted >= len(images)) | (wanted != np.round(wanted))
-        if bad.any():
-            raise PipelineError(f"{src.label('sample_submission.csv')}: id {sample.iloc[int(np.flatnonzero(bad)[0]), 0]!r} "
-                                f"is not the position of a test image (0..{len(images) - 1})")
-        return np.ascontiguousarray(images[wanted.astype(np.int64)]), sample
+        wanted = row_positions(sample, len(images), src.label("sample_submission.csv"), "the position of a test image")
+        return np.ascontiguousarray(images[wanted]), sample
 
 
 def _write_truth(src: Source, rel: str, n_test: int) -> None:
