@@ -15,6 +15,7 @@ from pipeline.errors import PipelineError
 LABEL = "label"
 SIDE = 28  # Digit Recognizer
 PIXELS = [f"pixel{i}" for i in range(SIDE * SIDE)]
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # digits, on the 0..1 scale
 
 
 def pixel_columns(df: pd.DataFrame) -> list[str]:

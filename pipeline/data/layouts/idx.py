@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipeline.data.common import image_summary, read_sample_submission, row_positions
 from pipeline.data.layout import Description, Found, Layout, Options, TrainSet, register
-from pipeline.data.layouts.pixels import MNIST_MEAN, MNIST_STD
+from pipeline.data.pixels import MNIST_MEAN, MNIST_STD
 from pipeline.data.source import Source
 from pipeline.data.targets import encode, infer_task
 from pipeline.errors import PipelineError

@@ -6,14 +6,12 @@ import numpy as np
 from pipeline.data import pixels
 from pipeline.data.common import groups, image_summary, read_sample_submission
 from pipeline.data.layout import Description, Found, Layout, Options, TrainSet, register
-from pipeline.data.pixels import LABEL
+from pipeline.data.pixels import LABEL, MNIST_MEAN, MNIST_STD
 from pipeline.data.sample import write_sample
 from pipeline.data.source import Source, parse_csv
 from pipeline.data.targets import encode, infer_task
 from pipeline.errors import PipelineError
 from pipeline.io import file_hash
-
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # digits, on the 0..1 scale
 
 
 class Pixels(Layout):
