@@ -88,6 +88,15 @@ def test_arrays_in_an_npz_are_found_by_name(arrays_sample, tmp_path):
     assert desc.layout == "arrays" and desc.train_file == "timit.npz#train_11" and train.rows.shape == (1437, 308)
 
 
+def header_of(shape) -> bytes:
+    """An .npy header declaring float32 rows of `shape`."""
+    import io
+
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return out.getvalue()  # numpy's magic string, then the header
+
+
 def write_arrays(root, train_rows, labels, test_rows):
     root.mkdir()
     for name, array in (("train_11", train_rows), ("train_label_11", labels), ("test_11", test_rows)):
@@ -96,6 +105,8 @@ def write_arrays(root, train_rows, labels, test_rows):
 
 
 @pytest.mark.parametrize("case, expected", [
+    ("huge", "train_11.npy: its header declares an array larger than memory"),
+    ("ids", "sample_submission.csv: id '7' is not a row number of {root}/test_11.npy (0..3)"),
     ("labels", "train_label_11.npy: 9 labels, but {root}/train_11.npy has 10 rows"),
     ("width", "test_11.npy: 6 features per row, but {root}/train_11.npy has 5"),
     ("dtype", "train_11.npy: <U1 values; expected numbers"),
@@ -110,6 +121,13 @@ def test_bad_arrays_are_one_line_naming_the_file(tmp_path, workdir, capsys, case
     if case == "dtype":
         rows = np.full((10, 5), "a")
     root = write_arrays(tmp_path / "comp", rows, labels, test)
+    if case == "huge":  # a zip's member is read, not memory-mapped: numpy allocates what its header declares
+        (root / "train_11.npy").write_bytes(header_of((10**7, 10**6)) + b"\0" * 64)
+        shutil.make_archive(str(root), "zip", root)
+        shutil.rmtree(root)
+        root = tmp_path / "comp.zip"
+    if case == "ids":
+        pd.DataFrame({"Id": [0, 1, 2, 7], "Class": 0}).to_csv(root / "sample_submission.csv", index=False)
     assert make_folds.main(["--data", str(root)]) == 2
     assert expected.format(root=root) in one_line(capsys.readouterr().err)
 
@@ -120,6 +138,8 @@ def test_bad_arrays_are_one_line_naming_the_file(tmp_path, workdir, capsys, case
     ("gz", "train-labels-idx1-ubyte.gz: not a complete gzip file"),
     ("magic", "train-images-idx3-ubyte: not an IDX file of unsigned bytes with 3 dimension(s)"),
     ("count", "train-labels-idx1-ubyte.gz: 1,436 labels, but"),
+    ("negative", "train-images-idx3-ubyte: the header declares a negative dimension -5 x 28 x 28"),
+    ("empty", "train-images-idx3-ubyte: holds no images (the header says 0)"),
 ])
 def test_bad_idx_files_are_one_line_naming_the_file(idx_sample, tmp_path, workdir, capsys, case, expected):
     root = copy_of(idx_sample, tmp_path)
@@ -130,6 +150,9 @@ def test_bad_idx_files_are_one_line_naming_the_file(idx_sample, tmp_path, workdi
         labels.write_bytes(labels.read_bytes()[:-20])
     if case == "magic":
         images.write_bytes(b"\x00\x00\x0d\x03" + images.read_bytes()[4:])
+    if case in ("negative", "empty"):
+        dims = (-5, 28, 28) if case == "negative" else (0, 28, 28)
+        images.write_bytes(b"\x00\x00\x08\x03" + np.array(dims, ">i4").tobytes())
     if case == "count":
         raw = gzip.decompress(labels.read_bytes())
         labels.write_bytes(gzip.compress(raw[:4] + np.array([1436], ">i4").tobytes() + raw[8:-1]))
@@ -149,3 +172,10 @@ def test_a_sample_submission_orders_the_test_rows_by_position(arrays_sample, idx
         with pytest.raises(PipelineError, match=r"sample_submission.csv: id '7.5' is not (a row number of .*test_11.npy"
                                                 r"|the position of a test image) \(0\.\.359\)"):
             data.read_test(data.Source(root), desc, 28, str(tmp_path / "cache"))
+
+
+def test_a_folder_of_idx_files_beside_its_zip_is_read_as_the_folder(idx_sample, tmp_path):
+    """An extracted folder holds no train.csv; it is still the data, not the zip of the same name beside it."""
+    root = shutil.copytree(idx_sample, tmp_path / "mnist")
+    shutil.make_archive(str(tmp_path / "mnist"), "zip", root)
+    assert (tmp_path / "mnist.zip").is_file() and data.resolve(str(root)).path == root

@@ -39,7 +39,24 @@ SAMPLES = {name: write for layout in REGISTRY.values() for name, write in layout
 
 
 def resolve(data: str) -> Source:
-    return _resolve(data, DEFAULT_DATA, SAMPLES)
+    return _resolve(data, DEFAULT_DATA, SAMPLES, _recognised)
+
+
+def _found(src: Source) -> Found:
+    """What every layout's detection reads: the train CSV, if any, and its folder."""
+    train_csv = next((f for f in (src.find(n) for n in TRAIN_CSVS) if f), None)
+    root = str(PurePosixPath(train_csv).parent) + "/" if train_csv and "/" in train_csv else ""
+    frame = parse_csv(src.read_file(train_csv), src.label(train_csv)) if train_csv else None
+    return Found(train_csv, root, frame)
+
+
+def _recognised(src: Source) -> bool:
+    """Does some layout recognise this folder's own files?"""
+    try:
+        found = _found(src)
+        return any(layout.detect(src, found) for layout in REGISTRY.values())
+    except PipelineError:
+        return False
 
 
 def describe(src: Source, opts: Options = Options(), known: Description | None = None) -> tuple[Description, TrainSet]:
@@ -48,10 +65,7 @@ def describe(src: Source, opts: Options = Options(), known: Description | None =
     known: the saved description when re-reading; what make_folds probed (image channels, the test folder, the
     test side's match) is taken as it is.
     """
-    train_csv = next((f for f in (src.find(n) for n in TRAIN_CSVS) if f), None)
-    root = str(PurePosixPath(train_csv).parent) + "/" if train_csv and "/" in train_csv else ""
-    frame = parse_csv(src.read_file(train_csv), src.label(train_csv)) if train_csv else None
-    found = Found(train_csv, root, frame)
+    found = _found(src)
     if opts.layout and opts.layout not in REGISTRY:
         raise PipelineError(f"--layout {opts.layout}: no such layout; valid: {', '.join(REGISTRY)}")
     name = opts.layout or next((n for n, layout in REGISTRY.items() if layout.detect(src, found)), "")

@@ -33,6 +33,11 @@ def read_sample_submission(src: Source, root: str = "", required: bool = True) -
     return sample
 
 
+def sample_label(src: Source, root: str = "") -> str:
+    """Where the sample submission is (or would be), as messages name it."""
+    return src.label(src.find("sample_submission.csv") or root + "sample_submission.csv")
+
+
 def sample_targets(sample: pd.DataFrame | None, targets) -> pd.DataFrame | None:
     """The sample submission's columns named like the targets (HW1's `tested_positive.2` is written
     `tested_positive` there), or None: what it holds tells values from classes."""

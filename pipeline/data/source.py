@@ -155,9 +155,11 @@ def read_zip_member(zf: zipfile.ZipFile, path: Path, rel: str) -> bytes:
     return raw
 
 
-def resolve(data: str, default: str, samples: dict) -> Source:
+def resolve(data: str, default: str, samples: dict, recognised=lambda src: False) -> Source:
     """--data as given (`samples`: name -> the function writing that bundled offline sample, e.g. 'sample',
-    'sample-images', 'sample-table'); the default path falls back to 'sample' with a one-line notice."""
+    'sample-images', 'sample-table'); the default path falls back to 'sample' with a one-line notice. A folder
+    without train.csv beside a zip of the same name reads the zip, unless `recognised(folder)` (some layout's
+    files are in the folder itself: MNIST's IDX files, numpy arrays)."""
     if data in samples:
         return Source(samples[data]())
     write_sample = samples["sample"]
@@ -165,7 +167,8 @@ def resolve(data: str, default: str, samples: dict) -> Source:
     if path.exists():
         if path.is_dir() and not any(path.iterdir()) and path.with_suffix(".zip").is_file():
             return Source(path.with_suffix(".zip"))
-        if path.is_dir() and not (path / "train.csv").exists() and path.with_suffix(".zip").is_file():
+        if path.is_dir() and not (path / "train.csv").exists() and path.with_suffix(".zip").is_file() \
+                and not recognised(Source(path)):
             return Source(path.with_suffix(".zip"))
         if path.suffix == ".zip" and path.is_dir():
             raise PipelineError(f"--data: {data} is a directory named like a zip; pass the folder without .zip")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data import table as tab
-from pipeline.data.common import read_sample_submission, row_positions
+from pipeline.data.common import read_sample_submission, row_positions, sample_label
 from pipeline.data.layout import Description, Found, Layout, Options, TrainSet, register
 from pipeline.data.source import Source
 from pipeline.data.targets import encode, infer_task
@@ -84,8 +84,13 @@ def load(src: Source, ref: str) -> np.ndarray:
         if not src.is_zip:
             return np.load(Path(src.path) / rel, mmap_mode="r", allow_pickle=False)
         return np.load(io.BytesIO(src.read_file(rel)), allow_pickle=False)
+    except MemoryError:  # a header declaring more than memory holds (numpy allocates before it reads a stream)
+        raise PipelineError(f"{where}: its header declares an array larger than memory; not a usable numpy "
+                            "array") from None
     except (ValueError, OSError, EOFError) as e:
-        raise PipelineError(f"{where}: not a readable numpy array ({str(e).splitlines()[0][:120]})") from None
+        objects = "pickled" in str(e) or "Python objects" in str(e)
+        why = "it holds Python objects (a pickle), not numbers" if objects else str(e).splitlines()[0][:200]
+        raise PipelineError(f"{where}: not a readable numpy array ({why})") from None
 
 
 def _features(src: Source, ref: str, width: int = 0, like: str = "") -> np.ndarray:
@@ -161,7 +166,10 @@ class Arrays(Layout):
                            train_file=train_ref, target_cols=(TARGET,), test_dir=test_ref, n_images=len(rows),
                            table=cols.to_dict())
         if known is None:
-            the_task.submission_mode(self.submission_sample(src, desc))
+            sample = self.submission_sample(src, desc)
+            the_task.submission_mode(sample)
+            n_test = len(load(src, test_ref))
+            row_positions(sample, n_test, sample_label(src, desc.root), f"a row number of {src.label(test_ref)}")
         return desc, TrainSet(encode(labels, the_task, where), np.arange(len(rows), dtype=np.int64), None,
                               _hash(src, (train_ref, label_ref)), rows=rows)
 
@@ -181,8 +189,7 @@ class Arrays(Layout):
         """The test rows in the sample's order: its ids are row numbers of the test array."""
         rows = _features(src, desc.test_dir, len(desc.columns.numeric), desc.train_file)
         sample = self.submission_sample(src, desc)
-        order = row_positions(sample, len(rows), src.label("sample_submission.csv"),
-                              f"a row number of {src.label(desc.test_dir)}")
+        order = row_positions(sample, len(rows), sample_label(src, desc.root), f"a row number of {src.label(desc.test_dir)}")
         return (rows if np.array_equal(order, np.arange(len(rows))) else rows[order]), sample
 
 

@@ -14,6 +14,7 @@ against.
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import sys
 import zlib
@@ -22,7 +23,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline.data.common import image_summary, read_sample_submission, row_positions
+from pipeline.data.common import image_summary, read_sample_submission, row_positions, sample_label
 from pipeline.data.layout import Description, Found, Layout, Options, TrainSet, register
 from pipeline.data.pixels import MNIST_MEAN, MNIST_STD
 from pipeline.data.source import Source
@@ -62,7 +63,10 @@ def read_idx(src: Source, rel: str, ndim: int) -> np.ndarray:
     if len(raw) < head:
         raise PipelineError(f"{where}: the header is cut short ({len(raw)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw[4:head], dtype=">i4"))
-    size = int(np.prod(shape, dtype=np.int64))
+    if min(shape) < 0:
+        raise PipelineError(f"{where}: the header declares a negative dimension {' x '.join(map(str, shape))}; "
+                            "download it again")
+    size = math.prod(shape)
     if len(raw) - head != size:
         raise PipelineError(f"{where}: the header says {' x '.join(map(str, shape))} = {size:,} bytes of data, the file "
                             f"holds {len(raw) - head:,}; download it again")
@@ -71,7 +75,9 @@ def read_idx(src: Source, rel: str, ndim: int) -> np.ndarray:
 
 def _images(src: Source, rel: str) -> np.ndarray:
     images = read_idx(src, rel, 3)
-    if images.shape[1] != images.shape[2] or not images.shape[0]:
+    if not images.shape[0]:
+        raise PipelineError(f"{src.label(rel)}: holds no images (the header says 0)")
+    if images.shape[1] != images.shape[2] or not images.shape[1]:
         raise PipelineError(f"{src.label(rel)}: images of {images.shape[1]}x{images.shape[2]}; expected square ones")
     return images[:, None]  # (N, 1, side, side)
 
@@ -113,7 +119,9 @@ class Idx(Layout):
             if test.shape[-1] != side:
                 raise PipelineError(f"{src.label(files['test', 'images'])}: images of {test.shape[-1]}x{test.shape[-1]}"
                                     f", but the train images are {side}x{side}")
-            the_task.submission_mode(self.submission_sample(src, desc))
+            sample = self.submission_sample(src, desc)
+            the_task.submission_mode(sample)
+            row_positions(sample, len(test), sample_label(src, desc.root), "the position of a test image")
             if ("test", "labels") in files:
                 _write_truth(src, files["test", "labels"], len(test))
         raw = src.read_file(files["train", "images"]) + src.read_file(files["train", "labels"])
@@ -137,7 +145,7 @@ class Idx(Layout):
         """The t10k images in the sample's order: its ids are their positions (0..M-1)."""
         images = _images(src, desc.test_dir)
         sample = self.submission_sample(src, desc)
-        wanted = row_positions(sample, len(images), src.label("sample_submission.csv"), "the position of a test image")
+        wanted = row_positions(sample, len(images), sample_label(src, desc.root), "the position of a test image")
         return np.ascontiguousarray(images[wanted]), sample
 
 
