@@ -42,7 +42,7 @@ class Config:
     features: tuple[str, ...] = ()  # make_folds, tables: the feature columns to use; () = every column but the id and target(s)
     drop_cols: tuple[str, ...] = ()  # make_folds, tables: columns to leave out (an id-like column the guess kept, a leak)
     # model
-    model: str = "digit_cnn"  # images: any timm model name (digit_cnn: the pipeline's own CNN for 28x28 digits); tables: lightgbm or mlp; sequences: gru, lstm, transformer, conformer; frames: mlp or those
+    model: str = "digit_cnn"  # images: any timm model name (digit_cnn: the pipeline's own CNN for 28x28 digits); tables: lightgbm, catboost, xgboost, linear or mlp; sequences: gru, lstm, transformer, conformer; frames: mlp or those
     pretrained: bool = False  # start from timm's pretrained weights (downloaded from the hub: needs internet)
     pretrained_path: str = ""  # local .pth/.safetensors to start from (classifier re-initialised)
     img_size: int = 28  # side in pixels that batches are resized to on the device, 16..512
@@ -53,7 +53,8 @@ class Config:
     context: int = 5  # frames: neighbours on each side of a frame in its input window (HW2's concat_nframes = 2K + 1)
     cat_encoding: str = "onehot"  # tables, mlp: categorical columns as one-hot blocks (onehot) or learned embeddings (embed)
     select_features: int = 0  # tables: keep the K best columns by univariate score (scikit-learn SelectKBest), fitted per fold on its training rows; 0 = all
-    gbm_params: str = ""  # lightgbm: JSON/YAML file of LightGBM parameters over the defaults (learning_rate 0.05, num_leaves 31, ...)
+    gbm_params: str = ""  # lightgbm, catboost, xgboost: JSON/YAML file of the library's parameters over the pipeline's defaults (LightGBM: learning_rate 0.05, num_leaves 31, ...)
+    seeds: int = 1  # table learners: fit each fold N times with different seeds and average them (OOF and test), 1..100
     # training
     fold: str = "all"  # 'all', one fold index 0..n_splits-1, or 'full' (every row, no validation: full.pth, no CV)
     epochs: int = 15  # passes over the fold's training rows, >= 1
@@ -97,11 +98,16 @@ class Config:
     tta: bool = False  # infer: test-time augmentation with ttach
     with_full: bool = False  # infer: add the experiment's full.pth (train --fold full) to its fold models
     tta_preset: str = ""  # 'digits' (shifts, zoom), 'hflip' (natural images), 'd4' (8 flips/turns, top-down images); '' = the layout's
-    ensemble: str = "mean"  # infer with several experiments: mean | learned (softmax weights fitted on OOF) | greedy (Caruana, 25 rounds) | rank (AUC metrics)
+    ensemble: str = "mean"  # infer with several experiments: mean | learned (softmax weights fitted on OOF) | greedy (Caruana, 25 rounds) | rank (AUC metrics) | stack (a level-2 model fitted on OOF)
+    stacker: str = "linear"  # infer --ensemble stack: linear (ridge / logistic regression with non-negative weights on the experiments) | lightgbm (few leaves)
+    stack_features: bool = False  # infer --ensemble stack: the table's own columns beside the experiments' OOF predictions
     out: str = ""  # infer: submission path; '' = submissions/<exp>.csv
     # runs, sweep, tune
     compare: tuple[str, ...] = ()  # runs: two experiments whose OOF correctness is tested against each other
     trials: int = 20  # tune: number of Optuna trials, >= 1
+    storage: str = ""  # tune: Optuna storage shared by several machines: an RDB URL (sqlite:///study.db, postgresql://...) or a journal file path (*.log); '' = the study folder's own journal file
+    learners: tuple[str, ...] = ()  # portfolio: the learners to train, each its own experiment; () = linear lightgbm xgboost catboost mlp
+    time_limit: float = 0.0  # portfolio: seconds for the whole run (learners that would not fit are skipped, one that overruns keeps its best iteration so far); 0 = none
     # submit
     submission: str = ""  # submit: the csv to check and send
     message: str = ""  # submit: submission description
@@ -198,8 +204,13 @@ RULES = {  # field -> (test, rule text)
                                "mcrmse", "qwk"),
                "must be accuracy, macro_f1, micro_f1, roc_auc, log_loss, rmse, mse, mae, mcrmse or qwk"),
     "threshold": (lambda v: 0 < v < 1, "must be between 0 and 1"),
-    "ensemble": (lambda v: v in ("mean", "learned", "greedy", "rank"), "must be mean, learned, greedy or rank"),
-    "trials": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
+    "ensemble": (lambda v: v in ("mean", "learned", "greedy", "rank", "stack"),
+                 "must be mean, learned, greedy, rank or stack"),
+    "stacker": (lambda v: v in ("linear", "lightgbm"), "must be linear or lightgbm"),
+    "seeds": (lambda v: 1 <= v <= 100, "must be 1..100"),
+    "time_limit": (lambda v: 0 <= v <= 10 ** 7, "must be 0 (none) or seconds"),
+    "learners": (lambda v: all(NAME.fullmatch(e) for e in v), "must be learner names such as linear lightgbm mlp"),
+    "trials": (lambda v: 0 <= v <= 10_000, "must be 0..10000 (0: print a --storage study's best only)"),
     "competition": (lambda v: v == "" or re.fullmatch(r"[a-z0-9][a-z0-9-]{1,99}", v) is not None,
                     "must be a competition slug as in kaggle.com/competitions/SLUG (lower case, digits, dashes)"),
     "kernel": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,50}/[A-Za-z0-9_-]{1,100}", v) is not None,
@@ -258,7 +269,7 @@ TRAIN_FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "
                "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix",
                "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
                "gpus", "sync_bn", "lr_scale", "hidden", "layers", "pool", "crop_len", "context", "select_features", "cat_encoding",
-               "gbm_params"]
+               "gbm_params", "seeds"]
 
 
 def command(module: str, cfg: Config, names: list[str], **changes) -> str:

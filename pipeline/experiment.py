@@ -32,16 +32,17 @@ from pipeline.tasks import Task
 RECIPE = ["model", "pretrained_path", "img_size", "hidden", "layers", "pool", "crop_len", "context", "select_features", "cat_encoding", "gbm_params", "epochs", "batch_size", "lr", "weight_decay",
           "label_smoothing", "warmup_epochs", "rotate", "scale", "shift", "aug", "precision", "ema", "clip_grad", "patience", "opt", "momentum",
           "mixup", "cutmix", "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
-          "drop_rate", "drop_path_rate", "seed"]
+          "drop_rate", "drop_path_rate", "seed", "seeds"]
 # The recipe fields a boosting library's fold reads (the rest are the torch engine's): its hints and report name these.
-GBM_RECIPE = ["model", "select_features", "gbm_params", "seed"]
+GBM_RECIPE = ["model", "select_features", "gbm_params", "seed", "seeds"]
 # Values train resolves from a flag (the parameters in --gbm-params' file): compared as the recipe is.
 RESOLVED = ["gbm_param_values"]
 # What the rows were split by: every fold of one experiment must come from the same folds file.
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
 _NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|oof\.fold(?:0|[1-9]\d*)\.npz|oof_tta\.fold(?:0|[1-9]\d*)\.npz|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
-         r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth|fold\d+\.prep\.json|full\.prep\.json|fold\d+\.txt|full\.txt"
+         r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth|fold\d+\.prep\.json|full\.prep\.json|full\.txt" \
+         r"|fold\d+(?:\.s\d+)?(?:\.txt|\.cbm|\.xgb\.json|\.linear\.json)"  # table learners' models, one per seed
 ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
 LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
 _REPORT = r"report\.md|curves\.png|lr\.png|confusion\.png|confusion\.csv|per_class\.csv|wrong\.png"
@@ -397,9 +398,9 @@ def _what(field: str) -> str:
 
 def forget_fold(exp_dir: Path, k: int) -> None:
     """Remove fold k's checkpoints and rows, leaving the other folds intact."""
-    for name in (f"fold{k}.pth", f"fold{k}.last.pth", f"fold{k}.prep.json", f"fold{k}.txt", f"oof.fold{k}.npz",
-                 f"oof_tta.fold{k}.npz"):
-        (exp_dir / name).unlink(missing_ok=True)
+    for path in [*exp_dir.glob(f"fold{k}.*"), exp_dir / f"oof.fold{k}.npz", exp_dir / f"oof_tta.fold{k}.npz"]:
+        if ARTIFACTS.fullmatch(path.name):  # fold<k>'s models (every seed's), epoch state and preprocessing
+            path.unlink(missing_ok=True)
     with tables_locked(exp_dir):  # another fold's job may be writing these tables now
         for name in ("oof.csv", "metrics.csv", "schedule.csv", "oof_tta.csv", "selection.csv"):
             table = read_table(exp_dir / name)

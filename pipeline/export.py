@@ -32,7 +32,7 @@ from pipeline import infer, predict
 from pipeline.io import write_json
 from pipeline.config import Config, flag, make_config, parse_stage
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import done_folds, experiment_dir, oof_parts, oof_where
+from pipeline.experiment import ARTIFACTS, done_folds, experiment_dir, oof_parts, oof_where
 
 FLAGS = ["exp", "weights_dir", "data", "ensemble", "tta", "tta_preset", "with_full", "precision", "competition",
          "dataset", "push", "export_dir", "message", "device", "cache_dir"]
@@ -195,7 +195,8 @@ def experiment_files(cfg: Config) -> dict[str, list[Path]]:
             raise PipelineError(f"{oof_where(src)}: no rows for fold(s) {', '.join(map(str, missing))}; {resume}")
         extra = [src / "full.pth"] if cfg.with_full else []
         preps = sorted(src.glob("fold*.prep.json")) + sorted(src.glob("full.prep.json") if cfg.with_full else [])
-        files[e] = [*checkpoints, *extra, *preps, src / "config.json", src / "cv.json",
+        seeds = sorted(p for p in src.glob("fold*.s[0-9]*") if ARTIFACTS.fullmatch(p.name))  # --seeds' other models
+        files[e] = [*checkpoints, *seeds, *extra, *preps, src / "config.json", src / "cv.json",
                    *(oof_parts(src).values() or [src / "oof.csv"])]
         for path in files[e]:
             if not path.is_file():

@@ -3,6 +3,7 @@
     python -m pipeline.infer --tta                          # submissions/digit_cnn.csv
     python -m pipeline.infer --exp a b --ensemble learned   # blend two experiments, weights fitted on OOF
     python -m pipeline.infer --exp a b c --ensemble greedy  # Caruana's forward selection on OOF
+    python -m pipeline.infer --exp a b c --ensemble stack   # a level-2 model fitted on OOF (--stacker, --stack-features)
     python -m pipeline.infer --data /kaggle/input/digit-recognizer --weights-dir /kaggle/input/my-weights
 """
 from __future__ import annotations
@@ -19,14 +20,13 @@ from pipeline import data
 from pipeline.io import write_csv, write_json
 from pipeline.config import Config, parse_config
 from pipeline.device import on_device, resolve_device
-from pipeline.ensemble import blend, rank_average
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import experiment_dir
 from pipeline.inputs import input_kind
-from pipeline.predict import default_experiment, ensemble_weights, experiment_data, predict_experiment
+from pipeline.predict import default_experiment, experiment_data, fit_ensemble, predict_experiment, stack_features
 
-FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "out", "device", "batch_size", "cache_dir",
-         "precision", "with_full"]
+FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "stacker", "stack_features", "out", "device",
+         "batch_size", "cache_dir", "precision", "with_full"]
 
 
 def run(cfg: Config) -> pd.DataFrame:
@@ -42,10 +42,14 @@ def run(cfg: Config) -> pd.DataFrame:
     if len(exps) == 1 and cfg.ensemble != "mean":
         print(f"notice: --ensemble {cfg.ensemble}: one experiment ({exps[0]}) has nothing to blend; "
               "the flag is ignored", file=sys.stderr)
-    # fitted on OOF before any inference, so a refused blend (other folds files, rank without AUC) costs nothing
-    weights = ensemble_weights(Path(cfg.weights_dir), exps, cfg.ensemble) if len(exps) > 1 else None
+    if cfg.ensemble != "stack" and (cfg.stack_features or cfg.stacker != Config().stacker):
+        raise PipelineError(f"--{'stack-features' if cfg.stack_features else 'stacker'}: sets up --ensemble stack; "
+                            f"this run blends with --ensemble {cfg.ensemble}")
     src = data.resolve(cfg.data)
     test, sample = data.read_test(src, desc, spec.img_size, cfg.cache_dir)
+    features = stack_features(exp_dirs[0], src, desc, test, cfg.cache_dir) if cfg.stack_features else None
+    # fitted on OOF before any inference, so a refused blend (other folds files, rank without AUC) costs no inference
+    combine = fit_ensemble(Path(cfg.weights_dir), exps, cfg.ensemble, cfg.stacker, features) if len(exps) > 1 else None
     submission_shape = spec.task.submission_mode(sample)  # refuse a sample this task cannot fill, before inference
     check_replaceable(out, sample, src)
     before = previous_settings(out)
@@ -55,10 +59,7 @@ def run(cfg: Config) -> pd.DataFrame:
     if cfg.tta:
         input_kind(desc.kind).tta_check(preset)  # a kind without TTA refuses it in one line
     test_probs = np.stack([predict_experiment(d, images, cfg, preset, device) for d in exp_dirs])
-    if weights is None:
-        final = test_probs[0]
-    else:
-        final = rank_average(test_probs) if cfg.ensemble == "rank" else blend(test_probs, weights)
+    final = test_probs[0] if combine is None else combine(test_probs)
     submission = spec.task.submission(final, sample)
     write_csv(submission, out)
     record_settings(out, submission_settings(cfg, exps, preset), before)
@@ -104,7 +105,8 @@ def settings_path(out: Path) -> Path:
 def submission_settings(cfg: Config, exps: tuple[str, ...], preset: str) -> dict:
     """What decides a submission's predictions, beside the experiments' weights."""
     return {"written_by": "pipeline.infer", "exp": list(exps), "ensemble": cfg.ensemble if len(exps) > 1 else None,
-            "tta": preset if cfg.tta else None, "with_full": cfg.with_full}
+            "tta": preset if cfg.tta else None, "with_full": cfg.with_full,
+            "weights_dir": str(Path(cfg.weights_dir).resolve())}
 
 
 def previous_settings(out: Path) -> dict | None:

@@ -13,7 +13,7 @@ from timm.models import register_model
 
 from pipeline.io import load_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.nets import NETS, build_net, parse_hidden
+from pipeline.nets import NETS, TABLE_MODELS, build_net, parse_hidden
 
 OFFLINE = ("download them once where there is internet (torch.save(timm.create_model(NAME, pretrained=True)"
            ".state_dict(), FILE)) and pass --pretrained-path FILE (.pth or .safetensors)")
@@ -88,7 +88,7 @@ def build_model(name: str, num_classes: int, in_chans: int, img_size: int, **opt
         return build_net(name, num_classes, opts.n_features or in_chans * img_size * img_size, opts,
                          opts.step_features or in_chans * img_size)
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, [*NETS, "lightgbm", *timm.list_models()], n=3)
+        close = difflib.get_close_matches(name, [*NETS, *TABLE_MODELS, *timm.list_models()], n=3)
         raise PipelineError(f"--model: unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
                                                                   "; see timm.list_models()"))
     kwargs = {k: v for k, v in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if v}
@@ -123,7 +123,7 @@ def check_model_settings(cfg, n_features: int = 0) -> None:
         parse_hidden(cfg.hidden)
         return
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, [*NETS, "lightgbm", *timm.list_models()], n=3)
+        close = difflib.get_close_matches(name, [*NETS, *TABLE_MODELS, *timm.list_models()], n=3)
         raise PipelineError(f"--model: unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
                                                                   "; see timm.list_models()"))
     if cfg.pretrained and name == "digit_cnn":

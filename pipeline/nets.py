@@ -5,7 +5,8 @@
           columns as one-hot blocks in the vector, or (--cat-encoding embed) as slot indices in its last columns,
           each looked up in its own learned embedding.
 
-timm's registry holds the image backbones; `lightgbm` is not a network: it names the gbm learner
+timm's registry holds the image backbones; `lightgbm`, `catboost`, `xgboost` and `linear` are not networks: they
+name the table learners (TABLE_MODELS: the module of pipeline.learners fitting each)
 (pipeline.learners).
 """
 from __future__ import annotations
@@ -69,6 +70,8 @@ class MLP(nn.Module):
             x = torch.cat([x[:, :self.n_dense], *(emb(slots[:, i]) for i, emb in enumerate(self.embeddings))], 1)
         return self.head(self.body(x))
 
+
+TABLE_MODELS = {"lightgbm": "gbm", "catboost": "catboost", "xgboost": "xgboost", "linear": "linear"}
 
 NETS = {"mlp": "vector", "gru": "sequence", "lstm": "sequence", "transformer": "sequence", "conformer": "sequence"}
 

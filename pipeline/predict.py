@@ -22,7 +22,7 @@ from pipeline.io import write_json, write_npy
 from pipeline.config import Config, ExperimentConfig, flag
 from pipeline.inputs.spec import DataSpec
 from pipeline.training.engine import predict
-from pipeline.ensemble import combine, honest_scores
+from pipeline.ensemble import Stack, blend, combine, honest_scores, honest_stack, rank_average
 from pipeline.errors import PipelineError
 from pipeline.experiment import (CVSummary, cv_summary, done_folds, experiment_dir, oof_arrays, oof_where,
                                  prob_columns, read_oof, write_oof_rows, writer)
@@ -204,9 +204,12 @@ def read_oofs(weights_dir: Path, exps: tuple[str, ...], same_folds: bool = True
     return np.stack([a[0] for a in arrays]), arrays[0][1], first["fold"].to_numpy(), task
 
 
-def ensemble_weights(weights_dir: Path, exps: tuple[str, ...], method: str) -> np.ndarray:
-    """The blend's weights fitted on OOF (equal for mean and rank); prints every experiment's OOF score and the
-    blend's honest one (fitted on the other folds, scored on the held-out fold) in the competition's metric."""
+def fit_ensemble(weights_dir: Path, exps: tuple[str, ...], method: str, stacker: str = "linear",
+                 features: tuple[np.ndarray, np.ndarray] | None = None):
+    """The blend fitted on OOF, as a function of the experiments' test predictions (M, N, C) -> (N, C); prints every
+    experiment's OOF score and the blend's honest one (fitted on the other folds, scored on the held-out fold) in the
+    competition's metric, and for --ensemble stack the honest scores of mean, learned and greedy beside the stack's.
+    `features`: (OOF rows', test rows') table columns for --stack-features, the OOF rows in id order."""
     probs, targets, folds, task = read_oofs(weights_dir, exps, same_folds=method not in ("mean", "rank"))
     if method == "rank" and task.metric != "roc_auc":
         raise PipelineError(f"--ensemble rank: rank averaging keeps only the order of scores, which only AUC judges; "
@@ -218,12 +221,55 @@ def ensemble_weights(weights_dir: Path, exps: tuple[str, ...], method: str) -> n
     if method != "mean":
         mean = task.scores(probs.mean(0), targets)
         print(f"OOF mean blend (nothing fitted): {m} {mean[m]:.5f}  loss {mean['loss']:.4f}")
+    record = {"experiments": list(exps), "method": method, "metric": m,
+              "oof_each": {e: task.scores(p, targets) for e, p in zip(exps, probs)}}
+    if method == "stack":
+        for other in ("learned", "greedy"):
+            other_scores = honest_scores(probs, targets, folds, task, other)
+            print(f"OOF {other} blend (weights fitted on the other folds): {m} {other_scores[m]:.5f}  "
+                  f"loss {other_scores['loss']:.4f}")
+        train_x, test_x = features if features is not None else (None, None)
+        honest = task.scores(honest_stack(probs, targets, folds, task, stacker, train_x), targets)
+        model = Stack(task, stacker).fit(probs, targets, train_x)
+        shown = "" if stacker == "lightgbm" else "; weights on all OOF: " + ", ".join(
+            f"{e} {w:.3f}" for e, w in zip(exps, model.weights))
+        print(f"OOF stack ({stacker}{' + the table columns' if train_x is not None else ''}, fitted on the other "
+              f"folds): {m} {honest[m]:.5f}  loss {honest['loss']:.4f}{shown}")
+        record |= {"stacker": stacker, "stack_features": train_x is not None, "oof_blend_honest": honest,
+                   "weights": [float(w) for w in model.weights] if stacker == "linear" else None}
+        write_json(record, writable_dir(weights_dir, Path("submissions")) / f"blend_{'+'.join(exps)}.json")
+        return lambda test: model.predict(test, test_x)
     weights = combine(probs, targets, task, method)[0]
     honest = honest_scores(probs, targets, folds, task, method)
     print(f"OOF {method} blend ({'weights fitted on the other folds' if method in ('learned', 'greedy') else 'nothing fitted'}"
           f"): {m} {honest[m]:.5f}  loss {honest['loss']:.4f}; weights on all OOF: "
           + ", ".join(f"{e} {w:.3f}" for e, w in zip(exps, weights)))
-    write_json({"experiments": list(exps), "method": method, "weights": weights.tolist(), "metric": m,
-                "oof_each": {e: task.scores(p, targets) for e, p in zip(exps, probs)}, "oof_blend_honest": honest},
+    write_json(record | {"weights": weights.tolist(), "oof_blend_honest": honest},
                writable_dir(weights_dir, Path("submissions")) / f"blend_{'+'.join(exps)}.json")
-    return weights
+    if method == "rank":
+        return rank_average
+    return lambda test: blend(test, weights)
+
+
+def oof_ids(exp_dir: Path) -> np.ndarray:
+    """An experiment's OOF row ids in the order read_oofs gives its rows (by id)."""
+    return read_oof(exp_dir).sort_values("id")["id"].to_numpy()
+
+
+def stack_features(exp_dir: Path, src, desc, test_rows: np.ndarray, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """--stack-features: the table's own columns for the OOF rows (in id order) and the test rows, imputed, scaled
+    and one-hot encoded by a preprocessing fitted on the train rows without their targets."""
+    from pipeline import preprocess
+
+    spec = experiment_data(exp_dir)[1]
+    if "names" not in spec.features:
+        raise PipelineError(f"--stack-features: puts a table's own columns beside the OOF predictions; {exp_dir.name} "
+                            f"was trained on {desc.kind} data: stack without it")
+    train = data.read_train(src, desc)
+    raw = np.asarray(data.train_rows(src, desc, train, spec.img_size, cache_dir), dtype=np.float32)
+    position = pd.Series(np.arange(len(train.ids)), index=pd.Index(train.ids).astype(str))
+    order = position.loc[pd.Index(oof_ids(exp_dir)).astype(str)].to_numpy()
+    f = spec.features
+    state = preprocess.fit(raw, list(f.get("categorical", [])), list(f.get("cardinalities", [])),
+                           list(f.get("names", [])))
+    return preprocess.apply(state, raw[order]), preprocess.apply(state, np.asarray(test_rows, dtype=np.float32))

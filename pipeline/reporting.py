@@ -95,7 +95,8 @@ def plot_importance(table: pd.DataFrame, path: Path, top: int = 30) -> None:
     folds = len([c for c in table.columns if c.startswith("fold ")])
     fig, ax = plt.subplots(figsize=(7, 0.25 * len(shown) + 1.2))
     ax.barh(shown["feature"].astype(str), shown["mean"])
-    ax.set(title=f"total split gain, mean over {folds} folds (top {len(shown)} of {len(table)})", xlabel="gain")
+    measure = table.attrs.get("measure", "total split gain")
+    ax.set(title=f"{measure}, mean over {folds} folds (top {len(shown)} of {len(table)})", xlabel=measure)
     ax.tick_params(axis="y", labelsize=7)
     save(fig, path)
 
@@ -159,12 +160,12 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
             plot_schedule(read_table(exp_dir / "schedule.csv"), out / "lr.png")
             sections.append("## Learning-rate schedule\n![lr](lr.png)\n")
     else:
-        best = ", ".join(f"fold {int(r.fold)}: {int(r.epoch)}" for r in metrics.itertuples())
-        sections.append(f"## Boosting\nbest iteration per fold (early stopping on the fold's validation rows): {best}\n")
+        sections.append(learner.fold_summary(exp_dir, metrics))
     if importance is not None:
         write_csv(importance, out / "importance.csv")
         plot_importance(importance, out / "importance.png")
-        sections.append("## Feature importance (total split gain; all features in importance.csv)\n"
+        sections.append(f"## Feature importance ({importance.attrs.get('measure', 'total split gain')}; all features "
+                        "in importance.csv)\n"
                         f"![importance](importance.png)\n\n{markdown_table(importance.head(15), '.1f')}\n")
     if task.has_classes:  # confusions and per-class scores mean something for classes only
         probs, labels = oof_arrays(oof, task, where)

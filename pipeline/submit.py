@@ -53,14 +53,18 @@ def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, whe
             raise PipelineError(f"{where}: row {row + 1}: {col} must be {rule}, found {_show(sub[col].iloc[row])}")
 
 
-def _recorded_experiments(submission: Path) -> list[str]:
-    """The experiments infer recorded beside a submission (X.csv.json), [] when there is no readable record."""
+def _recorded_experiments(submission: Path) -> tuple[list[str], str]:
+    """The experiments infer recorded beside a submission (X.csv.json) and the weights folder they were in
+    (([], '') when there is no readable record)."""
     try:
         record = json.loads(submission.with_name(submission.name + ".json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
-        return []
-    exps = record.get("exp") if isinstance(record, dict) and record.get("written_by") == "pipeline.infer" else None
-    return [e for e in exps if isinstance(e, str) and e] if isinstance(exps, list) else []
+        return [], ""
+    if not isinstance(record, dict) or record.get("written_by") != "pipeline.infer":
+        return [], ""
+    exps, where = record.get("exp"), record.get("weights_dir")
+    return [e for e in exps if isinstance(e, str) and e] if isinstance(exps, list) else [], \
+        where if isinstance(where, str) else ""
 
 
 def _show(value) -> str:
@@ -72,9 +76,11 @@ def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Descripti
     from pipeline.predict import experiment_data
 
     guess = re.sub(r"_(mean|learned|greedy|rank)$", "", submission.stem).split("+")[0]  # submissions/<exp>[_<method>].csv
-    recorded = _recorded_experiments(submission)  # what infer wrote beside it: a --out of any name
+    recorded, recorded_dir = _recorded_experiments(submission)  # what infer wrote beside it: a --out of any name
+    weights_dir = Path(recorded_dir) if recorded_dir and not cfg.exp and cfg.weights_dir == Config().weights_dir \
+        and Path(recorded_dir).is_dir() else Path(cfg.weights_dir)  # --weights-dir, else where infer found them
     for name in cfg.exp[:1] or recorded[:1] or (guess,):
-        exp_dir = Path(cfg.weights_dir) / name
+        exp_dir = weights_dir / name
         if (exp_dir / "config.json").is_file():
             desc, spec = experiment_data(exp_dir)
             return spec.task, desc

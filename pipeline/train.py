@@ -58,8 +58,10 @@ def locked_or_message(exp_dir: Path, fold: int | None, ranks: Ranks):
         lock.__exit__(None, None, None)
 
 
-def run(cfg: Config, on_epoch=None) -> dict:
-    """Train the folds named by cfg.fold; `on_epoch(epoch, valid_scores)` is called after every epoch."""
+def run(cfg: Config, on_epoch=None, deadline: float | None = None) -> dict:
+    """Train the folds named by cfg.fold; `on_epoch(epoch, valid_scores)` is called after every epoch. `deadline`
+    (time.monotonic(), the portfolio's): each fold gets an even share of the time left, and stops at its best
+    iteration or epoch so far when it runs over."""
     with distributed.joined(cfg.device) as (ranks, device_name), distributed.peer_loss_as_one_line(ranks):
         cfg = for_ranks(cfg, ranks, device_name)
         devices = distributed.parse_devices(cfg.gpus) if cfg.gpus else []
@@ -71,10 +73,10 @@ def run(cfg: Config, on_epoch=None) -> dict:
         check_batch(job.cfg, ranks)
         if cfg.fold == "full":
             return job.train_full(Run(resolve_device(job.cfg.device), ranks))
-        return train_folds(job, devices, ranks, on_epoch)
+        return train_folds(job, devices, ranks, on_epoch, deadline)
 
 
-def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> dict:
+def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None, deadline: float | None = None) -> dict:
     """The folds of cfg.fold, under the experiment's lock: sequentially, in --gpus processes, or over the ranks."""
     cfg, exp_dir, desc = job.cfg, job.exp_dir, job.desc
     device = resolve_device(cfg.device)
@@ -107,8 +109,10 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None) -> 
             if devices:  # one fold left of a --gpus run: on the first listed device
                 device = resolve_device(devices[0])
             images, targets = job.rows(device)
-            for k in todo:
-                preds = job.fit_fold(k, (images, targets), Run(device, ranks, on_epoch))
+            for i, k in enumerate(todo):
+                share = None if deadline is None else \
+                    time.monotonic() + max(0.0, deadline - time.monotonic()) / (len(todo) - i)
+                preds = job.fit_fold(k, (images, targets), Run(device, ranks, on_epoch, deadline=share))
                 if ranks.main:
                     job.finish_fold(k, preds)
         if not ranks.main:

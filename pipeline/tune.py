@@ -6,7 +6,13 @@ trial's parameters written as a --gbm-params file (over the one given, if any).
 
     python -m pipeline.tune --trials 30 --fold 0 --epochs 20      # epochs: the largest tried
     python -m pipeline.tune --trials 30 --data sample-table --model lightgbm
+    python -m pipeline.tune --trials 30 --model catboost --storage sqlite:///tune.db   # several machines, one study
+    python -m pipeline.tune --trials 0 --model catboost --storage sqlite:///tune.db    # print the study's best only
     python -m pipeline.train --fold all --config weights/tunes/study/best.json
+
+--storage: Optuna's RDB storage URL (sqlite:///file.db, postgresql://..., mysql://...) or a journal file (any other
+path, e.g. /shared/tune.log, for a shared file system); a second tune on the same storage and --name continues the
+study (its trials count with the new ones). Without it the study lives in this process only.
 
 Needs the optional extra: pip install -e '.[tune]'  (or: pip install optuna).
 """
@@ -16,14 +22,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import data, train, trainer
+from pipeline import data, experiment, train, trainer
 from pipeline.io import write_json
 from pipeline.config import TRAIN_FLAGS, Config, check_name, parse_stage
 from pipeline.errors import PipelineError, TrainingDiverged, main_guard
 from pipeline.experiment import RECIPE
 from pipeline.learners import learner_for
 
-FLAGS = [f for f in TRAIN_FLAGS if f not in ("exp", "resume", "overwrite", "report", "oof_tta")] + ["trials"]
+FLAGS = [f for f in TRAIN_FLAGS if f not in ("exp", "resume", "overwrite", "report", "oof_tta")] + ["trials", "storage"]
 
 
 def run(cfg: Config, extra: dict):
@@ -53,15 +59,32 @@ def run(cfg: Config, extra: dict):
 
         cell = replace(trial_config(params, f"trial{trial.number}"), exp=(f"trial{trial.number}",),
                        weights_dir=str(out_dir), overwrite=True)
+        if (out_dir / f"trial{trial.number}").is_dir():  # a trial of an earlier study of this --name: its number is ours
+            experiment.remove_artifacts(out_dir / f"trial{trial.number}")
         return train.run(cell, on_epoch=report).score
 
     task = trainer.data_description(cfg, data.resolve(cfg.data)).task
     metric = task.metric
-    study = optuna.create_study(direction="maximize" if task.higher_is_better else "minimize",
-                                sampler=optuna.samplers.TPESampler(seed=cfg.seed), pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
-    study.optimize(objective, n_trials=cfg.trials, catch=(TrainingDiverged,))  # a diverged trial is a failed one
+    direction = "maximize" if task.higher_is_better else "minimize"
+    study = optuna.create_study(direction=direction, storage=storage(cfg.storage), study_name=extra["name"],
+                                load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    if study.direction.name.lower() != direction:
+        raise PipelineError(f"--storage {cfg.storage}: study {extra['name']!r} there was made to {study.direction.name.lower()} "
+                            f"its metric, and {metric} here is to {direction[:-1]}e; use another --name")
+    before = len(study.trials)
+    if cfg.storage:  # machines sharing a study must not draw the same points: their own seed each, after the ones there
+        import os
+        import socket
+
+        study.sampler = optuna.samplers.TPESampler(seed=hash((cfg.seed, before, socket.gethostname(), os.getpid()))
+                                                   % 2 ** 31)
+    if before:
+        print(f"study {extra['name']!r} continues: {before} trials already in {cfg.storage}")
+    if cfg.trials:
+        study.optimize(objective, n_trials=cfg.trials, catch=(TrainingDiverged,))  # a diverged trial is a failed one
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-        raise PipelineError(f"tune: none of the {cfg.trials} trials completed (all pruned or diverged); "
+        raise PipelineError(f"tune: none of the {len(study.trials)} trials completed (all pruned or diverged); "
                             "widen the search or train longer")
     best = trial_config(dict(study.best_params), "best")  # min-lr moved as it was
     keep = [f for f in RECIPE if f != "seed"] + ["model", "data", "folds_path", "device"]
@@ -72,6 +95,23 @@ def run(cfg: Config, extra: dict):
                                                         for k, v in study.best_params.items()))
     print(f"wrote {out_dir / 'best.json'}; train with it: python -m pipeline.train --fold all --config {out_dir / 'best.json'}")
     return study
+
+
+def storage(where: str):
+    """Optuna's storage for --storage: None (this process), an RDB URL, or a journal file on a shared file system."""
+    if not where:
+        return None
+    if "://" in where:
+        return where  # Optuna's RDBStorage (SQLAlchemy) refuses a bad URL in its own words
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(where)
+    if path.is_dir():
+        raise PipelineError(f"--storage {where}: is a directory; give a journal file (e.g. {path / 'tune.log'}) or a "
+                            "database URL (sqlite:///tune.db)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 def main(argv=None) -> int:

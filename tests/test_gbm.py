@@ -40,7 +40,7 @@ TASKS = {
 
 def fit(name: str, **overrides):
     x, y = table(name.split("_")[0])
-    booster, best, preds = gbm.fit_fold(x[:200], y[:200], x[200:], y[200:], [2], TASKS[name], PARAMS | overrides, 0)
+    booster, best, preds = gbm.fit_fold((x[:200], y[:200]), (x[200:], y[200:]), [2], TASKS[name], PARAMS | overrides, 0)
     return x, y, booster, best, preds
 
 
@@ -178,7 +178,7 @@ def test_bad_requests_are_one_line(params, task, message):
     if task.kind == "multilabel":
         y = np.stack([y == 0, y == 1], 1).astype(np.float32)  # (n, 2) 0/1
     with pytest.raises(PipelineError, match=message):
-        gbm.fit_fold(x[:40], y[:40], x[40:], y[40:], [2], task, {"num_threads": 1} | params, 0)
+        gbm.fit_fold((x[:40], y[:40]), (x[40:], y[40:]), [2], task, {"num_threads": 1} | params, 0)
 
 
 def test_alias_table_matches_lightgbm():
@@ -225,7 +225,7 @@ def test_load_params_refuses_other_files(tmp_path, suffix, text, message):
 def test_feature_importance_puts_the_signal_first():
     x, y = table("regression")
     x = x[:, [1, 2, 0]]  # the strongest column last
-    booster, _, _ = gbm.fit_fold(x[:200], y[:200], x[200:], y[200:], [1], TASKS["regression"], PARAMS, 0)
+    booster, _, _ = gbm.fit_fold((x[:200], y[:200]), (x[200:], y[200:]), [1], TASKS["regression"], PARAMS, 0)
     ranked = gbm.feature_importance(booster, ["x1", "city", "x0"])
     assert ranked[0][0] == "x0" and [g for _, g in ranked] == sorted((g for _, g in ranked), reverse=True)
     with pytest.raises(PipelineError, match="2 feature names for a model of 3 features"):
@@ -240,6 +240,6 @@ def test_predict_refuses_rows_of_another_width():
 
 def test_learner_registry():
     assert boosted.gbm_learner("lightgbm") is gbm
-    with pytest.raises(PipelineError, match="unknown gradient-boosting learner 'xgb'; valid: lightgbm"):
+    with pytest.raises(PipelineError, match="unknown table learner 'xgb'; valid: lightgbm, catboost, xgboost, linear"):
         boosted.gbm_learner("xgb")
     assert json.dumps(gbm.DEFAULTS)  # the defaults can be saved beside the model as they are

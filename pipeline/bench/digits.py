@@ -6,6 +6,7 @@
     python -m pipeline.bench --table 100000 --epochs 3 --device cpu                       # tables (pipeline.bench.tables)
     python -m pipeline.bench --frames 200000 --epochs 3 --device cpu                      # HW2 frames (pipeline.bench.sequences)
     python -m pipeline.bench --speakers 2000 --epochs 3 --device cpu                      # HW4 utterances (pipeline.bench.sequences)
+    python -m pipeline.bench --portfolio tables/computers.zip --time-limit 90             # vs AutoGluon (pipeline.bench.portfolio)
 
 Both train fold 0 with the same model, batch size, optimizer (timm AdamW), timm schedule, precision option
 (--precision), label smoothing, augmentation law and ranges, input side (--img-size) and epochs, in one process,
@@ -51,7 +52,7 @@ from pipeline.training.recipe import Recipe, make_scheduler
 DIGITS = Task("multiclass", tuple(str(i) for i in range(10)))
 
 FLAGS = ["data", "device", "model", "batch_size", "epochs", "lr", "seed", "img_size", "cache_dir", "precision", "hidden",
-         "gbm_params", "layers", "context", "crop_len"]
+         "gbm_params", "layers", "context", "crop_len", "time_limit", "seeds", "learners"]
 
 
 class RowDataset(torch.utils.data.Dataset):
@@ -160,6 +161,9 @@ def run(cfg: Config, extra: dict) -> float:
     if extra["table"]:
         from pipeline.bench.tables import run as run_table
         return run_table(cfg, extra["table"], device)
+    if extra["portfolio"]:
+        from pipeline.bench.portfolio import run as run_portfolio
+        return run_portfolio(cfg, extra["portfolio"], extra["presets"].split(","), extra["autogluon_python"])
     if extra["frames"] or extra["speakers"]:
         from pipeline.bench.sequences import run as run_sequences
         mode = "frames" if extra["frames"] else "speakers"
@@ -195,10 +199,16 @@ def main(argv=None) -> int:
              "frames": {"type": int, "default": 0,
                         "help": "HW2 mode: N frames; the notebook's concatenated windows in a DataLoader vs windows "
                                 "gathered from the packed frames (pipeline/bench/sequences.py)"},
+             "portfolio": {"default": "", "help": "a table competition folder or zip with its solution.csv: the "
+                           "portfolio vs AutoGluon, same rows and --time-limit, scored on the test truth "
+                           "(pipeline/bench/portfolio.py)"},
+             "presets": {"default": "medium_quality,best_quality", "help": "--portfolio: AutoGluon's presets to run"},
+             "autogluon_python": {"default": sys.executable,
+                                  "help": "--portfolio: the Python that has autogluon.tabular (default: this one)"},
              "speakers": {"type": int, "default": 0,
                           "help": "HW4 mode: N utterances; a per-item .pt Dataset with a padding collate vs the packed "
                                   "path (pipeline/bench/sequences.py)"}}
-    return main_guard(lambda a: run(*parse_stage(a, "bench", FLAGS, __doc__, {"epochs": 3}, extra)), argv)
+    return main_guard(lambda a: run(*parse_stage(a, "bench", FLAGS, __doc__, {"epochs": 3, "seeds": 3}, extra)), argv)
 
 
 if __name__ == "__main__":

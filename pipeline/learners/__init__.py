@@ -2,7 +2,8 @@
 
     neural   a torch network (any timm backbone, the project's mlp and sequence networks) trained by the epoch loop
              (pipeline.training); its folds are fold<k>.pth
-    gbm      a gradient-boosting library (lightgbm) fitted with early stopping; its folds are fold<k>.txt
+    table    a table library fitted on a fold's preprocessed rows: lightgbm, catboost, xgboost (early stopping on
+             the validation rows) or linear (ridge / logistic regression); its folds are fold<k>.txt, .cbm, .json
 
 `learner_for(name)` gives it; stages ask it (`fit_fold`, `predict_fold`, `importance`, `runs_columns`, ...) and never
 branch on its kind. A new learner is one module with a Learner subclass and one line in `_LEARNERS` below.
@@ -16,18 +17,24 @@ import torch
 
 from pipeline.distributed import SINGLE, Ranks
 from pipeline.errors import PipelineError
+from pipeline.nets import TABLE_MODELS
 
-GBM_LEARNERS = ("lightgbm",)  # the gbm learner's libraries (pipeline.learners.gbm for each)
+# the table learners' libraries: model name -> its module under pipeline.learners (one module each, gbm's functions)
+TABLE_LIBRARIES = TABLE_MODELS
+GBM_LEARNERS = tuple(TABLE_LIBRARIES)
 
 
 @dataclass(frozen=True)
 class Run:
     """How a process trains: its device, its torchrun ranks, a callback after every validated epoch
-    (`on_epoch(epoch, scores)`: tune's pruning), progress bars or not (parallel fold workers: not)."""
+    (`on_epoch(epoch, scores)`: tune's pruning), progress bars or not (parallel fold workers: not), and the fold's
+    deadline (time.monotonic() seconds; None: none), past which it stops at its best iteration or epoch so far."""
     device: torch.device
     ranks: Ranks = SINGLE
     on_epoch: object = None
     bars: bool = True
+    deadline: float | None = None
+
 
 
 class Learner:
@@ -72,6 +79,10 @@ class Learner:
         """The recipe columns `runs` shows for an experiment of this learner."""
         return {}
 
+    def fold_summary(self, exp_dir, metrics) -> str:
+        """The report's section on how each fold ended, for a learner without curves (markdown)."""
+        return ""
+
     def curves(self) -> bool:
         """Whether a fold trains over epochs (curves to draw, a learning-rate x batch-size grid to sweep)."""
         return False
@@ -86,9 +97,9 @@ class Learner:
 
 
 def learner_for(name: str) -> Learner:
-    """The learner of model `name`: a gradient-boosting library's, else the neural learner (timm or the project's
-    networks; an unknown name is refused when the recipe is checked)."""
-    module = "pipeline.learners.boosted" if name in GBM_LEARNERS else "pipeline.learners.neural"
+    """The learner of model `name`: a table library's, else the neural learner (timm or the project's networks; an
+    unknown name is refused when the recipe is checked)."""
+    module = "pipeline.learners.boosted" if name in TABLE_LIBRARIES else "pipeline.learners.neural"
     return importlib.import_module(module).learner(name)
 
 

@@ -1,11 +1,15 @@
 """The LightGBM learner: one fold fit with early stopping on the competition metric; predict, save, load.
 
-Every gradient-boosting library is one module with these functions (pipeline.learners names them):
+Every table library is one module with these names (pipeline.learners.TABLE_LIBRARIES lists them):
 
-    fit_fold(x_train, y_train, x_valid, y_valid, categorical, task, params, seed)
-        -> (booster, best_iteration, valid_preds)
-    predict(booster, x, task) -> (n, outputs) float32        save(booster, path, best_iteration)    load(path)
-    load_params(path) -> dict                                  feature_importance(booster, names) -> [(name, gain)]
+    TITLE, PACKAGE, EXTRA   its name in messages, the package it imports, the extra that installs it
+    SUFFIX, ROWS, SEEDED    a fold's model file (fold<k><SUFFIX>); the rows it takes: "gbm" (preprocess.gbm_apply's
+                            raw columns, categories as codes) or "vector" (preprocess.apply's); whether a seed changes it
+    fit_fold((x_train, y_train), (x_valid, y_valid), categorical, task, params, seed, deadline, threads)
+        -> (model, best_iteration, valid_preds)      deadline: time.monotonic() past which it stops at its best so far
+    predict(model, x, task) -> (n, outputs) float32        save(model, path, best_iteration)    load(path, num_outputs)
+    load_params(path) -> dict      check_task(task, params)      feature_importance(model, names) -> [(name, gain)]
+    search_space(trial) -> dict
 
 Rows are preprocess.gbm_apply's: the raw kept columns, NaN = missing, categorical columns as codes (LightGBM's own
 categorical splits). Predictions have the task's form: (n, C) class probabilities for multiclass (binary too, though
@@ -21,6 +25,9 @@ import numpy as np
 from pipeline.io import atomic_path
 from pipeline.errors import PipelineError, cut, one_line, quote
 
+TITLE, PACKAGE, EXTRA = "LightGBM", "lightgbm", None  # a runtime dependency: no extra
+IMPORTANCE = "total split gain"  # what feature_importance measures (the report's label)
+SUFFIX, ROWS, SEEDED = ".txt", "gbm", True
 DEFAULTS = {"learning_rate": 0.05, "num_leaves": 31, "feature_fraction": 0.9, "bagging_fraction": 0.8,
             "bagging_freq": 1, "verbosity": -1, "num_threads": 0}  # num_threads 0 = LightGBM's default, all cores
 NUM_BOOST_ROUND = 2000  # most trees per class; early stopping usually ends far sooner
@@ -52,12 +59,18 @@ SET_BY_PIPELINE = ("metric", "metrics", "metric_types", "num_class", "num_classe
                    "cat_feature", "categorical_column", "cat_column", "categorical_features")
 
 
-def fit_fold(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
-             categorical: list[int], task, params: dict, seed: int):
+def fit_fold(train: tuple, valid: tuple, categorical: list[int], task, params: dict, seed: int,
+             deadline: float | None = None, threads: int | None = None):
     """Boost on the training rows until the competition metric on the validation rows stops improving for
-    early_stopping_round rounds; (booster, best_iteration (1-based trees per class), valid_preds at that iteration)."""
+    early_stopping_round rounds (or `deadline` passes); (booster, best_iteration (1-based trees per class), valid_preds
+    at that iteration). `threads`: this process's share of the cores, unless --gbm-params sets it."""
+    (x_train, y_train), (x_valid, y_valid) = train, valid
     import lightgbm as lgb
 
+    if threads and not any(alias in params for alias in ALIASES["num_threads"]):
+        # LightGBM's own default takes every core, and OpenMP threads spinning against another process's (a --gpus
+        # cpu,cpu worker) cost ten times their work
+        params = params | {"num_threads": threads}
     lgb_params, rounds, stopping = resolve_params(params, task, seed)
     _check_fold(x_train, y_train, x_valid, y_valid, task)
     _check_feature_indices(lgb_params, np.shape(x_train)[1])
@@ -66,7 +79,7 @@ def fit_fold(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_va
     valid = train.create_valid(x_valid, label=y_valid)
     try:
         booster = lgb.train(lgb_params, train, num_boost_round=rounds, valid_sets=[valid], valid_names=["valid"],
-                            feval=competition_metric(task, y_valid), callbacks=[early_stopping(task, stopping)])
+                            feval=competition_metric(task, y_valid), callbacks=[early_stopping(task, stopping, deadline)])
     except lgb.basic.LightGBMError as e:
         reason = cut(one_line(e), 200)
         raise PipelineError(f"--gbm-params: LightGBM refused the training parameters ({reason})") from None
@@ -99,10 +112,12 @@ def competition_metric(task, y_valid: np.ndarray):
     return evaluate
 
 
-def early_stopping(task, rounds: int):
+def early_stopping(task, rounds: int, deadline: float | None = None):
     """A LightGBM callback keeping the iteration task.better prefers: the best competition metric, ties going to
     the lower loss (an AUC of 1.0 from the first tree keeps improving in log loss for many trees), as the torch
-    learner picks its epoch. Stops after `rounds` iterations without a better one."""
+    learner picks its epoch. Stops after `rounds` iterations without a better one, or once `deadline` has passed."""
+    import time
+
     import lightgbm as lgb
 
     best = {"scores": None, "iteration": 0, "results": None}
@@ -112,7 +127,8 @@ def early_stopping(task, rounds: int):
         scores = {task.metric: results[task.metric], "loss": results["loss"]}
         if best["results"] is None or task.better(scores, best["scores"]):
             best.update(scores=scores, iteration=env.iteration, results=list(env.evaluation_result_list))
-        if env.iteration - best["iteration"] >= rounds or env.iteration == env.end_iteration - 1:
+        if env.iteration - best["iteration"] >= rounds or env.iteration == env.end_iteration - 1 or \
+                deadline is not None and time.monotonic() > deadline:
             raise lgb.callback.EarlyStopException(best["iteration"], best["results"])
     callback.order = 30  # LightGBM's own early stopping's place among callbacks
     return callback
@@ -395,3 +411,8 @@ def _is_tree(children: np.ndarray, leaves: int) -> bool:
                 seen += 1
                 stack.append(int(child))
     return seen == leaves - 1
+
+
+def describe(booster) -> str:
+    """The fold line's word on the model: its trees per class at the best iteration."""
+    return f"best iteration {booster.best_iteration or booster.current_iteration()}"

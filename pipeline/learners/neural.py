@@ -33,6 +33,10 @@ class Neural(Learner):
 
     def check(self, cfg: Config, task, n_features: int) -> dict:
         check_model_settings(cfg, n_features)
+        if cfg.seeds > 1:
+            raise PipelineError(f"--seeds {cfg.seeds}: seed bagging inside one experiment is for the table learners "
+                                f"(linear, lightgbm, catboost, xgboost); for {cfg.model}, train experiments with other "
+                                "--seed values and blend them: infer --exp A B --ensemble mean")
         return {}
 
     def resolve(self, cfg: Config, kind, features: dict, say) -> Config:
@@ -49,7 +53,8 @@ class Neural(Learner):
         return Recipe(setup.cfg, setup.spec, setup.resolved.in_chans, run.device, run.ranks, run.bars)
 
     def fit_fold(self, setup, k: int, rows: tuple, run) -> np.ndarray:
-        return fit(self.recipe_for(setup, run), setup.resolved, rows, setup.folds.fold, k, setup.exp_dir, run.on_epoch)
+        return fit(self.recipe_for(setup, run), setup.resolved, rows, setup.folds.fold, k, setup.exp_dir, run.on_epoch,
+                   run.deadline)
 
     def train_full(self, setup, run) -> dict:
         """Every row for the same epochs, no validation (so no CV, no best epoch): the last epoch is saved."""

@@ -41,12 +41,13 @@ class FoldJob:
 
 
 def fit(recipe: Recipe, resolved: ExperimentConfig, rows: tuple, folds: np.ndarray, k: int, exp_dir: Path,
-        on_epoch=None) -> np.ndarray:
-    """Fold k of `folds` on `rows` ((data, targets) of every row): what the neural learner and the benchmarks run."""
+        on_epoch=None, deadline: float | None = None) -> np.ndarray:
+    """Fold k of `folds` on `rows` ((data, targets) of every row): what the neural learner and the benchmarks run.
+    `deadline` (time.monotonic()): no epoch starts after it (the best epoch so far is kept)."""
     data, targets = rows
     train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(data.device)
     valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(data.device)
-    return train_fold(recipe, resolved, FoldJob(k, data, targets, train_idx, valid_idx, exp_dir), on_epoch)
+    return train_fold(recipe, resolved, FoldJob(k, data, targets, train_idx, valid_idx, exp_dir), on_epoch, deadline)
 
 
 def fold_inputs(recipe: Recipe, job: FoldJob) -> tuple[object, dict]:
@@ -61,7 +62,8 @@ def fold_inputs(recipe: Recipe, job: FoldJob) -> tuple[object, dict]:
     return fitted, kind.net_input(recipe.in_chans, recipe.cfg.img_size, state)
 
 
-def train_fold(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, on_epoch=None) -> np.ndarray | None:
+def train_fold(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, on_epoch=None,
+               deadline: float | None = None) -> np.ndarray | None:
     """Train the fold; save its best epoch (or its SWA average, when that scores better) by the competition metric
     and return those validation predictions; --fold full saves its last epoch (or the SWA average) and returns
     None. `on_epoch(epoch, valid_scores)` is called after every validated epoch."""
@@ -82,7 +84,12 @@ def train_fold(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, on_epoc
               f"{job.exp_dir}/full.pth")
     x_valid = None if job.full else data[job.valid_idx]
     with BackgroundWriter() as writer:  # checkpoints go to disk while the next epoch trains
-        for epoch in range(fold.progress.epoch, cfg.epochs):
+        first = fold.progress.epoch  # a resumed fold trains at least one epoch too
+        for epoch in range(first, cfg.epochs):
+            if deadline is not None and epoch > first and time.monotonic() > deadline:
+                say(f"notice: fold {job.k}: its share of --time-limit is spent after epoch {epoch}; kept its best "
+                    f"epoch so far ({fold.progress.best_epoch})")
+                break
             if not _epoch(recipe, resolved, job, (fold, data, x_valid, writer), epoch, on_epoch):
                 break
         if job.full:
