@@ -41,8 +41,9 @@ RESOLVED = ["gbm_param_values"]
 DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
 _NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|oof\.fold(?:0|[1-9]\d*)\.npz|oof_tta\.fold(?:0|[1-9]\d*)\.npz|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
-         r"|fold\d+\.pth|fold\d+\.last\.pth|full\.pth|fold\d+\.prep\.json|full\.prep\.json|full\.txt" \
-         r"|fold\d+(?:\.s\d+)?(?:\.txt|\.cbm|\.xgb\.json|\.linear\.json)"  # table learners' models, one per seed
+         r"|fold\d+(?:\.s\d+)?\.pth|fold\d+(?:\.s\d+)?\.last\.pth|full\.pth|fold\d+\.prep\.json|full\.prep\.json" \
+         r"|full\.txt|fold\d+\.seeds\.json" \
+         r"|fold\d+(?:\.s\d+)?(?:\.txt|\.cbm|\.xgb\.json|\.linear\.json)"  # models, one per --seeds seed
 ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
 LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
 _REPORT = r"report\.md|curves\.png|lr\.png|confusion\.png|confusion\.csv|per_class\.csv|wrong\.png"

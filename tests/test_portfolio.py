@@ -323,6 +323,32 @@ def test_a_network_past_its_deadline_keeps_its_best_epoch(workdir, capsys):
     assert metrics.groupby("fold")["epoch"].max().tolist() == [1, 1, 1]
 
 
+def test_a_network_bags_its_seeds_and_resume_keeps_the_finished_ones(workdir, capsys):
+    assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
+    args = ["--data", "sample-table", "--model", "mlp", "--epochs", "2", "--seeds", "2", "--exp", "m"]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("2 seeds: each valid rmse") == 3
+    exp = workdir / "weights/m"
+    assert all((exp / f"fold{k}.s1.pth").is_file() for k in range(3))
+    before = pd.read_csv(exp / "oof.csv").sort_values("id")
+    # a kill during fold 1's second seed: its first recorded as finished, the second not saved, no OOF rows yet
+    (exp / "fold1.seeds.json").write_text(json.dumps({"done": [0]}))
+    (exp / "fold1.s1.pth").unlink()
+    before[before["fold"] != 1].to_csv(exp / "oof.csv", index=False)
+    assert train.main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resume: fold 1 seed 0 already finished, predicting with fold1.pth" in out
+    assert "fold 1 seed 1 epoch" in out and "fold 0 seed 1 epoch" not in out
+    after = pd.read_csv(exp / "oof.csv").sort_values("id")
+    np.testing.assert_allclose(after["p0"], before["p0"], rtol=1e-4)  # seed 0 predicted, seed 1 retrained alike
+    assert infer.main(["--data", "sample-table", "--exp", "m"]) == 0
+    (exp / "fold2.s1.pth").unlink()
+    capsys.readouterr()
+    assert infer.main(["--data", "sample-table", "--exp", "m"]) == 2
+    assert "fold2.s1.pth missing (the experiment was trained with --seeds 2)" in capsys.readouterr().err
+
+
 def test_a_budget_too_short_for_any_learner_skips_each_with_a_notice(workdir, capsys):
     assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
     assert portfolio.main(["--data", "sample-table", "--time-limit", "4"]) == 2
@@ -339,8 +365,6 @@ def test_the_portfolio_refuses_what_it_cannot_run(workdir, tiny_comp, capsys):
     assert make_folds.main(["--data", "sample-table", "--n-splits", "3", "--overwrite"]) == 0
     assert portfolio.main(["--data", "sample-table", "--learners", "resnet18"]) == 2
     assert "--learners: 'resnet18' is not a table learner" in capsys.readouterr().err
-    assert train.main(["--data", "sample-table", "--model", "mlp", "--seeds", "3"]) == 2
-    assert "--seeds 3: seed bagging inside one experiment is for the table learners" in capsys.readouterr().err
     assert train.main(["--data", "sample-table", "--model", "linear", "--gbm-params", "p.json"]) == 2
 
 

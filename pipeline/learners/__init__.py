@@ -22,6 +22,7 @@ from pipeline.nets import TABLE_MODELS
 # the table learners' libraries: model name -> its module under pipeline.learners (one module each, gbm's functions)
 TABLE_LIBRARIES = TABLE_MODELS
 GBM_LEARNERS = tuple(TABLE_LIBRARIES)
+SEED_STRIDE = 7919  # --seeds: seed j of fold k trains with --seed + SEED_STRIDE j (+ k); seed 0 is a one-seed run's
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,9 @@ from pipeline import experiment, preprocess
 from pipeline.errors import PipelineError
 from pipeline.experiment import GBM_RECIPE
 from pipeline.io import file_hash
-from pipeline.learners import TABLE_LIBRARIES, Learner
+from pipeline.learners import SEED_STRIDE, TABLE_LIBRARIES, Learner
 
 SUFFIX = ".txt"  # LightGBM's fold model: fold<k>.txt
-SEED_STRIDE = 7919  # seed j of fold k: --seed + k + SEED_STRIDE * j (seed 0 is a one-seed run's)
 MIN_LEAF_ALIASES = ("min_data_in_leaf", "min_data_per_leaf", "min_data", "min_child_samples", "min_samples_leaf")
 
 

@@ -3,6 +3,8 @@ epoch loop (pipeline.training.loop), one fold<k>.pth per fold (the best epoch, o
 as full.pth; predictions through the fold's own preprocessing (fold<k>.prep.json) and, asked for, TTA."""
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,12 +16,12 @@ from pipeline.config import Config, ExperimentConfig, with_lr
 from pipeline.errors import PipelineError
 from pipeline.inputs.spec import DataSpec
 from pipeline.experiment import RECIPE
-from pipeline.io import load_checkpoint, write_json
-from pipeline.learners import Learner
+from pipeline.io import load_checkpoint, read_json, write_json
+from pipeline.learners import SEED_STRIDE, Learner
 from pipeline.models import build_model, check_model_settings
 from pipeline.nets import NETS
 from pipeline.training.engine import predict
-from pipeline.training.loop import FoldJob, fit, train_fold
+from pipeline.training.loop import FoldJob, fit, fold_job, train_fold
 from pipeline.training.recipe import Recipe
 
 
@@ -33,10 +35,6 @@ class Neural(Learner):
 
     def check(self, cfg: Config, task, n_features: int) -> dict:
         check_model_settings(cfg, n_features)
-        if cfg.seeds > 1:
-            raise PipelineError(f"--seeds {cfg.seeds}: seed bagging inside one experiment is for the table learners "
-                                f"(linear, lightgbm, catboost, xgboost); for {cfg.model}, train experiments with other "
-                                "--seed values and blend them: infer --exp A B --ensemble mean")
         return {}
 
     def resolve(self, cfg: Config, kind, features: dict, say) -> Config:
@@ -53,8 +51,41 @@ class Neural(Learner):
         return Recipe(setup.cfg, setup.spec, setup.resolved.in_chans, run.device, run.ranks, run.bars)
 
     def fit_fold(self, setup, k: int, rows: tuple, run) -> np.ndarray:
-        return fit(self.recipe_for(setup, run), setup.resolved, rows, setup.folds.fold, k, setup.exp_dir, run.on_epoch,
-                   run.deadline)
+        """Fold k, once per --seeds (seed j: the recipe's --seed + SEED_STRIDE j, files fold<k>.s<j>.pth), the
+        seeds' validation predictions averaged. fold<k>.seeds.json records the seeds finished, so --resume predicts
+        with those and trains the others (an unfinished one from its own .last.pth)."""
+        cfg, exp_dir = setup.cfg, setup.exp_dir
+        if cfg.seeds == 1:
+            return fit(self.recipe_for(setup, run), setup.resolved, rows, setup.folds.fold, k, exp_dir, run.on_epoch,
+                       run.deadline)
+        record = exp_dir / f"fold{k}.seeds.json"
+        done = set(read_json(record, "seeds record").get("done", [])) if cfg.resume and record.is_file() else set()
+        valid = torch.from_numpy(np.flatnonzero(setup.folds.fold == k)).to(rows[0].device)
+        each = []
+        for j in range(cfg.seeds):
+            stem = f"fold{k}" + (f".s{j}" if j else "")
+            if j in done and (exp_dir / f"{stem}.pth").is_file():
+                print(f"resume: fold {k} seed {j} already finished, predicting with {stem}.pth", flush=True)
+                each.append(self._predict_one(exp_dir / f"{stem}.pth", rows[0][valid], replace(cfg, tta=False),
+                                              setup.resolved, "", run.device, f"fold {k} seed {j}"))
+                continue
+            share = None if run.deadline is None else \
+                time.monotonic() + max(0.0, run.deadline - time.monotonic()) / (cfg.seeds - j)
+            seeded = replace(setup, cfg=replace(cfg, seed=cfg.seed + SEED_STRIDE * j))
+            job = fold_job(rows, setup.folds.fold, k, exp_dir, seed=j)
+            each.append(train_fold(self.recipe_for(seeded, run), setup.resolved, job, run.on_epoch, share))
+            if run.ranks.main:
+                done.add(j)
+                write_json({"done": sorted(done)}, record)
+                if j:  # seed 0's snapshot goes when the fold's OOF rows are written, as a one-seed run's
+                    (exp_dir / f"{stem}.last.pth").unlink(missing_ok=True)
+        targets = setup.train.targets[setup.folds.fold == k]
+        scores = [setup.desc.task.scores(p, targets)[setup.desc.task.metric] for p in each]
+        preds = np.mean(each, axis=0).astype(np.float32)
+        m = setup.desc.task.metric
+        print(f"fold {k}: {len(each)} seeds: each valid {m} {np.mean(scores):.5f} +- {np.std(scores):.5f}; their "
+              f"mean {setup.desc.task.scores(preds, targets)[m]:.5f}", flush=True)
+        return preds
 
     def train_full(self, setup, run) -> dict:
         """Every row for the same epochs, no validation (so no CV, no best epoch): the last epoch is saved."""
@@ -75,6 +106,19 @@ class Neural(Learner):
         return {"full": str(exp_dir / "full.pth")}
 
     def predict_fold(self, path: Path, rows: torch.Tensor, cfg: Config, config: ExperimentConfig, preset: str,
+                     device: torch.device, desc: str) -> np.ndarray:
+        seeds = int(config.setting("seeds") or 1) if re.fullmatch(r"fold\d+\.pth", path.name) else 1
+        if seeds > 1:  # the mean of the fold's seeds
+            paths = [path] + [path.with_name(f"{path.stem}.s{j}.pth") for j in range(1, seeds)]
+            missing = [p.name for p in paths if not p.is_file()]
+            if missing:
+                raise PipelineError(f"{path.parent}: {', '.join(missing)} missing (the experiment was trained with "
+                                    f"--seeds {seeds}); finish it with --resume or retrain the fold with --overwrite")
+            return np.mean([self._predict_one(p, rows, cfg, config, preset, device, desc) for p in paths],
+                           axis=0).astype(np.float32)
+        return self._predict_one(path, rows, cfg, config, preset, device, desc)
+
+    def _predict_one(self, path: Path, rows: torch.Tensor, cfg: Config, config: ExperimentConfig, preset: str,
                      device: torch.device, desc: str) -> np.ndarray:
         model, spec = load_fold_model(path, device, config)
         if cfg.tta:

@@ -30,24 +30,41 @@ class FoldJob:
     train_idx: torch.Tensor
     valid_idx: torch.Tensor | None
     exp_dir: Path
+    seed: int = 0  # --seeds: which of the fold's seeds (0: the one a single-seed run trains)
 
     @property
     def full(self) -> bool:
         return self.valid_idx is None
 
     @property
-    def stem(self) -> str:
+    def prep_stem(self) -> str:
+        """The fold's preprocessing file, shared by its seeds: full.prep.json, fold<k>.prep.json."""
         return "full" if self.full else f"fold{self.k}"
+
+    @property
+    def stem(self) -> str:
+        """The model files of this seed of the fold: full, fold<k> (seed 0), fold<k>.s<j>."""
+        return self.prep_stem + (f".s{self.seed}" if self.seed else "")
+
+    @property
+    def label(self) -> str:
+        return f"fold {self.k}" + (f" seed {self.seed}" if self.seed else "")
 
 
 def fit(recipe: Recipe, resolved: ExperimentConfig, rows: tuple, folds: np.ndarray, k: int, exp_dir: Path,
         on_epoch=None, deadline: float | None = None) -> np.ndarray:
     """Fold k of `folds` on `rows` ((data, targets) of every row): what the neural learner and the benchmarks run.
     `deadline` (time.monotonic()): no epoch starts after it (the best epoch so far is kept)."""
+    return train_fold(recipe, resolved, fold_job(rows, folds, k, exp_dir), on_epoch, deadline)
+
+
+def fold_job(rows: tuple, folds: np.ndarray, k: int, exp_dir: Path, seed: int = 0) -> FoldJob:
+    """Fold k of `folds` on `rows` ((data, targets) of every row); `seed`: which of its --seeds (files
+    fold<k>.s<j>.pth; the recipe's seed is the caller's)."""
     data, targets = rows
     train_idx = torch.from_numpy(np.flatnonzero(folds != k)).to(data.device)
     valid_idx = torch.from_numpy(np.flatnonzero(folds == k)).to(data.device)
-    return train_fold(recipe, resolved, FoldJob(k, data, targets, train_idx, valid_idx, exp_dir), on_epoch, deadline)
+    return FoldJob(k, data, targets, train_idx, valid_idx, exp_dir, seed)
 
 
 def fold_inputs(recipe: Recipe, job: FoldJob) -> tuple[object, dict]:
@@ -58,7 +75,7 @@ def fold_inputs(recipe: Recipe, job: FoldJob) -> tuple[object, dict]:
     kind = recipe.spec.input_kind
     fitted, state = kind.fit_fold(job.data, job.train_idx, job.targets, recipe.spec, recipe.cfg)
     if state is not None and recipe.ranks.main:
-        kind.save_state(state, job.exp_dir / f"{job.stem}.prep.json")
+        kind.save_state(state, job.exp_dir / f"{job.prep_stem}.prep.json")
     return fitted, kind.net_input(recipe.in_chans, recipe.cfg.img_size, state)
 
 
@@ -70,14 +87,14 @@ def train_fold(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, on_epoc
     cfg, spec, ranks = recipe.cfg, recipe.spec, recipe.ranks
     data, net_input = fold_inputs(recipe, job)
     train_targets = job.targets[job.train_idx.to(job.targets.device)].cpu().numpy()
-    fold = recipe.fold(resolved.n_splits if job.full else job.k, f"fold {job.k}", net_input, train_targets,
+    fold = recipe.fold(resolved.n_splits if job.full else job.k, job.label, net_input, train_targets,
                        len(job.train_idx))
     say = tqdm.write if ranks.main else (lambda *_: None)
-    last = job.exp_dir / f"fold{job.k}.last.pth"
+    last = job.exp_dir / f"{job.stem}.last.pth"
     if not job.full and cfg.resume and last.is_file():
         fold.load_state_dict(load_checkpoint(last), last)
         fold.progress.check((len(job.valid_idx), spec.task.num_outputs), spec.task.metric, cfg.epochs, last)
-        say(f"resume: fold {job.k} continues after epoch {fold.progress.epoch} of {cfg.epochs} "
+        say(f"resume: {job.label} continues after epoch {fold.progress.epoch} of {cfg.epochs} "
             f"(best {spec.task.metric} so far {fold.progress.best[spec.task.metric]:.5f})")
     if job.full:
         print(f"training {cfg.model} on all {len(job.train_idx):,} rows for {cfg.epochs} epochs, no validation -> "
@@ -87,7 +104,7 @@ def train_fold(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, on_epoc
         first = fold.progress.epoch  # a resumed fold trains at least one epoch too
         for epoch in range(first, cfg.epochs):
             if deadline is not None and epoch > first and time.monotonic() > deadline:
-                say(f"notice: fold {job.k}: its share of --time-limit is spent after epoch {epoch}; kept its best "
+                say(f"notice: {job.label}: its share of --time-limit is spent after epoch {epoch}; kept its best "
                     f"epoch so far ({fold.progress.best_epoch})")
                 break
             if not _epoch(recipe, resolved, job, (fold, data, x_valid, writer), epoch, on_epoch):
@@ -101,7 +118,7 @@ def train_fold(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, on_epoc
         writer.wait()
         say(f"fold {job.k}: checkpoints written in the background, {writer.seconds:.1f}s of disk time "
             f"(not in the {spec.input_kind.unit}/s above)")
-    if ranks.main:
+    if ranks.main and not job.seed:  # the fold's tables follow its first seed
         experiment.write_selection(job.exp_dir, selection)
     return fold.progress.best_preds
 
@@ -113,7 +130,7 @@ def _epoch(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, run: tuple,
     state, metric = fold.progress, spec.task.metric
     say = tqdm.write if ranks.main else (lambda *_: None)
     t0 = time.perf_counter()
-    where = f"full epoch {epoch + 1}/{cfg.epochs}" if job.full else f"fold {job.k} epoch {epoch + 1}/{cfg.epochs}"
+    where = f"full epoch {epoch + 1}/{cfg.epochs}" if job.full else f"{job.label} epoch {epoch + 1}/{cfg.epochs}"
     result = train_one_epoch(fold, Rows(data, job.train_idx, job.targets), spec, recipe.steps, state.step, where,
                              ranks)
     state.step, loss = result.step, result.loss
@@ -141,22 +158,23 @@ def _epoch(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, run: tuple,
         state.improve(epoch + 1, valid, preds)
         if ranks.main:
             writer.save({"state_dict": unwrap(fold.judged).state_dict(), "config": resolved.to_dict(), "fold": job.k,
-                         "epoch": epoch + 1, "score": valid}, job.exp_dir / f"fold{job.k}.pth")
+                         "epoch": epoch + 1, "score": valid}, job.exp_dir / f"{job.stem}.pth")
     state.epoch = epoch + 1
-    if ranks.main:
+    if ranks.main and not job.seed:  # metrics.csv and the curves follow the fold's first seed
         row = {"fold": job.k, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": result.accuracy,
                "valid_loss": valid["loss"]} | {f"valid_{m}": v for m, v in valid.items() if m != "loss"} \
             | {"lr": lr, "seconds": round(seconds, 3)}
         experiment.append_metrics(job.exp_dir, row, result.lrs)
-        writer.save(fold.state_dict(), job.exp_dir / f"fold{job.k}.last.pth")
+    if ranks.main:
+        writer.save(fold.state_dict(), job.exp_dir / f"{job.stem}.last.pth")
     task, unit = spec.task, spec.input_kind.unit
-    say(f"fold {job.k} epoch {epoch + 1:>3}/{cfg.epochs}  train {task.train_loss_name} {loss:.4f}  valid "
+    say(f"{job.label} epoch {epoch + 1:>3}/{cfg.epochs}  train {task.train_loss_name} {loss:.4f}  valid "
         f"{task.loss_name} {valid['loss']:.4f}  valid {metric} {valid[metric]:.5f}  lr {lr:.2e}  "
         f"{seconds:5.1f}s  {len(job.train_idx) / seconds:,.0f} {unit}/s{'  *best' if improved else ''}")
-    if on_epoch is not None:
+    if on_epoch is not None and not job.seed:  # tune's pruning judges the first seed
         on_epoch(epoch + 1, valid)
     if stop_early(epoch + 1, state.best_epoch, cfg.patience):
-        say(f"fold {job.k}: no better {metric} for {cfg.patience} epochs since epoch {state.best_epoch}: stopped "
+        say(f"{job.label}: no better {metric} for {cfg.patience} epochs since epoch {state.best_epoch}: stopped "
             "early (--patience)")
         return False
     return True
@@ -192,7 +210,7 @@ def _choose_swa(recipe: Recipe, resolved: ExperimentConfig, job: FoldJob, run: t
     if keep and recipe.ranks.main:
         writer.save({"state_dict": fold.swa.module.state_dict(), "config": resolved.to_dict(), "fold": job.k,
                      "epoch": state.epoch, "score": swa_score, "swa_epochs": averaged},
-                    job.exp_dir / f"fold{job.k}.pth")
+                    job.exp_dir / f"{job.stem}.pth")
     return selection
 
 
