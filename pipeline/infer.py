@@ -31,6 +31,8 @@ FLAGS = ["data", "exp", "weights_dir", "tta", "tta_preset", "ensemble", "stacker
 
 def run(cfg: Config) -> pd.DataFrame:
     exps = cfg.exp or (default_experiment(Path(cfg.weights_dir), cfg.model),)
+    if len(set(exps)) < len(exps):
+        raise PipelineError(f"--exp: {' '.join(exps)} names an experiment twice; a blend takes each once")
     out = Path(cfg.out or f"submissions/{'+'.join(exps)}{'_' + cfg.ensemble if len(exps) > 1 else ''}.csv")
     check_writable(out, "--out")
     exp_dirs = [experiment_dir(cfg.weights_dir, e) for e in exps]
@@ -106,6 +108,7 @@ def submission_settings(cfg: Config, exps: tuple[str, ...], preset: str) -> dict
     """What decides a submission's predictions, beside the experiments' weights."""
     return {"written_by": "pipeline.infer", "exp": list(exps), "ensemble": cfg.ensemble if len(exps) > 1 else None,
             "tta": preset if cfg.tta else None, "with_full": cfg.with_full,
+            "stack": {"stacker": cfg.stacker, "features": cfg.stack_features} if cfg.ensemble == "stack" else None,
             "weights_dir": str(Path(cfg.weights_dir).resolve())}
 
 
@@ -128,7 +131,9 @@ def previous_settings(out: Path) -> dict | None:
 def describe_settings(settings: dict) -> str:
     """'exp a + b, learned blend, TTA digits, with full.pth' (pure)."""
     parts = [f"exp {' + '.join(map(str, settings.get('exp') or ['?']))}"]
-    parts += [f"{settings['ensemble']} blend"] if settings.get("ensemble") else []
+    stack = settings.get("stack") if isinstance(settings.get("stack"), dict) else None
+    parts += [f"{settings['ensemble']} blend" + (f" ({stack.get('stacker')}{' + the table columns' if stack.get('features') else ''})"
+                                                 if stack else "")] if settings.get("ensemble") else []
     parts += [f"TTA {settings['tta']}" if settings.get("tta") else "no TTA"]
     parts += ["with full.pth"] if settings.get("with_full") else []
     return ", ".join(parts)

@@ -30,7 +30,7 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def bce(probs: np.ndarray, targets: np.ndarray) -> float:
     """Mean binary cross-entropy over every label of every row (multilabel log loss)."""
-    p = np.clip(probs, EPS, 1 - EPS)
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)  # float32's 1 - 1e-15 is 1.0: log(0)
     return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
 
 

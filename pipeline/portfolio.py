@@ -27,6 +27,7 @@ from pipeline.config import Config, parse_stage
 from pipeline.ensemble import honest_predictions, honest_stack
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import experiment_dir, read_table
+from pipeline.folds import read_description
 from pipeline.inputs import input_kind
 from pipeline.io import write_csv
 from pipeline.learners import TABLE_LIBRARIES, learner_for
@@ -56,17 +57,23 @@ def run(cfg: Config) -> pd.DataFrame:
     unknown = [n for n in learners if n not in TABLE_LIBRARIES and n != "mlp"]
     if unknown:
         raise PipelineError(f"--learners: {unknown[0]!r} is not a table learner; choose among {', '.join(LEARNERS)}")
+    if len(set(learners)) < len(learners):
+        raise PipelineError(f"--learners: {' '.join(learners)} names a learner twice; each is one experiment")
+    if cfg.stacker == "lightgbm" and (desc.task.kind == "multilabel" or desc.task.several_targets):
+        raise PipelineError("--stacker lightgbm: fits one target or one class column; this task has several labels or "
+                            "targets: use --stacker linear")
+    n_splits = int(read_description(cfg.folds_path, cfg.data).get("n_splits") or cfg.n_splits)
     reserve = 0.0 if deadline is None else min(30.0, 0.05 * cfg.time_limit)  # blends and the submission
     board, done = [], []
     for i, name in enumerate(learners):
         exp = f"{prefix}_{name}"
         share = None
-        if deadline is not None:
+        if deadline is not None:  # an even share of what is left; what a fast learner leaves goes to the next ones
             left = deadline - reserve - time.monotonic()
             share = left / (len(learners) - i)
-            if share < MIN_FOLD_SECONDS * cfg.n_splits:
-                print(f"notice: portfolio: {name} skipped: {max(left, 0):.0f}s of --time-limit {cfg.time_limit:g}s "
-                      f"left, too little to train it")
+            if left < MIN_FOLD_SECONDS * n_splits:
+                print(f"notice: portfolio: {name} skipped: {max(left, 0):.1f}s of --time-limit {cfg.time_limit:g}s "
+                      f"left, under {MIN_FOLD_SECONDS:g}s for each of its {n_splits} folds")
                 continue
         problem = missing_library(name)
         if problem:
@@ -78,11 +85,9 @@ def run(cfg: Config) -> pd.DataFrame:
         one = replace(cfg, model=name, exp=(exp,), fold="all", resume=not cfg.overwrite,
                       seeds=cfg.seeds if seeded else 1)
         fit_started = time.perf_counter()
-        try:
-            cv = train.run(one, deadline=None if share is None else time.monotonic() + share)
-        except PipelineError as e:  # one learner's refusal (another recipe in its folder, say) leaves the others
-            print(f"notice: portfolio: {name} not trained: {e}")
-            continue
+        # a refusal (another recipe already in its folder, say) stops the portfolio: a submission made without that
+        # learner could replace a better one
+        cv = train.run(one, deadline=None if share is None else time.monotonic() + share)
         board.append({"experiment": exp, "learner": name, "cv": cv.score, "fold_std": cv.fold_std,
                       "fit_seconds": round(fit_seconds(experiment_dir(cfg.weights_dir, exp),
                                                        time.perf_counter() - fit_started), 1)})

@@ -76,6 +76,12 @@ def fold_checkpoints(exp_dir: Path, cfg: Config | None = None) -> list[Path]:
             how = " && ".join(train_command(exp_dir, cfg or Config(), f"--fold {k} --overwrite") for k in missing)
         raise PipelineError(f"{exp_dir}: missing fold weights {', '.join(paths[k].name for k in missing)} of "
                             f"{n_splits}; train them with: {how}")
+    unfinished = sorted(set(range(n_splits)) - set(done_folds(exp_dir)))
+    if unfinished:  # weights of a fold still training, or of one a kill interrupted (a seed, an epoch): not its own
+        busy = writer(exp_dir)
+        raise PipelineError(f"{exp_dir}: fold(s) {', '.join(map(str, unfinished))} unfinished (no OOF rows yet): "
+                            + (f"a training is writing them now ({busy}); wait for it to finish" if busy else
+                               "finish them with: " + train_command(exp_dir, cfg or Config(), "--fold all --resume")))
     return paths
 
 

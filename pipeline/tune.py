@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline import data, experiment, train, trainer
 from pipeline.io import write_json
 from pipeline.config import TRAIN_FLAGS, Config, check_name, parse_stage
-from pipeline.errors import PipelineError, TrainingDiverged, main_guard
+from pipeline.errors import PipelineError, TrainingDiverged, cut, main_guard, one_line
 from pipeline.experiment import RECIPE
 from pipeline.learners import learner_for
 
@@ -66,9 +66,29 @@ def run(cfg: Config, extra: dict):
     task = trainer.data_description(cfg, data.resolve(cfg.data)).task
     metric = task.metric
     direction = "maximize" if task.higher_is_better else "minimize"
-    study = optuna.create_study(direction=direction, storage=storage(cfg.storage), study_name=extra["name"],
-                                load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    if not cfg.trials and not cfg.storage:
+        raise PipelineError("--trials 0: prints the best of a study kept in --storage; give --storage (a journal file "
+                            "or a database URL), or trials to run")
+    try:
+        study = optuna.create_study(direction=direction, storage=storage(cfg.storage), study_name=extra["name"],
+                                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    except PipelineError:
+        raise
+    except Exception as e:  # SQLAlchemy's and the journal's own errors: a bad URL, a file that is not a journal
+        raise PipelineError(f"--storage {cfg.storage}: cannot be opened as an Optuna storage ({type(e).__name__}: "
+                            f"{cut(one_line(e), 150)}); give a journal file path or a URL such as sqlite:///tune.db") \
+            from None
+    identity = {"model": cfg.model, "metric": metric, "data": train_hash(cfg)}
+    if study.user_attrs and {k: study.user_attrs.get(k) for k in identity} != identity:
+        other = {k: study.user_attrs.get(k) for k in identity}
+        raise PipelineError(f"--storage {cfg.storage}: study {extra['name']!r} there tunes {other['model']} for "
+                            f"{other['metric']} on data {other['data']}, this run {cfg.model} for {metric} on "
+                            f"{identity['data']}; use another --name")
+    if not study.trials and not cfg.trials:
+        raise PipelineError(f"--trials 0: study {extra['name']!r} in {cfg.storage} has no trials (check --name)")
+    for key, value in identity.items():
+        study.set_user_attr(key, value)
     if study.direction.name.lower() != direction:
         raise PipelineError(f"--storage {cfg.storage}: study {extra['name']!r} there was made to {study.direction.name.lower()} "
                             f"its metric, and {metric} here is to {direction[:-1]}e; use another --name")
@@ -97,6 +117,13 @@ def run(cfg: Config, extra: dict):
     return study
 
 
+def train_hash(cfg: Config) -> str:
+    """The train file's hash as the folds file records it: which data a shared study tunes on."""
+    from pipeline.folds import read_description
+
+    return str(read_description(cfg.folds_path, cfg.data).get("train_hash", ""))
+
+
 def storage(where: str):
     """Optuna's storage for --storage: None (this process), an RDB URL, or a journal file on a shared file system."""
     if not where:
@@ -107,6 +134,8 @@ def storage(where: str):
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(where)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise PipelineError(f"--storage {where}: {path.parent} is a file, not a folder; give a journal file path")
     if path.is_dir():
         raise PipelineError(f"--storage {where}: is a directory; give a journal file (e.g. {path / 'tune.log'}) or a "
                             "database URL (sqlite:///tune.db)")

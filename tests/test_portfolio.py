@@ -212,6 +212,36 @@ def test_a_model_edited_by_hand_is_refused_naming_it(at, tmp_path, monkeypatch, 
 
 
 @pytest.mark.slow
+def test_a_rerun_with_another_recipe_stops_before_replacing_the_submission(at, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "w"
+    shutil.copytree(at, work, ignore=shutil.ignore_patterns(".cache"))
+    monkeypatch.chdir(work)
+    before = (work / "submissions/portfolio.csv").read_bytes()
+    assert portfolio.main(["--data", "sample-table", "--learners", *TABLE_LEARNERS, "--seeds", "3"]) == 2
+    assert "--resume: weights/portfolio_lightgbm was trained with seeds=2, this run has 3" in capsys.readouterr().err
+    assert (work / "submissions/portfolio.csv").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_an_unfinished_fold_or_a_record_of_other_seeds_is_refused_at_infer(at, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "w"
+    shutil.copytree(at, work, ignore=shutil.ignore_patterns(".cache"))
+    monkeypatch.chdir(work)
+    exp = work / "weights/portfolio_xgboost"
+    state = read_json(exp / "fold0.prep.json", "prep")
+    state["models"].pop("fold0.s1.xgb.json")  # one seed dropped from the record
+    (exp / "fold0.prep.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert infer.main(["--data", "sample-table", "--exp", "portfolio_xgboost"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fold0.prep.json: its record of the fold's models is not the experiment's" in err
+    oof = pd.read_csv(work / "weights/portfolio_catboost/oof.csv")
+    oof[oof["fold"] != 2].to_csv(work / "weights/portfolio_catboost/oof.csv", index=False)  # fold 2 interrupted
+    assert infer.main(["--data", "sample-table", "--exp", "portfolio_catboost"]) == 2
+    assert "fold(s) 2 unfinished (no OOF rows yet)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_stack_in_infer_prints_every_blend_and_writes_the_submission(at, capsys):
     exps = [f"portfolio_{n}" for n in TABLE_LEARNERS]
     assert infer.main(["--data", "sample-table", "--exp", *exps, "--ensemble", "stack", "--stack-features"]) == 0
@@ -351,9 +381,9 @@ def test_a_network_bags_its_seeds_and_resume_keeps_the_finished_ones(workdir, ca
 
 def test_a_budget_too_short_for_any_learner_skips_each_with_a_notice(workdir, capsys):
     assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
-    assert portfolio.main(["--data", "sample-table", "--time-limit", "4"]) == 2
+    assert portfolio.main(["--data", "sample-table", "--time-limit", "2"]) == 2
     captured = capsys.readouterr()
-    assert captured.out.count("skipped:") == 5 and "too little to train it" in captured.out
+    assert captured.out.count("skipped:") == 5 and "under 1s for each of its 3 folds" in captured.out
     assert "portfolio: no learner was trained" in captured.err
     assert not (workdir / "weights").exists() or not list((workdir / "weights").glob("portfolio_*"))
 
@@ -366,6 +396,15 @@ def test_the_portfolio_refuses_what_it_cannot_run(workdir, tiny_comp, capsys):
     assert portfolio.main(["--data", "sample-table", "--learners", "resnet18"]) == 2
     assert "--learners: 'resnet18' is not a table learner" in capsys.readouterr().err
     assert train.main(["--data", "sample-table", "--model", "linear", "--gbm-params", "p.json"]) == 2
+    (workdir / "seed.json").write_text(json.dumps({"random_seed": 5}))
+    capsys.readouterr()
+    assert train.main(["--data", "sample-table", "--model", "catboost", "--seeds", "2", "--gbm-params", "seed.json"]) == 2
+    assert "random_seed fixes one seed for every model of --seeds 2" in capsys.readouterr().err
+    (workdir / "eta.json").write_text(json.dumps({"eta": -1}))
+    assert train.main(["--data", "sample-table", "--model", "catboost", "--gbm-params", "eta.json"]) == 2
+    assert "CatBoost's learning rate must be a number in (0, 1], got -1" in capsys.readouterr().err
+    assert portfolio.main(["--data", "sample-table", "--learners", "linear", "linear"]) == 2
+    assert "names a learner twice" in capsys.readouterr().err
 
 
 # -- tune ----------------------------------------------------------------------------------------------------------

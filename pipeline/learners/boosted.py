@@ -27,6 +27,7 @@ from pipeline.io import file_hash
 from pipeline.learners import SEED_STRIDE, TABLE_LIBRARIES, Learner
 
 SUFFIX = ".txt"  # LightGBM's fold model: fold<k>.txt
+SEED_KEYS = ("seed", "random_seed", "random_state", "seed_value")  # the libraries' names for their seed
 MIN_LEAF_ALIASES = ("min_data_in_leaf", "min_data_per_leaf", "min_data", "min_child_samples", "min_samples_leaf")
 
 
@@ -61,6 +62,10 @@ class Boosted(Learner):
         are the recipe (every fold and --resume read them from config.json), not the file's path."""
         library = self.library
         params = library.load_params(cfg.gbm_params) if cfg.gbm_params else {}
+        fixed = [key for key in params if key in SEED_KEYS]
+        if fixed and cfg.seeds > 1:
+            raise PipelineError(f"--gbm-params: {fixed[0]} fixes one seed for every model of --seeds {cfg.seeds}, "
+                                "which would fit the same model each time; remove it (--seed and --seeds set them)")
         library.check_task(task, params)
         if not cfg.gbm_params:
             return {}
@@ -95,7 +100,7 @@ class Boosted(Learner):
         from pipeline.inputs.spec import DataSpec
 
         spec = DataSpec.from_config(config, str(path.parent / "config.json"))
-        return predict_fold(path, rows.cpu().numpy(), spec, self.name)
+        return predict_fold(path, rows.cpu().numpy(), spec, self.name, int(config.setting("seeds") or 1))
 
     def importance(self, exp_dir: Path):
         return importance(exp_dir, self.name)
@@ -265,7 +270,7 @@ def checked_model(path: Path, library, num_outputs: int | None, state: dict | No
     if state is None:
         prep = path.parent / f"{path.name.split('.')[0]}.prep.json"
         state = preprocess.load(prep) if prep.is_file() else {}
-    record = (state.get("models") or {}).get(path.name)
+    record = (state.get("models") or {}).get(path.name) if isinstance(state.get("models"), dict) else None
     if path.is_file() and isinstance(record, dict) and file_hash(path.read_bytes()) != record.get("sha256"):
         raise PipelineError(f"{path}: changed since it was trained (its hash is not the one recorded in "
                             f"{path.name.split('.')[0]}.prep.json): edited by hand or damaged; retrain this fold with "
@@ -273,16 +278,25 @@ def checked_model(path: Path, library, num_outputs: int | None, state: dict | No
     return library.load(path, num_outputs)
 
 
-def predict_fold(path: Path, raw: np.ndarray, spec, model_name: str) -> np.ndarray:
+def predict_fold(path: Path, raw: np.ndarray, spec, model_name: str, seeds: int = 1) -> np.ndarray:
     """A saved fold's predictions (n, outputs) for raw table rows, through the fold's own preprocessing: the mean of
-    its seeds' models (those its .prep.json records; a fold trained before seeds were recorded: its one model)."""
+    its seeds' models, which its .prep.json must record (a LightGBM fold trained before the record existed: its one
+    model)."""
     library = gbm_learner(model_name)
     prep = path.with_name(path.name.removesuffix(library.SUFFIX) + ".prep.json")
     if not prep.is_file():
         raise PipelineError(f"{prep}: missing (the preprocessing fold {path.name} was trained with); retrain with "
                             "--overwrite")
     state = preprocess.load(prep, spec.features)
-    names = sorted(state.get("models") or {path.name: None}, key=lambda n: (n != path.name, n))
+    k = int(path.name.split(".")[0].removeprefix("fold"))
+    names = [seed_path(path.parent, k, j, library.SUFFIX).name for j in range(seeds if library.SEEDED else 1)]
+    record = state.get("models")
+    unrecorded = record is None and model_name == "lightgbm" and names == [path.name]
+    if not unrecorded and (not isinstance(record, dict) or sorted(record) != sorted(names)
+                           or not all(isinstance(r, dict) and isinstance(r.get("sha256"), str) for r in record.values())):
+        raise PipelineError(f"{prep}: its record of the fold's models is not the experiment's ({', '.join(names)}, "
+                            f"--seeds {seeds} in config.json): edited by hand, or the fold is unfinished; retrain it "
+                            f"with --overwrite --fold {k}")
     x = fold_rows(library, state, raw)
     return np.mean([library.predict(checked_model(path.parent / n, library, spec.task.num_outputs, state), x,
                                     spec.task) for n in names], axis=0).astype(np.float32)

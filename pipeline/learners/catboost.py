@@ -22,6 +22,11 @@ TITLE, PACKAGE, EXTRA = "CatBoost", "catboost", "catboost"
 IMPORTANCE = "prediction values change"  # what feature_importance measures (the report's label)
 SUFFIX, ROWS, SEEDED = ".cbm", "gbm", True
 DEFAULTS = {"iterations": 2000, "learning_rate": 0.06, "depth": 6, "od_type": "Iter", "od_wait": 100}
+# CatBoost's other names for the parameters the pipeline gives defaults to (it refuses two names of one parameter)
+ALIASES = {"learning_rate": ("learning_rate", "eta"), "depth": ("depth", "max_depth"),
+           "iterations": ("iterations", "num_boost_round", "n_estimators", "num_trees"),
+           "od_wait": ("od_wait", "early_stopping_rounds"), "random_seed": ("random_seed", "random_state"),
+           "thread_count": ("thread_count", "nthread")}
 # set by the pipeline: the loss follows the task, early stopping reads the competition metric, columns come from data
 SET_BY_PIPELINE = ("eval_metric", "cat_features", "class_names", "use_best_model", "custom_metric", "custom_loss",
                    "train_dir", "allow_writing_files", "classes_count")
@@ -62,6 +67,12 @@ def resolve_params(params: dict, task, seed: int, threads: int | None = None) ->
                             f"metric {task.metric}; categorical columns come from the data); remove it")
     own = DEFAULTS | {"random_seed": seed, "allow_writing_files": False} | ({"thread_count": threads} if threads else {})
     user = {k: v for k, v in params.items() if k not in ("loss_function", "objective")}
+    for name, aliases in ALIASES.items():  # a user's alias replaces the default, which CatBoost would refuse beside it
+        if any(a in user for a in aliases):
+            own.pop(name, None)
+    rate = next((user[a] for a in ALIASES["learning_rate"] if a in user), None)
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1):
+        raise PipelineError(f"--gbm-params: CatBoost's learning rate must be a number in (0, 1], got {quote(rate, 60)}")
     loss = {"loss_function": _loss(task, params.get("loss_function", params.get("objective")))}
     classes = {} if task.kind == "regression" else {"class_names": list(range(task.num_outputs))}  # a class a fold lacks
     return own | user | loss | classes

@@ -57,8 +57,8 @@ def fit_fold(train: tuple, valid: tuple, categorical: list[int], task, params: d
             booster = xgb.train(settings, train, num_boost_round=rounds, evals=[(valid, "valid")],
                                 custom_metric=metric, callbacks=callbacks, verbose_eval=False)
     except xgb.core.XGBoostError as e:
-        raise PipelineError(f"--gbm-params: XGBoost refused the training parameters ({cut(one_line(e), 200)})") \
-            from None
+        raise PipelineError(f"--gbm-params: XGBoost refused the training parameters "
+                            f"({cut(one_line(e).split('Stack trace')[0], 200)})") from None
     best = booster.num_boosted_rounds()  # save_best: the booster comes back cut to its best iteration
     return booster, best, predict(booster, x_valid, task)
 
@@ -127,7 +127,7 @@ def load(path: str | Path, num_outputs: int | None = None):
     try:
         booster.load_model(bytearray(path.read_bytes()))
     except (xgb.core.XGBoostError, ValueError) as e:
-        raise PipelineError(f"{path}: truncated or corrupted XGBoost model ({cut(one_line(e).split(' Stack trace')[0], 120)}); "
+        raise PipelineError(f"{path}: truncated or corrupted XGBoost model ({cut(one_line(e).split('Stack trace')[0], 120)}); "
                             "retrain this fold with --overwrite") from None
     return booster
 
@@ -164,7 +164,7 @@ def check_task(task, params: dict) -> None:
         booster = xgb.train(settings, xgb.DMatrix(np.arange(n, dtype=np.float32).reshape(-1, 1), label=y), 1)
     except xgb.core.XGBoostError as e:
         raise PipelineError(f"--gbm-params: XGBoost refused the training parameters "
-                            f"({cut(one_line(e).split(' Stack trace')[0], 200)})") from None
+                            f"({cut(one_line(e).split('Stack trace')[0], 200)})") from None
     import json
 
     known = set(_keys(json.loads(booster.save_config())))
