@@ -32,7 +32,7 @@ from pipeline import infer, predict
 from pipeline.io import write_json
 from pipeline.config import Config, flag, make_config, parse_stage
 from pipeline.errors import PipelineError, main_guard
-from pipeline.experiment import ARTIFACTS, done_folds, experiment_dir, oof_parts, oof_where
+from pipeline.experiment import ARTIFACTS, experiment_dir, oof_parts
 
 FLAGS = ["exp", "weights_dir", "data", "ensemble", "tta", "tta_preset", "with_full", "precision", "competition",
          "dataset", "push", "export_dir", "message", "device", "cache_dir"]
@@ -184,15 +184,11 @@ def experiment_files(cfg: Config) -> dict[str, list[Path]]:
     files = {}
     for e in cfg.exp:
         src = experiment_dir(cfg.weights_dir, e)
-        checkpoints = predict.fold_checkpoints(src)  # refuses an experiment with missing folds
+        checkpoints = predict.fold_checkpoints(src)  # refuses an experiment with missing or unfinished folds
         busy = sorted(p.name for p in src.glob("fold*.last.pth"))
         resume = f"finish it with: python -m pipeline.train --exp {e} --fold all --resume"
         if busy:
             raise PipelineError(f"{src}: {', '.join(busy)} left by an unfinished training; {resume}")
-        present = set(done_folds(src))
-        missing = [k for k in range(len(checkpoints)) if k not in present]
-        if missing:
-            raise PipelineError(f"{oof_where(src)}: no rows for fold(s) {', '.join(map(str, missing))}; {resume}")
         extra = [src / "full.pth"] if cfg.with_full else []
         preps = sorted(src.glob("fold*.prep.json")) + sorted(src.glob("full.prep.json") if cfg.with_full else [])
         seeds = sorted(p for p in src.glob("fold*.s[0-9]*") if ARTIFACTS.fullmatch(p.name))  # --seeds' other models

@@ -242,7 +242,7 @@ def test_export_refuses_unfinished_experiments_before_replacing_anything(exporte
     oof = pd.read_csv(root / "weights/busy/oof.csv")
     oof[oof["fold"] != 2].to_csv(root / "weights/busy/oof.csv", index=False)  # killed after its rows were removed
     assert export.main(["--exp", "busy", *export_args]) == 2
-    assert "weights/busy/oof.csv: no rows for fold(s) 2" in capsys.readouterr().err
+    assert "weights/busy: fold(s) 2 unfinished (no OOF rows yet): finish them with:" in capsys.readouterr().err
     assert export.main(["--exp", "a", "--with-full", *export_args]) == 2
     assert "weights/a/full.pth: missing; the export needs it (train it with --fold full)" in capsys.readouterr().err
     assert export.main(["--exp", "a", "--data", str(comp)]) == 2

@@ -403,6 +403,8 @@ def test_the_portfolio_refuses_what_it_cannot_run(workdir, tiny_comp, capsys):
     (workdir / "eta.json").write_text(json.dumps({"eta": -1}))
     assert train.main(["--data", "sample-table", "--model", "catboost", "--gbm-params", "eta.json"]) == 2
     assert "CatBoost's learning rate must be a number in (0, 1], got -1" in capsys.readouterr().err
+    (workdir / "alias.json").write_text(json.dumps({"eta": 0.2, "n_estimators": 30, "max_depth": 3}))
+    assert train.main(["--data", "sample-table", "--model", "catboost", "--gbm-params", "alias.json"]) == 0  # aliases
     assert portfolio.main(["--data", "sample-table", "--learners", "linear", "linear"]) == 2
     assert "names a learner twice" in capsys.readouterr().err
 

@@ -210,8 +210,9 @@ def check_task(task, params: dict) -> None:
 
     n = max(8, 2 * task.num_outputs)
     y = np.arange(n) % task.num_outputs if task.kind == "multiclass" else np.linspace(0.0, 1.0, n)
+    quick = {k: v for k, v in settings.items() if k not in ALIASES["iterations"] + ALIASES["od_wait"]}
     try:
-        CatBoost(settings | {"iterations": 1, "od_type": "Iter", "od_wait": 1}).fit(
+        CatBoost(quick | {"iterations": 1, "od_type": "Iter", "od_wait": 1}).fit(
             np.arange(n, dtype=np.float32).reshape(-1, 1), y, verbose=False)
     except CatBoostError as e:
         raise PipelineError(f"--gbm-params: CatBoost refused the training parameters ({cut(one_line(e), 200)})") \
