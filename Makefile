@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= data/digit-recognizer
+TRACK ?=
 TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: venv run test bench clean
@@ -20,7 +21,7 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m pipeline.make_folds --data $(DATA) --overwrite
-	$(PY) -m pipeline.train --fold all --data $(DATA) --overwrite
+	$(PY) -m pipeline.train --fold all --data $(DATA) --overwrite $(if $(TRACK),--track $(TRACK))
 	$(PY) -m pipeline.infer --tta --data $(DATA)
 
 # pytest exits 5 when it collected no test: that must fail, not pass silently.

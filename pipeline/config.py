@@ -41,6 +41,9 @@ class Config:
     cache_dir: str = ".cache"  # decoded image files, reused by every fold, experiment and inference run
     features: tuple[str, ...] = ()  # make_folds, tables: the feature columns to use; () = every column but the id and target(s)
     drop_cols: tuple[str, ...] = ()  # make_folds, tables: columns to leave out (an id-like column the guess kept, a leak)
+    group_dups: bool = False  # make_folds: keep rows the audit found duplicated (exact, near or overlapping windows) in one fold, from <audit-dir>/groups.csv
+    audit_dir: str = "audit"  # audit: where audit.md, its figures and groups.csv are written; make_folds --group-dups reads groups.csv there
+    hamming: int = 6  # audit: images whose 64-bit perceptual hashes differ in at most this many bits are compared pixel by pixel (near duplicates: correlation >= 0.995), 0..16
     # model
     model: str = "digit_cnn"  # images: any timm model name (digit_cnn: the pipeline's own CNN for 28x28 digits); tables: lightgbm, catboost, xgboost, linear or mlp; sequences: gru, lstm, transformer, conformer; frames: mlp or those
     pretrained: bool = False  # start from timm's pretrained weights (downloaded from the hub: needs internet)
@@ -94,6 +97,8 @@ class Config:
     resume: bool = False  # train: continue an interrupted experiment
     oof_tta: bool = False  # train: also score TTA on the OOF rows (oof_tta.csv, cv.json), to know its gain locally
     report: bool = False  # train: write weights/<exp>/report/ (figures and report.md) at the end
+    track: str = ""  # train: mirror the run in an experiment tracker: mlflow (one parent run per experiment, a child run per fold); '' = none
+    track_uri: str = ""  # train --track mlflow: the tracking store or server (sqlite:///x.db, http://host:5000); '' = sqlite:///mlflow.db here
     # inference
     tta: bool = False  # infer: test-time augmentation with ttach
     with_full: bool = False  # infer: add the experiment's full.pth (train --fold full) to its fold models
@@ -104,6 +109,7 @@ class Config:
     out: str = ""  # infer: submission path; '' = submissions/<exp>.csv
     # runs, sweep, tune
     compare: tuple[str, ...] = ()  # runs: two experiments whose OOF correctness is tested against each other
+    lb: bool = False  # runs: the competition's submissions from Kaggle, their leaderboard scores beside their local CV (as submit --scores)
     trials: int = 20  # tune: number of Optuna trials, >= 1
     storage: str = ""  # tune: Optuna storage shared by several machines: an RDB URL (sqlite:///study.db, postgresql://...) or a journal file path (*.log); '' = the study folder's own journal file
     learners: tuple[str, ...] = ()  # portfolio: the learners to train, each its own experiment; () = linear lightgbm xgboost catboost mlp
@@ -113,6 +119,7 @@ class Config:
     message: str = ""  # submit: submission description
     competition: str = "digit-recognizer"  # submit: Kaggle competition slug
     dry_run: bool = False  # submit: validate only, send nothing
+    scores: bool = False  # submit: fetch the public (and private) scores of the competition's past submissions and show them beside each one's local CV
     kernel: str = ""  # submit: a code competition's pushed notebook, USER/SLUG (pipeline.export --push prints it)
     version: int = 0  # submit --kernel: the notebook version to submit; 0 = its latest
     # export (code competitions)
@@ -210,6 +217,8 @@ RULES = {  # field -> (test, rule text)
     "seeds": (lambda v: 1 <= v <= 100, "must be 1..100"),
     "time_limit": (lambda v: 0 <= v <= 10 ** 7, "must be 0 (none) or seconds"),
     "learners": (lambda v: all(NAME.fullmatch(e) for e in v), "must be learner names such as linear lightgbm mlp"),
+    "track": (lambda v: v in ("", "mlflow"), "must be mlflow (or empty: no tracking)"),
+    "hamming": (lambda v: 0 <= v <= 16, "must be 0..16 bits of 64"),
     "trials": (lambda v: 0 <= v <= 10_000, "must be 0..10000 (0: print a --storage study's best only)"),
     "competition": (lambda v: v == "" or re.fullmatch(r"[a-z0-9][a-z0-9-]{1,99}", v) is not None,
                     "must be a competition slug as in kaggle.com/competitions/SLUG (lower case, digits, dashes)"),
@@ -269,7 +278,7 @@ TRAIN_FLAGS = ["data", "folds_path", "model", "pretrained", "pretrained_path", "
                "clip_grad", "patience", "drop_rate", "drop_path_rate", "deterministic", "opt", "momentum", "mixup", "cutmix",
                "sched", "min_lr", "warmup_lr", "decay_epochs", "decay_rate", "swa_epochs",
                "gpus", "sync_bn", "lr_scale", "hidden", "layers", "pool", "crop_len", "context", "select_features", "cat_encoding",
-               "gbm_params", "seeds"]
+               "gbm_params", "seeds", "track", "track_uri"]
 
 
 def command(module: str, cfg: Config, names: list[str], **changes) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import intervals, tracking
 from pipeline.io import atomic_path, read_json, write_csv, write_json
 from pipeline.config import Config, ExperimentConfig
 from pipeline.errors import PipelineError
@@ -426,6 +427,7 @@ def append_metrics(exp_dir: Path, row: dict, lrs: list[float]) -> None:
         _replace_rows(exp_dir / "metrics.csv", pd.DataFrame([row]), fold, epoch)
         if lrs:  # a boosting fold has no optimizer steps
             _replace_rows(exp_dir / "schedule.csv", steps, fold, epoch)
+        tracking.sync(exp_dir)  # --track: the epoch mirrored in the fold's child run
 
 
 def _replace_rows(path: Path, new: pd.DataFrame, fold: int, epoch: int) -> None:
@@ -504,6 +506,7 @@ class CVSummary:
     train_seconds: float | None = None  # the train run that wrote it, wall time
     selection: dict = field(default_factory=dict)  # fold -> which of its best epoch and SWA average it kept
     oof_tta: dict | None = None  # OOF scores with TTA and their 'preset' (train --oof-tta, infer --oof-tta)
+    interval: dict | None = None  # the CV's bootstrap interval and a test-sized draw's spread (pipeline.intervals)
 
     @property
     def folds_present(self) -> list[int]:
@@ -531,7 +534,7 @@ class CVSummary:
         out = {"metric": self.metric, "higher_is_better": self.higher_is_better, "folds_present": self.folds_present,
                "n_splits": self.n_splits, "complete": self.complete, "per_fold": self.per_fold, "oof": self.oof,
                "rows": self.rows, "fold_mean": self.fold_mean, "fold_std": self.fold_std, "selection": self.selection}
-        extra = {"train_seconds": self.train_seconds, "oof_tta": self.oof_tta}
+        extra = {"train_seconds": self.train_seconds, "oof_tta": self.oof_tta, "interval": self.interval}
         return out | {k: v for k, v in extra.items() if v is not None}
 
     @classmethod
@@ -547,7 +550,7 @@ class CVSummary:
                      float(d["train_seconds"]) if d.get("train_seconds") is not None else None,
                      dict(d.get("selection") or {}),
                      score({k: v for k, v in tta.items() if k != "preset"}) | {"preset": str(tta.get("preset", "?"))}
-                     if isinstance(tta, dict) else None)
+                     if isinstance(tta, dict) else None, _interval(d.get("interval")))
             cv.score  # noqa: B018 - the metric must be among the scores
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PipelineError(f"{where}: damaged CV summary ({type(e).__name__}: {str(e)[:60]}); rewrite it with: "
@@ -557,6 +560,16 @@ class CVSummary:
     @classmethod
     def read(cls, path: Path) -> CVSummary:
         return cls.from_dict(read_json(path, "CV summary"), str(path))
+
+
+def _interval(d) -> dict | None:
+    """A saved interval, checked (None when absent: a cv.json from before intervals)."""
+    if d is None:
+        return None
+    out = dict(d) | {k: float(d[k]) for k in ("low", "high", "level")} | {"units": int(d["units"]), "unit": str(d["unit"])}
+    if "test" in d:
+        out["test"] = {"rows": int(d["test"]["rows"]), "low": float(d["test"]["low"]), "high": float(d["test"]["high"])}
+    return out
 
 
 def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task, where: str = "oof.csv") -> CVSummary:
@@ -575,8 +588,16 @@ def cv_summary(oof: pd.DataFrame, n_splits: int, task: Task, where: str = "oof.c
     return CVSummary(task.metric, task.higher_is_better, n_splits, per_fold, task.scores(preds, targets), int(len(oof)))
 
 
-def write_cv(exp_dir: Path, n_splits: int, train_seconds: float, task: Task) -> CVSummary:
-    cv = cv_summary(read_oof(exp_dir), n_splits, task, oof_where(exp_dir))
+def write_cv(exp_dir: Path, n_splits: int, train_seconds: float, task: Task, groups: np.ndarray | None = None,
+             test_rows: int | None = None) -> CVSummary:
+    """cv.json from the OOF rows, with the CV's bootstrap interval (over `groups`, each train row's, when the folds
+    were grouped) and the spread of a test of `test_rows` rows."""
+    oof = read_oof(exp_dir)
+    cv = cv_summary(oof, n_splits, task, oof_where(exp_dir))
+    preds, targets = oof_arrays(oof, task, oof_where(exp_dir))
+    ids = oof["id"].to_numpy()
+    cv.interval = intervals.cv_interval(preds, targets, task, None if groups is None or ids.max() >= len(groups) else groups[ids],
+                              test_rows)
     cv.train_seconds = train_seconds
     cv.selection = read_selection(exp_dir, cv.folds_present)
     write_json(cv.to_dict(), exp_dir / "cv.json")
@@ -598,6 +619,10 @@ def format_cv(cv: CVSummary, name: str) -> str:
     lines = [f"fold {k}: {metric} {s[metric]:.5f}  loss {s['loss']:.4f}{_kept(chosen.get(int(k)), metric)}"
              for k, s in cv.per_fold.items()]
     present = "all folds" if cv.complete else f"folds {', '.join(map(str, cv.folds_present))} of {cv.n_splits} only"
-    lines.append(f"local CV ({name}, {present}, {cv.rows:,} OOF rows): {metric} {cv.score:.5f} "
-                 f"(fold mean {cv.fold_mean:.5f} +- {cv.fold_std:.5f})  loss {cv.oof['loss']:.4f}")
+    interval = intervals.describe(cv.interval)
+    lines.append(f"local CV ({name}, {present}, {cv.rows:,} OOF rows): {metric} {cv.score:.5f}"
+                 f"{'  ' + interval if interval else ''}  loss {cv.oof['loss']:.4f}")
+    test = intervals.describe_test(cv.interval)
+    lines.append(f"  {test + '; ' if test else ''}fold mean {cv.fold_mean:.5f} +- {cv.fold_std:.5f} (std over folds: "
+                 "the folds share training rows, not an interval)")
     return "\n".join(lines)

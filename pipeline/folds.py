@@ -21,6 +21,7 @@ class Folds:
     fold: np.ndarray  # (N,) int64 fold of every train row, 0..n_splits-1
     n_splits: int
     folds_hash: str  # first 16 hex digits of sha256(folds file bytes): the identity every experiment records
+    groups: np.ndarray | None = None  # (N,) int group of every row when the folds were grouped (its `group` column)
 
 
 def description_path(folds_path: str | Path) -> Path:
@@ -52,12 +53,23 @@ def read_description(folds_path: str | Path, data: str = DEFAULT_DATA) -> dict:
     return info
 
 
-def folds_frame(ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, train_hash: str) -> pd.DataFrame:
-    """One row per train row: its id, its label (class index or value; left out for multilabel), its fold."""
+def folds_frame(ids: np.ndarray, labels: np.ndarray, folds: np.ndarray, train_hash: str,
+                groups: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per train row: its id, its label (class index or value; left out for multilabel), its fold, and when
+    the folds were grouped its group's number (the CV's interval resamples whole groups)."""
     frame = pd.DataFrame({"id": ids})
     if labels.ndim == 1:
         frame["label"] = labels
-    return frame.assign(fold=folds, train_hash=train_hash)
+    frame = frame.assign(fold=folds, train_hash=train_hash)
+    if groups is not None:
+        frame["group"] = group_codes(groups)
+    return frame
+
+
+def group_codes(groups: np.ndarray) -> np.ndarray:
+    """Each row's group as 0, 1, ... in order of first appearance."""
+    _, first, inverse = np.unique(np.asarray(groups).astype(str), return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.reshape(-1)]
 
 
 def read_folds(path: str, train_hash: str, n_rows: int, data: str = DEFAULT_DATA) -> Folds:
@@ -87,4 +99,9 @@ def read_folds(path: str, train_hash: str, n_rows: int, data: str = DEFAULT_DATA
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise PipelineError(f"{path}: row {row + 1}: fold must be 0..{n_splits - 1} (the file has {n_splits} folds), found {df['fold'].iloc[row]}")
-    return Folds(folds.astype(np.int64), n_splits, file_hash(raw))
+    groups = pd.to_numeric(df["group"], errors="coerce").to_numpy() if "group" in df.columns else None
+    if groups is not None and not np.isfinite(groups).all():
+        row = int(np.flatnonzero(~np.isfinite(groups))[0])
+        raise PipelineError(f"{path}: row {row + 1}: group must be a number, found {df['group'].iloc[row]!r}; "
+                            f"remake it with: {remake}")
+    return Folds(folds.astype(np.int64), n_splits, file_hash(raw), None if groups is None else groups.astype(np.int64))

@@ -21,20 +21,26 @@ from pipeline import data
 from pipeline.io import write_csv, write_json
 from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
-from pipeline.folds import description_path, folds_frame, read_description
+from pipeline.folds import description_path, folds_frame, group_codes, read_description
 
 FLAGS = ["data", "folds_path", "n_splits", "seed", "group_col", "layout", "id_col", "target_col", "image_dir", "task",
-         "metric", "threshold", "overwrite", "features", "drop_cols"]
+         "metric", "threshold", "overwrite", "features", "drop_cols", "group_dups", "audit_dir"]
 
 
 def run(cfg: Config) -> np.ndarray:
     src = data.resolve(cfg.data)
     desc, train = data.describe(src, data.Options.from_flags(cfg))
     print(desc.summary())
-    folds = desc.task.split(train.targets, cfg.n_splits, cfg.seed, train.groups)
-    frame = folds_frame(train.ids, train.targets, folds, train.train_hash)
+    groups = train.groups
+    if cfg.group_dups:
+        from pipeline.audit import read_groups  # the audit's stack (torch, lightgbm) only when asked for
+
+        groups = with_duplicates(groups, read_groups(cfg.audit_dir, train.train_hash, len(train.targets)))
+    folds = desc.task.split(train.targets, cfg.n_splits, cfg.seed, groups)
+    frame = folds_frame(train.ids, train.targets, folds, train.train_hash, groups)
     description = {"train_hash": train.train_hash, "rows": len(folds), "n_splits": cfg.n_splits, "seed": cfg.seed,
-                   "group_col": cfg.group_col, "data": desc.to_dict()}
+                   "group_col": cfg.group_col, "data": desc.to_dict()} | test_size(src, desc) | (
+        {"group_dups": str(Path(cfg.audit_dir) / "groups.csv")} if cfg.group_dups else {})
     path = Path(cfg.folds_path)
     check_own_files(path)
     if path.is_file() and not cfg.overwrite:
@@ -53,10 +59,31 @@ def run(cfg: Config) -> np.ndarray:
     sizes = np.bincount(folds, minlength=cfg.n_splits)
     how = {"multiclass": "stratified by label", "multilabel": "multilabel-stratified",
            "regression": "stratified by target bins"}[desc.task.kind]
-    grouped = cfg.group_col or ("utterance" if train.groups is not None else "")  # frames: by their utterance
+    grouped = " and ".join(filter(None, [cfg.group_col or ("utterance" if train.groups is not None else ""),  # frames
+                                         "the audit's duplicate groups" if cfg.group_dups else ""]))
     print(f"wrote {path}: {len(folds):,} rows in {cfg.n_splits} folds of {sizes.min():,}-{sizes.max():,} "
           f"({how}{', grouped by ' + grouped if grouped else ''}, seed {cfg.seed})")
     return folds
+
+
+def with_duplicates(groups: np.ndarray | None, duplicates: np.ndarray) -> np.ndarray:
+    """Groups that keep both --group-col's groups (or utterances) and the audit's duplicate groups whole: rows sharing
+    either are in one group."""
+    from pipeline.fingerprints import clusters, equal_pairs
+
+    if groups is None:
+        return duplicates
+    n = len(duplicates)
+    pairs = [equal_pairs(group_codes(groups)), equal_pairs(duplicates)]
+    return clusters(n, np.concatenate(pairs))
+
+
+def test_size(src, desc) -> dict:
+    """{'test_rows': the submission's row count} (the CV's test-sized spread), or {} where it cannot be read."""
+    try:
+        return {"test_rows": len(data.submission_sample(src, desc))}
+    except PipelineError:
+        return {}
 
 
 def check_own_files(path: Path) -> None:
@@ -85,6 +112,8 @@ def _same(path: Path, frame: pd.DataFrame) -> bool:
         old = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return False
+    if "group" not in old.columns:  # made before folds recorded their groups: the same folds, kept (their hash too)
+        frame = frame.drop(columns="group", errors="ignore")
     return list(old.columns) == list(frame.columns) and old.astype(str).equals(frame.astype(str))
 
 

@@ -3,6 +3,7 @@
 
     python -m pipeline.runs
     python -m pipeline.runs --compare digit_cnn r18
+    python -m pipeline.runs --lb --competition digit-recognizer   # CV beside the leaderboard (pipeline.leaderboard)
 """
 from __future__ import annotations
 
@@ -19,15 +20,19 @@ from pipeline.config import Config, ExperimentConfig, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.inputs.spec import DataSpec
 from pipeline.experiment import CVSummary, experiment_dir
+from pipeline.intervals import overlaps_best, paired_difference
+from pipeline.io import file_hash
+from pipeline.leaderboard import LOG, scores
 from pipeline.learners import learner_for
 from pipeline.predict import experiment_config, read_oofs
 
 UNREADABLE = "unreadable experiments"
 
-FLAGS = ["weights_dir", "compare"]
+FLAGS = ["weights_dir", "compare", "folds_path", "lb", "competition"]
+NUMBERS = ["cv", "ci_low", "ci_high", "fold_std", "cv_tta", "loss", "train_s"]
 
 
-def collect(weights_dir: Path) -> pd.DataFrame:
+def collect(weights_dir: Path, folds_path: str | None = None) -> pd.DataFrame:
     """One row per experiment, with its group (competition and metric); one whose files are damaged is listed as
     such, never stopping the table. Rows are sorted best first within each group."""
     rows = []
@@ -37,16 +42,69 @@ def collect(weights_dir: Path) -> pd.DataFrame:
         except PipelineError as e:
             print(f"warning: {e}", file=sys.stderr)
             rows.append({"exp": config_path.parent.name, "model": "(unreadable)", "higher": True, "group": UNREADABLE}
-                        | dict.fromkeys(["cv", "fold_std", "cv_tta", "loss", "train_s"], np.nan))
+                        | dict.fromkeys(NUMBERS, np.nan))
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
     rank = table["cv"].where(table["higher"].fillna(True).astype(bool), -table["cv"])  # best first, whatever the direction
     order = [g for g in dict.fromkeys(table["group"]) if g != UNREADABLE] + [UNREADABLE]
     position = table["group"].map({g: i for i, g in enumerate(order)})
-    return (table.assign(rank=rank, position=position).sort_values(["position", "rank"], ascending=[True, False],
-                                                                   na_position="last")
-            .drop(columns=["rank", "higher", "position"]).reset_index(drop=True))
+    table = (table.assign(rank=rank, position=position).sort_values(["position", "rank"], ascending=[True, False],
+                                                                    na_position="last")
+             .drop(columns=["rank", "position"]).reset_index(drop=True))
+    table["vs_best"] = ""
+    for group in dict.fromkeys(table["group"]):
+        if group != UNREADABLE:
+            rows = table.index[table["group"] == group]
+            table.loc[rows, "vs_best"] = against_best(weights_dir, table.loc[rows], folds_path)
+    return table.drop(columns="higher")
+
+
+def against_best(weights_dir: Path, rows: pd.DataFrame, folds_path: str | None) -> list[str]:
+    """Each experiment against the group's best (the first row): the difference with its paired bootstrap interval
+    (the same resampled rows, or groups, for both), 'within noise' when that interval holds 0. Experiments of other
+    folds, or unfinished ones, are judged by whether their intervals overlap the best's score."""
+    scored = rows[rows["cv"].notna()]
+    if len(scored) < 2:
+        return ["best" if c == c else "" for c in rows["cv"]]
+    best = scored["exp"].iloc[0]
+    near = overlaps_best(rows["cv"], rows["ci_low"], rows["ci_high"], bool(scored["higher"].iloc[0]))
+    out = []
+    for (_, row), close in zip(rows.iterrows(), near):
+        if row["exp"] == best:
+            out.append("best")
+        elif row["cv"] != row["cv"]:
+            out.append("")
+        else:
+            out.append(_paired(weights_dir, best, row["exp"], folds_path)
+                       or ("within noise (intervals overlap)" if close else "behind (intervals apart)"))
+    return out
+
+
+def _paired(weights_dir: Path, best: str, other: str, folds_path: str | None) -> str:
+    """'-0.00210 [-0.00500, +0.00080] within noise', or '' when the two have no common OOF rows and folds."""
+    try:
+        preds, targets, _, task = read_oofs(weights_dir, (best, other))
+    except PipelineError:
+        return ""
+    groups = folds_groups(folds_path, experiment_config(experiment_dir(weights_dir, best)).folds_hash, len(targets))
+    d = paired_difference(preds[0], preds[1], targets, task, groups)
+    verdict = "within noise" if d["low"] <= 0 <= d["high"] else ("ahead" if (d["difference"] > 0) == task.higher_is_better
+                                                                   else "behind")
+    return f"{d['difference']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] {verdict}"
+
+
+def folds_groups(folds_path: str | None, folds_hash: str, rows: int) -> np.ndarray | None:
+    """The folds file's groups when it is the one the experiments were trained on (same hash) and recorded them."""
+    if not folds_path or not Path(folds_path).is_file() or file_hash(Path(folds_path).read_bytes()) != folds_hash:
+        return None
+    try:
+        frame = pd.read_csv(folds_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    if "group" not in frame.columns or len(frame) != rows:
+        return None
+    return frame["group"].to_numpy()
 
 
 def group_of(config: ExperimentConfig, where: str) -> str:
@@ -77,6 +135,8 @@ def _summary(exp_dir: Path) -> dict:
         "folds": f"{len(cv.folds_present) if cv else 0}/{config.n_splits}",
         "metric": cv.metric if cv else "-", "cv": _number(cv.score if cv else None),
         "fold_std": _number(cv.fold_std if cv else None),
+        "ci_low": _number((cv.interval or {}).get("low") if cv else None),
+        "ci_high": _number((cv.interval or {}).get("high") if cv else None),
         "cv_tta": _number((cv.oof_tta or {}).get(cv.metric) if cv else None),
         "loss": _number(cv.oof.get("loss") if cv else None),
         "higher": cv.higher_is_better if cv else True,
@@ -101,12 +161,16 @@ def format_groups(table: pd.DataFrame) -> str:
 
 def format_table(table: pd.DataFrame) -> str:
     shown = table.assign(
-        cv=[f"{c:.5f} +- {s:.5f}" if c == c else "-" for c, s in zip(table["cv"], table["fold_std"])],
+        cv=[f"{c:.5f}" if c == c else "-" for c in table["cv"]],
+        ci95=[f"[{lo:.5f}, {hi:.5f}]" if lo == lo else "-" for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        fold_sd=[f"{s:.5f}" if s == s else "-" for s in table["fold_std"]],
         cv_tta=[f"{v:.5f}" if v == v else "-" for v in table["cv_tta"]],
         loss=[f"{v:.4f}" if v == v else "-" for v in table["loss"]],
         train_s=[f"{v:.0f}" if v == v else "-" for v in table["train_s"]],
-    ).drop(columns="fold_std")
-    return shown.to_string(index=False)
+    ).drop(columns=["fold_std", "ci_low", "ci_high"])
+    rest = [c for c in shown.columns if c not in ("ci95", "fold_sd", "vs_best")]
+    order = rest[:rest.index("cv") + 1] + ["ci95", "fold_sd"] + rest[rest.index("cv") + 1:] + ["vs_best"]
+    return shown[order].to_string(index=False)
 
 
 def paired_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -192,7 +256,9 @@ def run(cfg: Config):
     weights_dir = Path(cfg.weights_dir)
     if cfg.compare:
         return compare(weights_dir, *cfg.compare)
-    table = collect(weights_dir)
+    if cfg.lb:
+        return scores(cfg.competition, LOG)
+    table = collect(weights_dir, cfg.folds_path)
     if table.empty:
         raise PipelineError(f"{weights_dir}/: no experiments yet; train one with: python -m pipeline.train --fold all")
     print(format_groups(table))

@@ -21,10 +21,12 @@ from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.folds import description_path, make_folds_command, read_description, read_folds
 from pipeline.kaggle_client import authenticated, call
+from pipeline.leaderboard import LOG, scores
 from pipeline.tasks import Task
 
 FLAGS = ["submission", "message", "competition", "data", "dry_run", "exp", "weights_dir", "folds_path", "kernel",
-         "version"]
+         "version", "scores"]
+LOG_COLUMNS = ["date", "competition", "file", "sha256", "message", "exp", "metric", "cv", "ci_low", "ci_high", "kernel"]
 
 
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, where: str) -> None:
@@ -75,7 +77,7 @@ def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Descripti
     """The task a submission answers: --exp's, or its experiment's (submissions/<exp>.csv), else the folds'."""
     from pipeline.predict import experiment_data
 
-    guess = re.sub(r"_(mean|learned|greedy|rank)$", "", submission.stem).split("+")[0]  # submissions/<exp>[_<method>].csv
+    guess = experiment_guess(submission)
     recorded, recorded_dir = _recorded_experiments(submission)  # what infer wrote beside it: a --out of any name
     weights_dir = Path(recorded_dir) if recorded_dir and not cfg.exp and cfg.weights_dir == Config().weights_dir \
         and Path(recorded_dir).is_dir() else Path(cfg.weights_dir)  # --weights-dir, else where infer found them
@@ -96,7 +98,9 @@ def experiment_task(submission: Path, cfg: Config) -> tuple[Task, data.Descripti
     return Task("multiclass", tuple(str(i) for i in range(10))), None  # Digit Recognizer
 
 
-def run(cfg: Config) -> None:
+def run(cfg: Config):
+    if cfg.scores:
+        return scores(cfg.competition, LOG)
     if cfg.kernel:  # a code competition: Kaggle runs the pushed notebook; there is no file here to check
         if cfg.submission:
             raise PipelineError("--kernel: submits a pushed notebook, not a file; give one or the other")
@@ -106,6 +110,7 @@ def run(cfg: Config) -> None:
         if not cfg.message:
             raise PipelineError("-m/--message: a submission description is required (or use --dry-run)")
         print(send_kernel(cfg.kernel, cfg.version, cfg.message, cfg.competition))
+        record(LOG, cfg, None, [], "")
         return
     path = Path(cfg.submission)
     if not cfg.submission or not path.is_file():
@@ -121,6 +126,40 @@ def run(cfg: Config) -> None:
     if not cfg.message:
         raise PipelineError("-m/--message: a submission description is required (or use --dry-run)")
     print(send(path, cfg.message, cfg.competition))
+    exps, weights_dir = _recorded_experiments(path)
+    record(LOG, cfg, path, list(cfg.exp) or exps or [experiment_guess(path)], weights_dir or cfg.weights_dir)
+
+
+def experiment_guess(path: Path) -> str:
+    """submissions/<exp>[_<method>].csv -> <exp> (a blend's first experiment)."""
+    return re.sub(r"_(mean|learned|greedy|rank|stack)$", "", path.stem).split("+")[0]
+
+
+def record(log: Path, cfg: Config, path: Path | None, exps: list[str], weights_dir: str) -> None:
+    """One row appended to the submissions table: the file's hash, its experiments and, for one experiment, its CV
+    with its interval (a blend's experiments are listed; its CV is theirs to compare)."""
+    import datetime as dt
+    import hashlib
+
+    from pipeline.experiment import CVSummary
+
+    cv = None
+    if len(exps) == 1 and weights_dir and (Path(weights_dir) / exps[0] / "cv.json").is_file():
+        try:
+            cv = CVSummary.read(Path(weights_dir) / exps[0] / "cv.json")
+        except PipelineError:
+            cv = None
+    interval = (cv.interval or {}) if cv else {}
+    row = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "competition": cfg.competition,
+           "file": path.name if path else "", "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path else "",
+           "message": cfg.message, "exp": "+".join(exps), "metric": cv.metric if cv else "",
+           "cv": cv.score if cv else "", "ci_low": interval.get("low", ""), "ci_high": interval.get("high", ""),
+           "kernel": cfg.kernel}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    new = not log.is_file()
+    with log.open("a", encoding="utf-8", newline="") as f:  # appended: a row per submission, never rewritten
+        pd.DataFrame([row], columns=LOG_COLUMNS).to_csv(f, header=new, index=False)
+    print(f"recorded in {log} (python -m pipeline.submit --scores: CV beside the leaderboard)")
 
 
 def send(path: Path, message: str, competition: str) -> str:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import distributed, experiment
+from pipeline import distributed, experiment, tracking
 from pipeline.io import write_json
 from pipeline.config import TRAIN_FLAGS, Config, ExperimentConfig, command, parse_config
 from pipeline.distributed import Ranks
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, main_guard
+from pipeline.folds import read_description
 from pipeline.predict import oof_tta
 from pipeline.learners import Run
 from pipeline.trainer import Setup, check_batch, for_ranks, setup
@@ -94,6 +95,7 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None, dea
             devices = devices[:max(1, len(todo))]
         if ranks.main:
             write_json(job.resolved.to_dict(), exp_dir / "config.json")
+            tracking.start(exp_dir, cfg.track, cfg.track_uri, cfg.exp_name, data_name(cfg.data), job.resolved.to_dict())
             where = (f"{len(devices)} parallel fold processes on {', '.join(devices)}" if len(devices) > 1 else
                      f"{ranks.world} ranks (DistributedDataParallel)" if ranks.distributed else
                      f"device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''}")
@@ -120,7 +122,8 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None, dea
         if failed and len(failed) == len(todo) and not experiment.done_folds(exp_dir):
             raise PipelineError("; ".join(failed.values()))
         with experiment.tables_locked(exp_dir):  # single-fold jobs may be writing their rows meanwhile
-            cv = experiment.write_cv(exp_dir, job.folds.n_splits, round(time.perf_counter() - started, 1), desc.task)
+            cv = experiment.write_cv(exp_dir, job.folds.n_splits, round(time.perf_counter() - started, 1), desc.task,
+                                     job.folds.groups, read_description(cfg.folds_path, cfg.data).get("test_rows"))
         print(experiment.format_cv(cv, cfg.exp_name))
         if failed:
             raise PipelineError(f"{len(failed)} of {len(todo)} folds did not finish: " + "; ".join(failed.values())
@@ -135,7 +138,13 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None, dea
             print(f"report: {write_report(exp_dir, images)}")
         else:
             print(f"figures: {command('report', cfg, REPORT_FLAGS, exp=(cfg.exp_name,))}")
+        tracking.finish(exp_dir, cv, experiment.done_folds(exp_dir))
     return cv
+
+
+def data_name(data: str) -> str:
+    """The MLflow experiment an experiment's run goes in: the competition's folder or zip name."""
+    return Path(data.rstrip("/")).name.removesuffix(".zip") or "pipeline"
 
 
 def main(argv=None) -> int:

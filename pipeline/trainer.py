@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import data, experiment
+from pipeline import data, experiment, tracking
 from pipeline.config import Config, ExperimentConfig
 from pipeline.device import on_device, resolve_device, resolve_precision, grad_scaler
 from pipeline.distributed import Ranks
@@ -113,6 +113,7 @@ def setup(cfg: Config, quiet: bool = False, world: int = 1) -> Setup:
         raise PipelineError("--sched plateau: decays on the validation metric, and --fold full has no validation rows; "
                             "use cosine, step or constant")
     check_optimizer(cfg)
+    tracking.check(cfg.track)
     device = resolve_device(cfg.device)
     say(f"precision {resolve_precision(cfg.precision, device)}" + (" (with a gradient scaler)"
                                                                    if grad_scaler(cfg.precision, device) else ""))

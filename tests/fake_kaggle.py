@@ -23,6 +23,8 @@ class FakeKaggle:
         self.datasets: dict[str, list[dict]] = {}  # "owner/slug" -> its versions' requests (the first: create)
         self.kernels: dict[str, list[dict]] = {}  # "owner/slug" -> every push's request
         self.code_submissions: list[dict] = []
+        self.upload_names: list[str] = []  # each StartSubmissionUpload's file name
+        self.public_scores: list[float | None] = []  # the n-th submission's public score (None, or missing: pending)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,7 +45,16 @@ class FakeKaggle:
             def do_POST(self):
                 request = json.loads(self._body() or b"{}")
                 server.auth.append(self.headers.get("Authorization", ""))
+                if self.path == SERVICE + "ListSubmissions":
+                    listed = [{"ref": i + 1, "date": sub["date"], "description": sub.get("submissionDescription", ""),
+                               "fileName": sub["fileName"], "status": "COMPLETE" if score is not None else "PENDING",
+                               **({"publicScore": f"{score:.5f}", "privateScore": f"{score:.5f}"}
+                                  if score is not None else {})}
+                              for i, (sub, score) in enumerate(zip(server.submissions, server.public_scores
+                                                                   + [None] * len(server.submissions)))]
+                    return self._json(200, {"submissions": listed[::-1]})
                 if self.path == SERVICE + "StartSubmissionUpload":
+                    server.upload_names.append(request.get("fileName", ""))
                     return self._json(200, {"token": "blob-token", "createUrl": f"http://localhost:{PORT}/upload"})
                 if self.path == "/v1/blobs.BlobApiService/StartBlobUpload":
                     token = f"blob-{len(server.blobs)}"
@@ -79,7 +90,10 @@ class FakeKaggle:
                 if self.path == SERVICE + "CreateSubmission":
                     if not server.accept_rules:
                         return self._json(403, {"code": 403, "message": "You must accept this competition's rules"})
-                    server.submissions.append(request)
+                    import datetime as dt
+                    server.submissions.append(request | {
+                        "fileName": server.upload_names[-1] if server.upload_names else "",
+                        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
                     return self._json(200, {"message": "Successfully submitted to Digit Recognizer"})
                 return self._json(404, {"code": 404, "message": f"unknown {self.path}"})
 

@@ -40,8 +40,10 @@ def test_submit_through_real_client(tiny_comp, submission, kaggle_env, capsys):
     with FakeKaggle() as server:
         assert submit.main([submission, "-m", "first try", "--data", str(tiny_comp)]) == 0
     assert server.uploads == [open(submission, "rb").read()]
-    assert server.submissions == [{"competitionName": "digit-recognizer", "blobFileTokens": "blob-token",
-                                   "submissionDescription": "first try"}]
+    sent = [{k: v for k, v in s.items() if k not in ("fileName", "date")} for s in server.submissions]
+    assert sent == [{"competitionName": "digit-recognizer", "blobFileTokens": "blob-token",
+                     "submissionDescription": "first try"}]
+    assert server.upload_names == ["sub.csv"]
     assert "Successfully submitted" in capsys.readouterr().out
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import torch
 
+import numpy as np
+
+from pipeline import fingerprints as fp
 from pipeline.augment import albumentations_batches, augment, is_albumentations, load_albumentations, to_model_input
 from pipeline.inputs.spec import InputKind
 
@@ -14,6 +17,13 @@ class ImageInput(InputKind):
     has_preprocessing = False  # pixels need no fitted statistics: the normalisation is fixed per data set
     forms = ("image", "vector", "sequence")  # timm backbones; the mlp sees the flattened image, sequence models its rows
     default_model = "digit_cnn"
+
+    def audit_units(self, rows, features: dict) -> fp.Units:
+        """One unit per image: the hash of its cached pixels, its pHash and thumbnail, its channel statistics."""
+        pixels = np.asarray(rows)
+        summary, names = fp.image_summary(pixels)
+        return fp.Units("image", fp.hash_rows(pixels), fp.phash(pixels), summary, names, hamming=True, pixels=pixels,
+                        thumbs=fp.thumbnails(pixels))
 
     def train_batch(self, x: torch.Tensor, spec, steps, generator: torch.Generator) -> torch.Tensor:
         """(B, C, H, W) uint8 -> the augmented batch, still on the 0..255 scale."""

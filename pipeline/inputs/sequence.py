@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline import fingerprints as fp
 from pipeline.data.packed import by_length, context_batch, crop_batch, whole_batch
 from pipeline.device import to_device
 from pipeline.errors import PipelineError
@@ -31,6 +32,19 @@ class SequenceInput(InputKind):
     forms = ("sequence",)
     default_model = "transformer"
     pool = "mean"
+
+    def audit_units(self, rows, features: dict) -> fp.Units:
+        """One unit per sequence (frames: per utterance, each frame mapped to its own): the hash of its array, of its
+        summary rounded, and the summary (length, each feature's mean and std)."""
+        packed, of_row = self.audit_sequences(rows)
+        values, offsets = packed.values.cpu(), packed.offsets.cpu()
+        summary, names = fp.sequence_summary(values, offsets)
+        return fp.Units("utterance", fp.sequence_hashes(values, offsets), fp.hash_rows(fp.rounded(summary)), summary,
+                        names, of_row=of_row)
+
+    def audit_sequences(self, rows):
+        """(the rows' sequences packed, the sequence of each row or None: one per row)."""
+        return rows.packed.subset(rows.rows), None
 
     def resolve(self, cfg, features: dict, say):
         """The recipe this data needs: as given (tables widen theirs)."""
@@ -119,6 +133,10 @@ class FramesInput(SequenceInput):
 
     def settings_of(self, spec) -> dict:
         return {"context": int(spec.features.get("context", 5))}
+
+    def audit_sequences(self, rows):
+        """Every utterance of the packed set, and each frame's utterance."""
+        return rows.packed, rows.packed.sequence_of_frame(rows.rows).cpu().numpy()
 
     def net_input(self, in_chans: int, img_size: int, state: dict | None) -> dict:
         """A window of 2K + 1 frames: the mlp reads it flattened, sequence models step through it to its centre."""

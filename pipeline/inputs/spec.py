@@ -84,3 +84,7 @@ class InputKind:
     def worker_batches(self, data, order: torch.Tensor, batch: int, spec: DataSpec, generator: torch.Generator):
         """Augmented batches from CPU workers, in `order`; None: the kind augments on the device (train_inputs)."""
         return None
+
+    def audit_units(self, rows, features: dict):
+        """The leakage audit's fingerprints of these rows (pipeline.fingerprints.Units)."""
+        raise NotImplementedError

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline import fingerprints as fp
 from pipeline import preprocess
 from pipeline.errors import PipelineError
 from pipeline.inputs.spec import InputKind
@@ -24,6 +25,18 @@ class TableInput(InputKind):
     has_preprocessing = True
     forms = ("vector", "gbm")  # mlp (the neural learner) or lightgbm (the gbm learner)
     default_model = "lightgbm"
+
+    def audit_units(self, rows, features: dict) -> fp.Units:
+        """One unit per row: the hash of its values as the reader normalised them (categories as codes), of its
+        values rounded, its columns themselves for adversarial validation, and the keys of its repeated column blocks
+        (overlapping windows)."""
+        matrix = np.asarray(rows, dtype=np.float32)
+        names = list(features.get("names") or [f"x{j}" for j in range(matrix.shape[1])])
+        blocks = fp.column_blocks(names)
+        notes = [f"columns repeat in {len(blocks)} blocks of {len(blocks[0])} ({', '.join(names[j] for j in blocks[0][:4])}"
+                 f", ...): consecutive blocks compared across rows"] if blocks else []
+        return fp.Units("row", fp.hash_rows(matrix), fp.hash_rows(fp.rounded(matrix)), matrix, names,
+                        windows=fp.window_keys(matrix, blocks), notes=notes)
 
     def train_batch(self, x: torch.Tensor, spec, steps, generator: torch.Generator) -> torch.Tensor:
         """Rows are preprocessed already; tables have no augmentation preset."""
