@@ -43,7 +43,7 @@ DATA_IDENTITY = ["train_hash", "folds_hash"]
 # Everything the pipeline writes into an experiment folder; --overwrite removes these and nothing else.
 _NAMES = r"config\.json|cv\.json|oof\.csv|oof_tta\.csv|oof\.fold(?:0|[1-9]\d*)\.npz|oof_tta\.fold(?:0|[1-9]\d*)\.npz|metrics\.csv|schedule\.csv|selection\.csv|test_probs\.npy|test_probs\.json" \
          r"|fold\d+(?:\.s\d+)?\.pth|fold\d+(?:\.s\d+)?\.last\.pth|full\.pth|fold\d+\.prep\.json|full\.prep\.json" \
-         r"|full\.txt|fold\d+\.seeds\.json" \
+         r"|full\.txt|fold\d+\.seeds\.json|tracking\.json" \
          r"|fold\d+(?:\.s\d+)?(?:\.txt|\.cbm|\.xgb\.json|\.linear\.json)"  # models, one per --seeds seed
 ARTIFACTS = re.compile(rf"({_NAMES})|\.({_NAMES})\.\w+\.tmp")  # a temp file of an artifact: .oof.csv.k3j2.tmp
 LITTER = re.compile(rf"\.({_NAMES})\.\w+\.tmp")
@@ -408,7 +408,7 @@ def forget_fold(exp_dir: Path, k: int) -> None:
             table = read_table(exp_dir / name)
             if table is not None:
                 write_csv(table[table["fold"] != k], exp_dir / name)
-
+        tracking.forget_fold(exp_dir, k)  # --track: the retrained fold gets a new child run
 
 def append_metrics(exp_dir: Path, row: dict, lrs: list[float]) -> None:
     """Add one epoch's metrics row and its per-step learning rates (schedule.csv).

@@ -128,6 +128,14 @@ def sync(exp_dir: Path) -> None:
         write_json(state, exp_dir / STATE)
 
 
+def forget_fold(exp_dir: Path, k: int) -> None:
+    """Fold k is trained again (--overwrite --fold k): its next epochs go to a new child run, the old one is left as
+    it is in the store."""
+    state = _state(exp_dir)
+    if state and state["folds"].pop(str(k), None) is not None:
+        write_json(state, exp_dir / STATE)
+
+
 def _finite(value) -> bool:
     try:
         return math.isfinite(float(value))

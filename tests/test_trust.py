@@ -418,6 +418,27 @@ def test_sync_logs_each_epoch_once_even_when_rewritten(tmp_path):
     assert [m.step for m in client.get_metric_history(child[0].info.run_id, "lr")] == [1, 2, 3]
 
 
+def test_overwrite_starts_new_runs(tmp_path, monkeypatch):
+    """--overwrite replaces the experiment: a new parent run; --overwrite --fold 1: a new child for fold 1 only."""
+    monkeypatch.chdir(tmp_path)
+    Path("quick.json").write_text(QUICK)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    flags = ["--data", "sample-table", "--model", "lightgbm", "--gbm-params", "quick.json", "--track", "mlflow",
+             "--track-uri", uri]
+    assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
+    assert train.main(flags) == 0
+    first = json.loads(Path("weights/lightgbm/tracking.json").read_text())
+    assert train.main([*flags, "--overwrite", "--fold", "1"]) == 0
+    second = json.loads(Path("weights/lightgbm/tracking.json").read_text())
+    assert second["parent"] == first["parent"] and second["folds"]["0"] == first["folds"]["0"]
+    assert second["folds"]["1"] != first["folds"]["1"]
+    assert train.main([*flags, "--overwrite"]) == 0
+    third = json.loads(Path("weights/lightgbm/tracking.json").read_text())
+    assert third["parent"] != first["parent"]
+    client, found = _runs(uri)
+    assert len([r for r in found if "mlflow.parentRunId" not in r.data.tags]) == 2
+
+
 def test_track_without_mlflow_is_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
