@@ -22,7 +22,8 @@ from pipeline.io import write_json, write_npy
 from pipeline.config import Config, ExperimentConfig, flag
 from pipeline.inputs.spec import DataSpec
 from pipeline.training.engine import predict
-from pipeline.ensemble import Stack, blend, combine, honest_scores, honest_stack, rank_average
+from pipeline.ensemble import Stack, blend, combine, honest_predictions, honest_scores, honest_stack, rank_average
+from pipeline.intervals import cv_interval, describe
 from pipeline.errors import PipelineError
 from pipeline.experiment import (CVSummary, cv_summary, done_folds, experiment_dir, oof_arrays, oof_where,
                                  prob_columns, read_oof, write_oof_rows, writer)
@@ -235,22 +236,25 @@ def fit_ensemble(weights_dir: Path, exps: tuple[str, ...], method: str, stacker:
             print(f"OOF {other} blend (weights fitted on the other folds): {m} {other_scores[m]:.5f}  "
                   f"loss {other_scores['loss']:.4f}")
         train_x, test_x = features if features is not None else (None, None)
-        honest = task.scores(honest_stack(probs, targets, folds, task, stacker, train_x), targets)
+        stacked = honest_stack(probs, targets, folds, task, stacker, train_x)
+        honest, interval = task.scores(stacked, targets), cv_interval(stacked, targets, task)
         model = Stack(task, stacker).fit(probs, targets, train_x)
         shown = "" if stacker == "lightgbm" else "; weights on all OOF: " + ", ".join(
             f"{e} {w:.3f}" for e, w in zip(exps, model.weights))
         print(f"OOF stack ({stacker}{' + the table columns' if train_x is not None else ''}, fitted on the other "
-              f"folds): {m} {honest[m]:.5f}  loss {honest['loss']:.4f}{shown}")
+              f"folds): {m} {honest[m]:.5f}  {describe(interval)}  loss {honest['loss']:.4f}{shown}")
         record |= {"stacker": stacker, "stack_features": train_x is not None, "oof_blend_honest": honest,
+                   "oof_blend_interval": interval,
                    "weights": [float(w) for w in model.weights] if stacker == "linear" else None}
         write_json(record, writable_dir(weights_dir, Path("submissions")) / f"blend_{'+'.join(exps)}.json")
         return lambda test: model.predict(test, test_x)
     weights = combine(probs, targets, task, method)[0]
-    honest = honest_scores(probs, targets, folds, task, method)
+    blended = honest_predictions(probs, targets, folds, task, method)
+    honest, interval = task.scores(blended, targets), cv_interval(blended, targets, task)
     print(f"OOF {method} blend ({'weights fitted on the other folds' if method in ('learned', 'greedy') else 'nothing fitted'}"
-          f"): {m} {honest[m]:.5f}  loss {honest['loss']:.4f}; weights on all OOF: "
+          f"): {m} {honest[m]:.5f}  {describe(interval)}  loss {honest['loss']:.4f}; weights on all OOF: "
           + ", ".join(f"{e} {w:.3f}" for e, w in zip(exps, weights)))
-    write_json(record | {"weights": weights.tolist(), "oof_blend_honest": honest},
+    write_json(record | {"weights": weights.tolist(), "oof_blend_honest": honest, "oof_blend_interval": interval},
                writable_dir(weights_dir, Path("submissions")) / f"blend_{'+'.join(exps)}.json")
     if method == "rank":
         return rank_average

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
+from pipeline import intervals  # noqa: E402
 from pipeline.io import atomic_path, write_csv  # noqa: E402
 from pipeline.config import Config, ExperimentConfig  # noqa: E402
 from pipeline.inputs.spec import DataSpec  # noqa: E402
@@ -144,6 +145,8 @@ def write_report(exp_dir: Path, images=None, n_wrong: int = 24) -> Path:
         saved = None
     if saved is not None and saved.oof_tta and task.metric in saved.oof_tta and "loss" in saved.oof_tta:
         cv.oof_tta = saved.oof_tta
+    if saved is not None and saved.metric == cv.metric and saved.score == cv.score:  # the interval of these OOF rows
+        cv.interval = saved.interval
     ids = oof["id"].to_numpy()
     if images is not None and ids.max() >= len(images):
         raise PipelineError(f"{where}: id {ids.max()} is beyond the {len(images):,} train rows; "
@@ -210,6 +213,8 @@ def report_markdown(name: str, config: ExperimentConfig, cv: CVSummary, sections
     folds = pd.DataFrame([{"fold": k, **s} for k, s in cv.per_fold.items()])
     tta = (f"\nOOF with TTA ({cv.oof_tta['preset']}): {metric} {cv.oof_tta[metric]:.5f}, "
            f"loss {cv.oof_tta['loss']:.4f}\n" if cv.oof_tta else "")
+    interval = "; ".join(filter(None, [intervals.describe(cv.interval), intervals.describe_test(cv.interval)]))
+    interval = f"{interval}.\n" if interval else ""
     keys = learner_for(config.model).report_keys
     recipe = ", ".join(f"{k} {config.setting(k)}" for k in keys)
     body = "\n".join(sections)
@@ -220,7 +225,8 @@ def report_markdown(name: str, config: ExperimentConfig, cv: CVSummary, sections
 ## Local CV
 OOF {metric} {cv.score:.5f}, loss {cv.oof['loss']:.4f} over {cv.rows:,} rows
 ({'all folds' if cv.complete else 'folds ' + ', '.join(map(str, cv.folds_present)) + ' only'});
-fold {metric} {cv.fold_mean:.5f} +- {cv.fold_std:.5f} (mean +- std over folds).
+fold {metric} {cv.fold_mean:.5f} +- {cv.fold_std:.5f} (mean +- std over folds: not an interval).
+{interval}
 {tta}
 {markdown_table(folds, '.5f')}
 
