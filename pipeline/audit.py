@@ -59,8 +59,9 @@ def find_pairs(train: fp.Units, test: fp.Units, hamming: int) -> Pairs:
     exact = np.concatenate([train.exact, test.exact])
     found = [(fp.equal_pairs(exact), "exact")]
     near = np.concatenate([train.near, test.near])
-    if train.hamming:
-        close = fp.hamming_pairs(near, hamming)
+    if train.hamming:  # one image of each exact group searched: a thousand blank images are one candidate, not 500,000
+        first = np.unique(exact, return_index=True)[1]
+        close = first[fp.hamming_pairs(near[first], hamming)]
         if len(close):
             close = close[fp.correlations(np.concatenate([train.thumbs, test.thumbs]), close) >= fp.CORRELATION]
         found.append((close, "near"))

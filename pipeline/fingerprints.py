@@ -20,9 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.errors import PipelineError
+
 ROUND_DIGITS = 3  # near duplicates of tables and sequences: values equal to this many significant digits
 CORRELATION = 0.995  # near duplicate images: pHash close and thumbnails' pixels this correlated (re-encoded, resized)
 CHUNK = 4096  # images hashed per torch call
+MAX_CANDIDATES = 30_000_000  # near-duplicate image candidates checked pixel by pixel (about 1 GB of pairs)
 WORDS = 64  # rows of up to this many 8-byte words are hashed in numpy, wider ones one by one
 
 
@@ -186,9 +189,9 @@ def window_keys(matrix: np.ndarray, blocks: list[list[int]]) -> np.ndarray | Non
 
 def hamming_pairs(codes: np.ndarray, threshold: int, chunk: int = 1024) -> np.ndarray:
     """(P, 2) index pairs i < j whose 64-bit codes differ in at most `threshold` bits (brute force in chunks:
-    50,000 codes are 1.25e9 comparisons, a few seconds)."""
+    50,000 codes are 1.25e9 comparisons, a few seconds). More than MAX_CANDIDATES pairs is refused in one line."""
     codes = np.asarray(codes, dtype=np.uint64)
-    found = []
+    found, total = [], 0
     for start in range(0, len(codes), chunk):
         block = codes[start:start + chunk, None] ^ codes[None, start:]
         close = np.bitwise_count(block) <= threshold
@@ -196,6 +199,10 @@ def hamming_pairs(codes: np.ndarray, threshold: int, chunk: int = 1024) -> np.nd
         i, j = i + start, j + start
         keep = i < j
         found.append(np.stack([i[keep], j[keep]], 1))
+        total += int(keep.sum())
+        if total > MAX_CANDIDATES:
+            raise PipelineError(f"--hamming {threshold}: more than {MAX_CANDIDATES:,} image pairs within {threshold} bits "
+                                "(images alike at this scale: blank or near-blank ones?); lower --hamming")
     return np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
 
 

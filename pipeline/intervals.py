@@ -9,6 +9,7 @@ per-row terms, vectorised; the others (AUC, F1, QWK) are recomputed on each resa
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 from pipeline import metrics
@@ -62,7 +63,8 @@ def cv_interval(preds: np.ndarray, targets: np.ndarray, task, groups: np.ndarray
     else:
         statistic, count = _recomputed_statistic(task, preds, targets, codes, units)
     method = "BCa" if units <= BCA_UNITS and terms is not None else "percentile"
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate BCa (every row right) falls back to percentiles below
         res = bootstrap((np.arange(units),), statistic, n_resamples=count, confidence_level=LEVEL, method=method,
                         vectorized=True, batch=max(1, min(count, 2_000_000 // units)), rng=rng)
     low, high = (float(v) for v in (res.confidence_interval.low, res.confidence_interval.high))
