@@ -70,8 +70,12 @@ def find_pairs(train: fp.Units, test: fp.Units, hamming: int) -> Pairs:
     if train.windows is not None and test.windows is not None:
         keys = np.concatenate([train.windows, test.windows])
         w = keys.shape[1]
-        flat = fp.equal_pairs(keys.reshape(-1))
-        found.append((flat // w, "window"))
+        flat = keys.reshape(-1)
+        values, counts = np.unique(flat, return_counts=True)
+        common = values[counts > w]  # a window pair recurs in at most w rows (its shifts): more is a coincidence
+        pairs = fp.equal_pairs(flat)
+        pairs = pairs[~np.isin(flat[pairs[:, 0]], common)]
+        found.append((pairs // w, "window"))
     return Pairs.join(found)
 
 
@@ -93,13 +97,14 @@ def run(cfg: Config) -> dict:
     found = time.perf_counter() - tic - hashed
     out = Path(cfg.audit_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("groups.csv", "audit.json", "audit.md", "pairs.csv", "pairs.png", "adversarial.png"):
+        (out / stale).unlink(missing_ok=True)  # an interrupted audit leaves no mix of two runs
     n_train = len(tr.exact)
     unit_rows = _unit_rows(tr, len(train.targets))
     unit_fold = None if folds is None else np.array([folds.fold[r[0]] if len(r) else -1 for r in unit_rows])
     table = pair_table(pairs, n_train, unit_fold, _unit_targets(tr, train.targets, unit_rows))
     cluster = fp.clusters(n_train, np.stack([pairs.a, pairs.b], 1)[(pairs.b < n_train)])
     row_group = cluster if tr.of_row is None else cluster[tr.of_row]
-    write_csv(pd.DataFrame({"id": train.ids, "group": row_group, "train_hash": train.train_hash}), out / "groups.csv")
     write_csv(table, out / "pairs.csv")
     adversarial = adversarial_validation(tr, te, cfg.seed)
     leaked_rows = _leaked_rows(table, unit_rows)
@@ -111,6 +116,8 @@ def run(cfg: Config) -> dict:
         "figures": figures, "train_hash": train.train_hash}
     write_json(result, out / "audit.json")
     (out / "audit.md").write_text(markdown(result, desc.summary(), tr, cfg), encoding="utf-8")
+    # last: make_folds --group-dups reads it, so it exists only when the whole audit did
+    write_csv(pd.DataFrame({"id": train.ids, "group": row_group, "train_hash": train.train_hash}), out / "groups.csv")
     print(headline(result))
     print(f"wrote {out / 'audit.md'} (pairs in {out / 'pairs.csv'}, duplicate groups in {out / 'groups.csv'})")
     return result

@@ -100,8 +100,10 @@ def read_folds(path: str, train_hash: str, n_rows: int, data: str = DEFAULT_DATA
         row = int(np.flatnonzero(bad)[0])
         raise PipelineError(f"{path}: row {row + 1}: fold must be 0..{n_splits - 1} (the file has {n_splits} folds), found {df['fold'].iloc[row]}")
     groups = pd.to_numeric(df["group"], errors="coerce").to_numpy() if "group" in df.columns else None
-    if groups is not None and not np.isfinite(groups).all():
-        row = int(np.flatnonzero(~np.isfinite(groups))[0])
-        raise PipelineError(f"{path}: row {row + 1}: group must be a number, found {df['group'].iloc[row]!r}; "
-                            f"remake it with: {remake}")
+    if groups is not None:
+        bad = ~np.isfinite(groups) | (groups != np.round(groups)) | (np.abs(groups) >= 2 ** 53)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise PipelineError(f"{path}: row {row + 1}: group must be a whole number, found {str(df['group'].iloc[row])!r}; "
+                                f"remake it with: {remake}")
     return Folds(folds.astype(np.int64), n_splits, file_hash(raw), None if groups is None else groups.astype(np.int64))

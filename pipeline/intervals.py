@@ -17,6 +17,7 @@ from pipeline import metrics
 LEVEL = 0.95
 RESAMPLES = 1000
 BCA_UNITS = 5000  # BCa's jackknife costs units^2: above this many units the percentile interval is used
+FEW = 20  # units below which the interval is printed as unreliable
 GENERIC_SECONDS = 5.0  # a metric recomputed per resample: about this long in all, 100..RESAMPLES resamples
 
 
@@ -128,6 +129,8 @@ def describe(interval: dict | None, digits: int = 5) -> str:
         return ""
     f = f"{{:.{digits}f}}"
     over = f"{interval['units']:,} {'groups' if interval['unit'] == 'groups' else 'rows'}"
+    if interval["units"] < FEW:
+        over += f": too few for a reliable interval"
     return (f"{interval['level']:.0%} CI [{f.format(interval['low'])}, {f.format(interval['high'])}] "
             f"(bootstrap over {over}, {interval['method']})")
 

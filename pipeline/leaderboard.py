@@ -18,6 +18,7 @@ from pipeline.kaggle_client import authenticated, call
 
 PAGE = 100  # submissions fetched (Kaggle lists the latest first)
 LOG = Path("submissions") / "submissions.csv"  # what submit recorded of every submission it sent
+COLUMNS = ["date", "competition", "file", "sha256", "message", "exp", "metric", "cv", "ci_low", "ci_high", "kernel"]
 
 
 def fetch(competition: str) -> pd.DataFrame:
@@ -38,7 +39,23 @@ def _score(text) -> float:
         return float("nan")
 
 
+def check_log(log: Path) -> None:
+    """Before a submission is sent: its record can be appended (submit refuses a foreign file or a folder there)."""
+    if log.exists() and not log.is_file():
+        raise PipelineError(f"{log}: is not a file; move it aside (submit records each submission there), nothing sent")
+    if log.is_file():
+        try:
+            header = list(pd.read_csv(log, nrows=0).columns)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            header = []
+        if header != COLUMNS:
+            raise PipelineError(f"{log}: not the submissions table submit writes (header {','.join(COLUMNS)}); move it "
+                                "aside, nothing sent")
+
+
 def read_log(log: Path, competition: str) -> pd.DataFrame:
+    if log.exists() and not log.is_file():
+        raise PipelineError(f"{log}: is not a file; move it aside")
     if not log.is_file():
         return pd.DataFrame(columns=["date", "file", "message", "exp", "metric", "cv", "ci_low", "ci_high", "sha256"])
     try:
@@ -49,7 +66,7 @@ def read_log(log: Path, competition: str) -> pd.DataFrame:
     missing = {"date", "competition", "file", "message", "cv"} - set(table.columns)
     if missing:
         raise PipelineError(f"{log}: not the submissions table submit writes (missing {', '.join(sorted(missing))})")
-    table["date"] = pd.to_datetime(table["date"], utc=True, errors="coerce")
+    table["date"] = pd.to_datetime(table["date"], utc=True, errors="coerce", format="ISO8601")
     return table[table["competition"].astype(str) == competition].fillna({"message": "", "file": ""})
 
 
@@ -60,8 +77,8 @@ def match(kaggle: pd.DataFrame, local: pd.DataFrame) -> pd.DataFrame:
     for _, k in kaggle.iterrows():
         same = local[(local["file"] == k["file"]) & (local["message"] == k["message"]) & ~local.index.isin(used)]
         if len(same):
-            gap = (same["date"] - k["kaggle_date"]).abs() if k["kaggle_date"] is not pd.NaT else same["date"].rank()
-            best = gap.idxmin()
+            gap = (same["date"] - k["kaggle_date"]).abs() if not pd.isna(k["kaggle_date"]) else None
+            best = gap.idxmin() if gap is not None and gap.notna().any() else same.index[-1]  # no usable date: the latest
             used.add(best)
             rec = local.loc[best]
             out.append(k.to_dict() | {"exp": rec.get("exp", ""), "metric": rec.get("metric", ""),

@@ -20,7 +20,7 @@ from pipeline.config import Config, ExperimentConfig, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.inputs.spec import DataSpec
 from pipeline.experiment import CVSummary, experiment_dir
-from pipeline.intervals import overlaps_best, paired_difference
+from pipeline.intervals import paired_difference
 from pipeline.io import file_hash
 from pipeline.leaderboard import LOG, scores
 from pipeline.learners import learner_for
@@ -67,8 +67,9 @@ def against_best(weights_dir: Path, rows: pd.DataFrame, folds_path: str | None) 
     scored = rows[rows["cv"].notna()]
     if len(scored) < 2:
         return ["best" if c == c else "" for c in rows["cv"]]
-    best = scored["exp"].iloc[0]
-    near = overlaps_best(rows["cv"], rows["ci_low"], rows["ci_high"], bool(scored["higher"].iloc[0]))
+    complete = scored[[str(f).split("/")[0] == str(f).split("/")[-1] for f in scored["folds"]]]
+    best = (complete if len(complete) else scored)["exp"].iloc[0]  # an unfinished experiment is never the yardstick
+    near = _overlap(rows, best, bool(scored["higher"].iloc[0]))
     out = []
     for (_, row), close in zip(rows.iterrows(), near):
         if row["exp"] == best:
@@ -81,13 +82,22 @@ def against_best(weights_dir: Path, rows: pd.DataFrame, folds_path: str | None) 
     return out
 
 
+def _overlap(rows: pd.DataFrame, best: str, higher: bool) -> np.ndarray:
+    """Whether each experiment's interval reaches the given best's score, or the best's interval reaches its."""
+    b = rows[rows["exp"] == best].iloc[0]
+    reach = (rows["ci_high"] >= b["cv"]) if higher else (rows["ci_low"] <= b["cv"])
+    back = (b["ci_low"] <= rows["cv"]) if higher else (b["ci_high"] >= rows["cv"])
+    return (rows["cv"].notna() & (reach | back)).to_numpy()
+
+
 def _paired(weights_dir: Path, best: str, other: str, folds_path: str | None) -> str:
     """'-0.00210 [-0.00500, +0.00080] within noise', or '' when the two have no common OOF rows and folds."""
     try:
         preds, targets, _, task = read_oofs(weights_dir, (best, other))
     except PipelineError:
         return ""
-    groups = folds_groups(folds_path, experiment_config(experiment_dir(weights_dir, best)).folds_hash, len(targets))
+    config = experiment_config(experiment_dir(weights_dir, best))
+    groups = folds_groups(str(config.setting("folds_path") or folds_path), config.folds_hash, len(targets))
     d = paired_difference(preds[0], preds[1], targets, task, groups)
     verdict = "within noise" if d["low"] <= 0 <= d["high"] else ("ahead" if (d["difference"] > 0) == task.higher_is_better
                                                                    else "behind")

@@ -21,12 +21,12 @@ from pipeline.config import Config, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.folds import description_path, make_folds_command, read_description, read_folds
 from pipeline.kaggle_client import authenticated, call
-from pipeline.leaderboard import LOG, scores
+from pipeline.leaderboard import COLUMNS, LOG, check_log, scores
 from pipeline.tasks import Task
 
 FLAGS = ["submission", "message", "competition", "data", "dry_run", "exp", "weights_dir", "folds_path", "kernel",
          "version", "scores"]
-LOG_COLUMNS = ["date", "competition", "file", "sha256", "message", "exp", "metric", "cv", "ci_low", "ci_high", "kernel"]
+LOG_COLUMNS = COLUMNS
 
 
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, task: Task, where: str) -> None:
@@ -109,6 +109,7 @@ def run(cfg: Config):
             return
         if not cfg.message:
             raise PipelineError("-m/--message: a submission description is required (or use --dry-run)")
+        check_log(LOG)
         print(send_kernel(cfg.kernel, cfg.version, cfg.message, cfg.competition))
         record(LOG, cfg, None, [], "")
         return
@@ -125,6 +126,7 @@ def run(cfg: Config):
         return
     if not cfg.message:
         raise PipelineError("-m/--message: a submission description is required (or use --dry-run)")
+    check_log(LOG)
     print(send(path, cfg.message, cfg.competition))
     exps, weights_dir = _recorded_experiments(path)
     record(LOG, cfg, path, list(cfg.exp) or exps or [experiment_guess(path)], weights_dir or cfg.weights_dir)

@@ -13,7 +13,9 @@ and child runs; what a child already holds (its last logged epoch, asked of MLfl
 from __future__ import annotations
 
 import logging
+import os
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +42,8 @@ def check(backend: str) -> None:
 
 def _client(uri: str):
     check("mlflow")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a server that refuses: said at once, not in 4 min
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     for name in ("alembic", "mlflow", "sqlalchemy"):  # the store's migrations log a page on first use
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
@@ -64,10 +68,26 @@ def start(exp_dir: Path, backend: str, uri: str, name: str, group: str, params: 
         run = client.create_run(experiment, run_name=name, tags={"pipeline.exp_dir": str(exp_dir.resolve())})
         _log_params(client, run.info.run_id, params)
     except Exception as e:  # noqa: BLE001 - any store failure: one line, the training not started
-        raise PipelineError(f"--track mlflow: cannot use the store {uri} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        raise PipelineError(f"--track mlflow: cannot use the store {uri} ({type(e).__name__}: {_short(e)})") from None
     write_json({"backend": backend, "uri": uri, "experiment": experiment, "parent": run.info.run_id, "folds": {}},
                exp_dir / STATE)
+
+
+def _short(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _mirrored(step):
+    """sync and finish never stop a training: a store gone or a damaged record is a warning, the files stay whole."""
+    def guarded(exp_dir: Path, *args):
+        try:
+            return step(exp_dir, *args)
+        except Exception as e:  # noqa: BLE001 - the mirror, not the training, fails
+            print(f"warning: --track mlflow: {exp_dir / STATE}: {type(e).__name__}: {_short(e)}; the run goes on "
+                  "untracked (its files are complete; delete tracking.json to start new MLflow runs)", file=sys.stderr)
+    guarded.__doc__, guarded.__name__ = step.__doc__, step.__name__
+    return guarded
 
 
 def _exists(client, run_id: str) -> bool:
@@ -92,11 +112,13 @@ def _state(exp_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     state = read_json(path, "tracking record")
-    if not isinstance(state, dict) or not isinstance(state.get("folds", {}), dict):
+    if not isinstance(state, dict) or not isinstance(state.get("folds", {}), dict) or \
+            not all(isinstance(state.get(k), str) and state[k] for k in ("uri", "experiment", "parent")):
         raise PipelineError(f"{path}: damaged tracking record; delete it (a new MLflow run is then started)")
     return state
 
 
+@_mirrored
 def sync(exp_dir: Path) -> None:
     """Log every metrics.csv row the fold's child run lacks (call holding the experiment's tables lock); nothing
     without tracking.json."""
@@ -128,6 +150,7 @@ def sync(exp_dir: Path) -> None:
         write_json(state, exp_dir / STATE)
 
 
+@_mirrored
 def forget_fold(exp_dir: Path, k: int) -> None:
     """Fold k is trained again (--overwrite --fold k): its next epochs go to a new child run, the old one is left as
     it is in the store."""
@@ -143,6 +166,7 @@ def _finite(value) -> bool:
         return False
 
 
+@_mirrored
 def finish(exp_dir: Path, cv, complete_folds: list[int]) -> None:
     """The CV and its interval on the parent run, the report's figures and cv.json as its artifacts; the finished
     folds' child runs marked finished, the parent too when every fold is."""

@@ -94,8 +94,9 @@ def train_folds(job: Setup, devices: list[str], ranks: Ranks, on_epoch=None, dea
                   f"starting {max(1, len(todo))}")
             devices = devices[:max(1, len(todo))]
         if ranks.main:
-            write_json(job.resolved.to_dict(), exp_dir / "config.json")
+            exp_dir.mkdir(parents=True, exist_ok=True)
             tracking.start(exp_dir, cfg.track, cfg.track_uri, cfg.exp_name, data_name(cfg.data), job.resolved.to_dict())
+            write_json(job.resolved.to_dict(), exp_dir / "config.json")
             where = (f"{len(devices)} parallel fold processes on {', '.join(devices)}" if len(devices) > 1 else
                      f"{ranks.world} ranks (DistributedDataParallel)" if ranks.distributed else
                      f"device {device}{', %d GPUs' % torch.cuda.device_count() if device.type == 'cuda' else ''}")

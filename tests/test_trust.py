@@ -439,6 +439,32 @@ def test_overwrite_starts_new_runs(tmp_path, monkeypatch):
     assert len([r for r in found if "mlflow.parentRunId" not in r.data.tags]) == 2
 
 
+def test_a_damaged_tracking_record_warns_and_training_finishes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("quick.json").write_text(QUICK)
+    flags = ["--data", "sample-table", "--model", "lightgbm", "--gbm-params", "quick.json"]
+    assert make_folds.main(["--data", "sample-table", "--n-splits", "3"]) == 0
+    assert train.main([*flags, "--fold", "0", "--track", "mlflow", "--track-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    Path("weights/lightgbm/tracking.json").write_text('{"parent": "abc", "folds": {}}')
+    capsys.readouterr()
+    assert train.main([*flags, "--fold", "1", "--resume"]) == 0
+    assert "warning: --track mlflow: weights/lightgbm/tracking.json" in capsys.readouterr().err
+    assert sorted(pd.read_csv("weights/lightgbm/oof.csv")["fold"].unique()) == [0, 1]  # fold 1 kept
+
+
+def test_submit_refuses_a_foreign_submissions_table_before_sending(table_project, kaggle_env, monkeypatch, capsys):
+    monkeypatch.chdir(table_project)
+    log = Path("submissions/submissions.csv")
+    kept = log.read_bytes() if log.is_file() else None
+    log.write_text("my,own,notes\n1,2,3\n")
+    try:
+        with FakeKaggle() as server:
+            assert submit.main(["submissions/gbm.csv", "-m", "x", "--data", "sample-table", "--competition", "diabetes-hw"]) == 2
+        assert server.uploads == [] and "not the submissions table submit writes" in capsys.readouterr().err
+    finally:
+        log.write_bytes(kept) if kept is not None else log.unlink()
+
+
 def test_track_without_mlflow_is_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
