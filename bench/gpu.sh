@@ -20,7 +20,9 @@ if [ "${1:-}" = "--wheels" ]; then
   python3 -m pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
     --dest .whl $WHEELS
-  ls .whl
+  # the code dataset `python -m pipeline.remote` uploads, for the kernel item (needs the package index once)
+  ${PYTHON:-python3} -c "from pathlib import Path; from pipeline.remote import build; build.code_dataset(Path('.whl/code'), 'bench/pipeline-code')"
+  ls .whl .whl/code
   exit 0
 fi
 

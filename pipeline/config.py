@@ -59,7 +59,7 @@ class Config:
     gbm_params: str = ""  # lightgbm, catboost, xgboost: JSON/YAML file of the library's parameters over the pipeline's defaults (LightGBM: learning_rate 0.05, num_leaves 31, ...)
     seeds: int = 1  # table learners: fit each fold N times with different seeds and average them (OOF and test), 1..100
     # training
-    fold: str = "all"  # 'all', one fold index 0..n_splits-1, or 'full' (every row, no validation: full.pth, no CV)
+    fold: str = "all"  # 'all', one fold index 0..n_splits-1, several joined by commas (0,1), or 'full' (every row, no validation: full.pth, no CV)
     epochs: int = 15  # passes over the fold's training rows, >= 1
     batch_size: int = 0  # rows per optimizer step (images, table rows, utterances or frames); 0 = auto: the largest of 256/128/64/32 giving >= 16 steps an epoch
     lr: float = 3e-3  # peak learning rate after warmup, > 0
@@ -126,6 +126,12 @@ class Config:
     dataset: str = ""  # export: the weights dataset's id USER/SLUG ('' = <kaggle username>/<experiments>-weights); the code dataset is USER/<slug>-code, the notebook USER/<slug>-inference
     push: bool = False  # export: create or version the two datasets and push the notebook with the kaggle client
     export_dir: str = "export"  # export: where the datasets and the notebook are built (git-ignored)
+    # remote (train on Kaggle's GPUs)
+    accelerator: str = "T4x2"  # remote: the Kaggle machine the kernel trains on: T4x2 (two T4s, folds in parallel, fp16 with a scaler) | P100 (retired by Kaggle: runs on T4x2)
+    attach: bool = False  # remote: watch the kernel pushed last for this experiment (after Ctrl-C) and install its outputs; pushes nothing
+    poll: float = 15.0  # remote: seconds before the first status check, growing 1.5x per check to at most 5 minutes, > 0
+    hours: float = 11.5  # remote: hours of training per kernel run; the kernel then stops and keeps its epoch snapshots for --resume (Kaggle ends a session at 12), > 0
+    remote_dir: str = "remote"  # remote: where the code and run datasets, the kernel and the downloaded outputs are kept (git-ignored)
 
     def __post_init__(self):
         for problem in _problems(self):
@@ -137,15 +143,15 @@ class Config:
         return self.exp[0] if self.exp else self.model
 
     def fold_ids(self, n_splits: int) -> list[int]:
-        """The folds to train: all of them, or the one named by --fold."""
+        """The folds to train: all of them, or those named by --fold (in the order given)."""
         if self.fold == "all":
             return list(range(n_splits))
         if self.fold == "full":
             return []
-        k = int(self.fold)
-        if k >= n_splits:
-            raise PipelineError(f"--fold: must be 'all' or 0..{n_splits - 1} (the folds file has {n_splits}), got {k}")
-        return [k]
+        ks = [int(k) for k in self.fold.split(",")]
+        if max(ks) >= n_splits:
+            raise PipelineError(f"--fold: must be 'all' or 0..{n_splits - 1} (the folds file has {n_splits}), got {max(ks)}")
+        return ks
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; anything over 1 MiB is not one
@@ -164,8 +170,10 @@ RULES = {  # field -> (test, rule text)
     "n_splits": (lambda v: 2 <= v <= 20, "must be 2..20"),
     "seed": (lambda v: 0 <= v < 2**31, "must be 0..2147483647"),
     "img_size": (lambda v: 16 <= v <= 512, "must be 16..512"),
-    "fold": (lambda v: v in ("all", "full") or (re.fullmatch(r"[0-9]{1,2}", v) is not None and int(v) < 20),
-             "must be 'all', 'full' or a fold index 0..n_splits-1"),
+    "fold": (lambda v: v in ("all", "full") or (re.fullmatch(r"[0-9]{1,2}(,[0-9]{1,2})*", v) is not None
+                                                 and all(int(k) < 20 for k in v.split(","))
+                                                 and len(set(map(int, v.split(",")))) == len(v.split(","))),
+             "must be 'all', 'full' or a fold index 0..n_splits-1 (several: distinct indices joined by commas, 0,1)"),
     "epochs": (lambda v: 1 <= v <= 10_000, "must be 1..10000"),
     "batch_size": (lambda v: v == 0 or 2 <= v <= 65_536, "must be 0 (auto) or 2..65536"),
     "lr": (lambda v: 0 < v < 10, "must be > 0 (and < 10)"),
@@ -182,6 +190,9 @@ RULES = {  # field -> (test, rule text)
     "scale": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "shift": (lambda v: 0 <= v <= 0.5, "must be 0..0.5"),
     "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
+    "accelerator": (lambda v: v in ("T4x2", "P100"), "must be T4x2 or P100"),
+    "poll": (lambda v: 0 < v <= 3600, "must be > 0 seconds (and at most 3600)"),
+    "hours": (lambda v: 0 < v <= 12, "must be > 0 and at most 12 (Kaggle's session limit)"),
     "gpus": (lambda v: v == "" or re.fullmatch(r"(cpu|\d{1,2})(,(cpu|\d{1,2})){0,63}", v) is not None,
              "must be a comma-separated list of GPU indices or cpu, e.g. 0,1,2,3 or cpu,cpu"),
     "lr_scale": (lambda v: v in ("none", "linear"), "must be none or linear"),
@@ -515,3 +526,17 @@ class ExperimentConfig:
 def to_dict(cfg: Config) -> dict:
     """JSON-ready dict of the config (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+PATH_FIELDS = ("data", "folds_path", "weights_dir", "cache_dir", "gbm_params", "pretrained_path", "out", "aug")
+
+
+def without_local_paths(config: dict) -> dict:
+    """An experiment's config.json as exported: absolute paths cut to their file name (a recipe's own
+    names and relative paths are kept).
+
+    >>> without_local_paths({"data": "/home/me/comp", "folds_path": "folds/folds.csv", "aug": "digits", "lr": 0.1})
+    {'data': 'comp', 'folds_path': 'folds/folds.csv', 'aug': 'digits', 'lr': 0.1}
+    """
+    return {k: Path(v).name if k in PATH_FIELDS and isinstance(v, str) and Path(v).is_absolute() else v
+            for k, v in config.items()}

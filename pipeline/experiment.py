@@ -336,7 +336,7 @@ def prepare(exp_dir: Path, config: ExperimentConfig, folds: list[int], resume: b
         raise PipelineError(f"{'--resume' if resume else '--overwrite --fold ' + ','.join(map(str, folds))}: {exp_dir} "
                             "has no config.json, so which folds file and recipe its folds used is unknown; retrain "
                             "every fold with --overwrite --fold all, or use another --exp")
-    changed = [f for f in RECIPE + RESOLVED + DATA_IDENTITY if _saved(saved, f) != config.setting(f)]
+    changed = changed_fields(saved, config)
     stale = other_folds_hash(exp_dir, config.folds_hash, folds if overwrite else [])
     if stale and "folds_hash" not in changed:  # config.json says one folds file, a kept checkpoint another
         changed, saved = ["folds_hash", *changed], saved | {"folds_hash": stale}
@@ -366,7 +366,7 @@ def prepare(exp_dir: Path, config: ExperimentConfig, folds: list[int], resume: b
 def prepare_full(exp_dir: Path, config: ExperimentConfig, overwrite: bool) -> None:
     """--fold full joins an experiment only with the same recipe and data; an existing full.pth needs --overwrite."""
     saved = read_json(exp_dir / "config.json", "experiment config") if (exp_dir / "config.json").exists() else None
-    changed = [f for f in RECIPE + RESOLVED + DATA_IDENTITY if saved is not None and _saved(saved, f) != config.setting(f)]
+    changed = changed_fields(saved, config) if saved is not None else []
     if changed:
         raise PipelineError(f"--fold full: {exp_dir}'s folds were trained with {_what(changed[0])}="
                             f"{saved.get(changed[0])!r}, this run has {config.setting(changed[0])!r}; the full-data model "
@@ -387,6 +387,12 @@ def other_folds_hash(exp_dir: Path, folds_hash: str, retrained: list[int]) -> st
             if found != folds_hash:
                 return str(found)
     return None
+
+
+def changed_fields(saved: dict, config: ExperimentConfig) -> list[str]:
+    """The recipe and data fields in which an experiment's saved config.json and `config` differ: one experiment holds
+    one recipe and one folds file."""
+    return [f for f in RECIPE + RESOLVED + DATA_IDENTITY if _saved(saved, f) != config.setting(f)]
 
 
 def _saved(saved: dict, field: str):

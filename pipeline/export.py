@@ -18,9 +18,7 @@ its address and the command that submits it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -30,54 +28,19 @@ from pathlib import Path
 import pipeline
 from pipeline import infer, predict
 from pipeline.io import write_json
-from pipeline.config import Config, flag, make_config, parse_stage
+from pipeline.kaggle_client import default_slug, exists, kaggle_username, upload_dataset  # noqa: F401 - export's names
+from pipeline.wheels import KAGGLE_IMAGE, code_dataset, repo_root, requirement_name, shipped_requirements  # noqa: F401
+from pipeline.config import PATH_FIELDS, Config, flag, make_config, parse_stage, without_local_paths  # noqa: F401
 from pipeline.errors import PipelineError, main_guard
 from pipeline.experiment import ARTIFACTS, experiment_dir, oof_parts
 
 FLAGS = ["exp", "weights_dir", "data", "ensemble", "tta", "tta_preset", "with_full", "precision", "competition",
          "dataset", "push", "export_dir", "message", "device", "cache_dir"]
 
-# The one list of what the Kaggle GPU image already has (import names as pip knows them); every other
-# dependency of the pipeline is shipped as a wheel in the code dataset.
-KAGGLE_IMAGE = {"torch", "torchvision", "timm", "scikit-learn", "pandas", "numpy", "albumentations", "kaggle", "six", "lightgbm",
-                "tqdm", "matplotlib", "pyyaml", "pillow"}
 MANIFEST = "export.json"  # what an export folder holds; only a folder holding the same experiments is replaced
 LEGACY_MARKER = ".pipeline-export"  # what exports made before the manifest hold instead
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "kaggle_inference.ipynb"
 SETTINGS_CELL = "# settings: written by `python -m pipeline.export`"
-
-
-def shipped_requirements() -> list[str]:
-    """The pipeline's dependencies (pyproject.toml) the Kaggle image lacks, as requirement strings."""
-    import tomllib
-
-    project = tomllib.loads((repo_root() / "pyproject.toml").read_text())["project"]
-    return [r for r in project["dependencies"] if requirement_name(r) not in KAGGLE_IMAGE]
-
-
-def requirement_name(requirement: str) -> str:
-    """'ttach>=0.0.3  # comment' -> 'ttach' (normalised as pip does: lower case, - for _ and .).
-
-    >>> requirement_name("Iterative_Stratification>=0.1.7")
-    'iterative-stratification'
-    """
-    return re.sub(r"[-_.]+", "-", re.match(r"\s*([A-Za-z0-9_.-]+)", requirement).group(1)).lower()
-
-
-def repo_root() -> Path:
-    root = Path(pipeline.__file__).resolve().parent.parent
-    if not (root / "pyproject.toml").is_file():
-        raise PipelineError(f"export: builds the code from a source checkout (pyproject.toml beside pipeline/); "
-                            f"{root} has none. Run it from the cloned repository (pip install -e .)")
-    return root
-
-
-def pip(*args: str, what: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
-    if done.returncode:
-        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise PipelineError(f"export: {what} failed (pip: {last[0][:160]}); pip needs the package index once to "
-                            "fetch the wheels")
 
 
 def names(cfg: Config) -> tuple[str, str, str]:
@@ -89,44 +52,11 @@ def names(cfg: Config) -> tuple[str, str, str]:
     return kaggle_username(), default_slug(cfg.exp), cfg.competition
 
 
-def default_slug(exps: tuple[str, ...]) -> str:
-    """The weights dataset's slug: the names and -weights when they read back exactly, else a readable prefix and
-    a hash of the exact names, so that e2/E2 or (a, b_c)/(a_b, c) never share a folder or a Kaggle dataset.
-    Always 9-40 lower-case letters, digits and single dashes (what --dataset accepts).
-
-    >>> default_slug(("r50", "effb3")), default_slug(("E2",))
-    ('r50-effb3-weights', 'e2-713a5bb2-weights')
-    """
-    joined = "-".join(exps)
-    # Dash-free lower-case names joined by dashes split back into themselves. A name of 8 hex digits takes the
-    # hashed form, whose part before -weights is always 8 hex digits: the two forms cannot meet.
-    if len(joined) <= 32 and all(re.fullmatch(r"[a-z0-9]+", e) and not re.fullmatch(r"[0-9a-f]{8}", e) for e in exps):
-        return f"{joined}-weights"
-    readable = re.sub(r"[^a-z0-9]+", "-", joined.lower()).strip("-")[:23].strip("-")
-    digest = hashlib.sha256("\0".join(exps).encode()).hexdigest()[:8]  # names hold no NUL: one text per tuple
-    return "-".join(part for part in (readable, digest, "weights") if part)
-
-
 def check_distinct(exps: tuple[str, ...]) -> None:
     """A blend of an experiment with itself would weigh it twice and ship one folder for two names."""
     twice = next((e for i, e in enumerate(exps) if e in exps[:i]), None)
     if twice:
         raise PipelineError(f"{flag('exp')}: {twice} is named twice; a blend takes each experiment once")
-
-
-def kaggle_username() -> str:
-    """The username the kaggle client would use (KAGGLE_USERNAME, or ~/.kaggle/kaggle.json), else a placeholder
-    that --push refuses."""
-    import os
-
-    user = os.environ.get("KAGGLE_USERNAME")
-    config = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
-    if not user and config.is_file():
-        try:
-            user = json.loads(config.read_text()).get("username")
-        except (ValueError, OSError):
-            user = None
-    return user or "your-kaggle-username"
 
 
 PARTS = ("weights", "code", "kernel", "check")  # the folders an export writes, and replaces the next time
@@ -201,20 +131,6 @@ def experiment_files(cfg: Config) -> dict[str, list[Path]]:
     return files
 
 
-PATH_FIELDS = ("data", "folds_path", "weights_dir", "cache_dir", "gbm_params", "pretrained_path", "out", "aug")
-
-
-def without_local_paths(config: dict) -> dict:
-    """An experiment's config.json as exported: absolute paths cut to their file name (a recipe's own
-    names and relative paths are kept).
-
-    >>> without_local_paths({"data": "/home/me/comp", "folds_path": "folds/folds.csv", "aug": "digits", "lr": 0.1})
-    {'data': 'comp', 'folds_path': 'folds/folds.csv', 'aug': 'digits', 'lr': 0.1}
-    """
-    return {k: Path(v).name if k in PATH_FIELDS and isinstance(v, str) and Path(v).is_absolute() else v
-            for k, v in config.items()}
-
-
 def weights_dataset(cfg: Config, files: dict[str, list[Path]], out: Path, dataset_id: str) -> list[Path]:
     """Each experiment's checked files and the blend file, copied; dataset-metadata.json."""
     copied = []
@@ -237,31 +153,6 @@ def weights_dataset(cfg: Config, files: dict[str, list[Path]], out: Path, datase
                 "description": "Fold checkpoints, config.json, cv.json and oof.csv written by pipeline.train."}
     (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return copied
-
-
-def code_dataset(out: Path, dataset_id: str) -> list[str]:
-    """The pipeline wheel and the wheels of its dependencies the Kaggle image lacks; requirements.txt pins them."""
-    import tempfile
-
-    root = repo_root()
-    with tempfile.TemporaryDirectory() as tmp:  # built from a clean copy: no build/ left in the checkout
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(root / name, Path(tmp) / name)
-        shutil.copytree(root / "pipeline", Path(tmp) / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-        pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), tmp, what="building the pipeline wheel")
-    wanted = shipped_requirements()
-    if wanted:
-        pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(out), *wanted,
-            what=f"downloading the wheels of {', '.join(requirement_name(r) for r in wanted)}")
-    pins = []
-    for wheel in sorted(out.glob("*.whl")):
-        name, version = wheel.name.split("-")[:2]
-        pins.append(f"{requirement_name(name)}=={version}")
-    (out / "requirements.txt").write_text("\n".join(pins) + "\n")
-    metadata = {"title": dataset_id.split("/")[1][:50], "id": dataset_id, "licenses": [{"name": "CC0-1.0"}],
-                "subtitle": "pipeline code and the wheels Kaggle lacks"}
-    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    return pins
 
 
 def settings(cfg: Config) -> dict:
@@ -389,18 +280,7 @@ def push(api, root: Path, ids: dict, competition: str, notes: str) -> None:
     from pipeline.kaggle_client import call
 
     for part in ("weights", "code"):
-        folder, dataset_id = str(root / part), ids[part]
-        if exists(api, dataset_id, competition):
-            response = call(f"dataset version {dataset_id}", competition, api.dataset_create_version, folder, notes,
-                            quiet=True, dir_mode="zip")
-            done = "new version of"
-        else:
-            response = call(f"dataset {dataset_id}", competition, api.dataset_create_new, folder, public=False,
-                            quiet=True, dir_mode="zip")
-            done = "created"
-        if getattr(response, "error", None):
-            raise PipelineError(f"kaggle: dataset {dataset_id}: {response.error}")
-        print(f"kaggle: {done} dataset {dataset_id}")
+        upload_dataset(api, root / part, ids[part], competition, notes)
     response = call(f"notebook {ids['kernel']}", competition, api.kernels_push, str(root / "kernel"))
     if getattr(response, "error", None):
         raise PipelineError(f"kaggle: notebook {ids['kernel']}: {response.error}")
@@ -409,21 +289,6 @@ def push(api, root: Path, ids: dict, competition: str, notes: str) -> None:
     print(f"kaggle: pushed notebook {ids['kernel']} version {version}: {url}\n"
           f"when it has run, submit it: python -m pipeline.submit --kernel {ids['kernel']} --version {version} "
           f"--competition {competition} -m \"...\"")
-
-
-def exists(api, dataset_id: str, competition: str) -> bool:
-    import requests
-
-    try:
-        api.dataset_status(dataset_id)
-        return True
-    except requests.exceptions.HTTPError as e:
-        if e.response is not None and e.response.status_code == 404:
-            return False
-        from pipeline.kaggle_client import explain
-
-        raise PipelineError(explain(e.response.status_code if e.response is not None else None, competition, str(e),
-                                    f"dataset {dataset_id}")) from None
 
 
 def main(argv=None) -> int:

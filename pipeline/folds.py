@@ -107,3 +107,16 @@ def read_folds(path: str, train_hash: str, n_rows: int, data: str = DEFAULT_DATA
             raise PipelineError(f"{path}: row {row + 1}: group must be a whole number, found {str(df['group'].iloc[row])!r}; "
                                 f"remake it with: {remake}")
     return Folds(folds.astype(np.int64), n_splits, file_hash(raw), None if groups is None else groups.astype(np.int64))
+
+
+def folds_groups(folds_path: str | None, folds_hash: str, rows: int) -> np.ndarray | None:
+    """The folds file's groups when it is the one the experiments were trained on (same hash) and recorded them."""
+    if not folds_path or not Path(folds_path).is_file() or file_hash(Path(folds_path).read_bytes()) != folds_hash:
+        return None
+    try:
+        frame = pd.read_csv(folds_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    if "group" not in frame.columns or len(frame) != rows:
+        return None
+    return frame["group"].to_numpy()

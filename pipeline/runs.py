@@ -20,8 +20,8 @@ from pipeline.config import Config, ExperimentConfig, parse_config
 from pipeline.errors import PipelineError, main_guard
 from pipeline.inputs.spec import DataSpec
 from pipeline.experiment import CVSummary, experiment_dir
+from pipeline.folds import folds_groups
 from pipeline.intervals import paired_difference
-from pipeline.io import file_hash
 from pipeline.leaderboard import LOG, scores
 from pipeline.learners import learner_for
 from pipeline.predict import experiment_config, read_oofs
@@ -102,19 +102,6 @@ def _paired(weights_dir: Path, best: str, other: str, folds_path: str | None) ->
     verdict = "within noise" if d["low"] <= 0 <= d["high"] else ("ahead" if (d["difference"] > 0) == task.higher_is_better
                                                                    else "behind")
     return f"{d['difference']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}] {verdict}"
-
-
-def folds_groups(folds_path: str | None, folds_hash: str, rows: int) -> np.ndarray | None:
-    """The folds file's groups when it is the one the experiments were trained on (same hash) and recorded them."""
-    if not folds_path or not Path(folds_path).is_file() or file_hash(Path(folds_path).read_bytes()) != folds_hash:
-        return None
-    try:
-        frame = pd.read_csv(folds_path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return None
-    if "group" not in frame.columns or len(frame) != rows:
-        return None
-    return frame["group"].to_numpy()
 
 
 def group_of(config: ExperimentConfig, where: str) -> str:

@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.remote import main
+
+sys.exit(main())
