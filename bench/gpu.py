@@ -182,6 +182,7 @@ def kernel() -> None:
     import shutil
     import zipfile
 
+    from pipeline import wheels
     from pipeline.config import make_config
     from pipeline.remote import build
 
@@ -193,8 +194,11 @@ def kernel() -> None:
     inputs, working = root / "input", root / "working"
     working.mkdir(parents=True)
     code = Path(".whl/code")
-    if SMOKE and not (code / "code.json").is_file():
-        build.code_dataset(code, "bench/pipeline-code")
+    if SMOKE:
+        build.code_dataset(code, "bench/pipeline-code")  # remade when the sources changed
+    elif not (code / "code.json").is_file() or \
+            json.loads((code / "code.json").read_text())["hash"] != wheels.content_hash(wheels.sources()):
+        raise RuntimeError(".whl/code is missing or of other sources: make it with bash bench/gpu.sh --wheels")
     shutil.copytree(code, inputs / "pipeline-code")
     cfg = make_config({"data": DIGITS, "folds_path": str(folds), "exp": ["gpu_kernel"],
                        **({"epochs": 1} if SMOKE else {})})

@@ -130,7 +130,7 @@ class Config:
     accelerator: str = "T4x2"  # remote: the Kaggle machine the kernel trains on: T4x2 (two T4s, folds in parallel, fp16 with a scaler) | P100 (retired by Kaggle: runs on T4x2)
     attach: bool = False  # remote: watch the kernel pushed last for this experiment (after Ctrl-C) and install its outputs; pushes nothing
     poll: float = 15.0  # remote: seconds before the first status check, growing 1.5x per check to at most 5 minutes, > 0
-    hours: float = 11.5  # remote: hours of training per kernel run; the kernel then stops and keeps its epoch snapshots for --resume (Kaggle ends a session at 12), > 0
+    hours: float = 11.5  # remote: hours per kernel run (from its start); training then stops and keeps its epoch snapshots for --resume (Kaggle ends a session at 12), 0 < x <= 11.5
     remote_dir: str = "remote"  # remote: where the code and run datasets, the kernel and the downloaded outputs are kept (git-ignored)
 
     def __post_init__(self):
@@ -192,7 +192,7 @@ RULES = {  # field -> (test, rule text)
     "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
     "accelerator": (lambda v: v in ("T4x2", "P100"), "must be T4x2 or P100"),
     "poll": (lambda v: 0 < v <= 3600, "must be > 0 seconds (and at most 3600)"),
-    "hours": (lambda v: 0 < v <= 12, "must be > 0 and at most 12 (Kaggle's session limit)"),
+    "hours": (lambda v: 0 < v <= 11.5, "must be > 0 and at most 11.5 (Kaggle ends a session at 12, and the kernel needs minutes to install, stop and save)"),
     "gpus": (lambda v: v == "" or re.fullmatch(r"(cpu|\d{1,2})(,(cpu|\d{1,2})){0,63}", v) is not None,
              "must be a comma-separated list of GPU indices or cpu, e.g. 0,1,2,3 or cpu,cpu"),
     "lr_scale": (lambda v: v in ("none", "linear"), "must be none or linear"),

@@ -39,6 +39,8 @@ def call(what: str, competition: str, fn, *args, **kwargs):
         raise PipelineError(explain(status, competition, str(e), what)) from None
     except requests.exceptions.ConnectionError:
         raise PipelineError(f"kaggle: cannot reach the Kaggle API (no network?); {what} not done, try again later") from None
+    except ValueError as e:  # the client's own refusals (a 401/403 on a kernel it words itself, a bad name)
+        raise PipelineError(f"kaggle: {what}: {str(e).splitlines()[0][:200] if str(e) else 'refused'}") from None
 
 
 def explain(status: int | None, competition: str, detail: str, what: str = "submission") -> str:

@@ -16,7 +16,7 @@ import pytest
 from fake_kaggle import FakeKaggle
 from pipeline import infer, make_folds, train
 from pipeline import remote
-from pipeline.remote import build, kernel
+from pipeline.remote import build, install, kernel
 
 SAMPLE = ["--data", "sample", "--epochs", "1", "--poll", "0.05"]
 
@@ -42,8 +42,9 @@ def project(shared, tmp_path, monkeypatch, kaggle_env):
     return tmp_path
 
 
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
+def error_line(capsys, err: str | None = None) -> str:
+    """The last line of stderr (read from capsys unless given): `error: ...`, and no traceback anywhere."""
+    err = (capsys.readouterr().err if err is None else err).strip().splitlines()
     assert err and err[-1].startswith("error: ") and not any("Traceback" in line for line in err), err
     return err[-1]
 
@@ -104,6 +105,20 @@ def test_refusals_come_before_anything_is_uploaded(project, monkeypatch, capsys)
         assert error_line(capsys) == "error: kaggle: kernel alice/no-train refused: Maximum weekly GPU quota reached"
     assert not (project / "weights/no").exists() and not (project / "remote/no-train/state.json").exists()
 
+    record = project / "remote/gone-train/state.json"  # a version Kaggle no longer has (deleted on kaggle.com)
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"kernel": "alice/gone-train", "version": 9, "exp": "gone", "folds": [0],
+                                  "run_hash": "x", "train": {}}))
+    with FakeKaggle():
+        assert remote.main([*SAMPLE, "--exp", "gone", "--attach"]) == 2
+        assert error_line(capsys) == ("error: kaggle: alice/gone-train/9 not found on Kaggle (deleted?); push a fresh "
+                                      "run with: python -m pipeline.remote --data sample --epochs 1 --exp gone --poll 0.05")
+        assert "not found on Kaggle" in json.loads(record.read_text())["refused"]
+        record.write_text('{"kernel": "alice/gone-train"}')
+        assert remote.main([*SAMPLE, "--exp", "gone", "--attach"]) == 2
+        assert "remote/gone-train/state.json: damaged, --attach reads it; remove it (rm remote/gone-train/state.json)" \
+            in error_line(capsys)
+
 
 def test_a_failed_kernel_shows_its_log_and_the_command_to_retry(project, monkeypatch, capsys):
     built = build.code_dataset
@@ -123,6 +138,12 @@ def test_ctrl_c_then_attach_installs_folds_beside_local_ones_and_damaged_outputs
                                                                                            monkeypatch, capsys):
     assert train.main(["--data", "sample", "--epochs", "1", "--exp", "split", "--fold", "2,3,4"]) == 0
     args = [*SAMPLE, "--exp", "split", "--folds", "0,1"]  # the two other folds there
+    with FakeKaggle() as server:  # refused before any upload: another recipe, a fold trained here
+        assert remote.main([*args, "--lr", "0.001"]) == 2
+        assert "weights/split: its folds were trained with lr=0.003, the kernel would train with 0.001" in error_line(capsys)
+        assert remote.main([*SAMPLE, "--exp", "split", "--folds", "1,2"]) == 2
+        assert "weights/split: fold(s) 2 trained (or begun) here already; add --overwrite" in error_line(capsys)
+    assert server.datasets == {} and server.kernels == {}
 
     def ctrl_c(seconds):
         raise KeyboardInterrupt
@@ -138,9 +159,23 @@ def test_ctrl_c_then_attach_installs_folds_beside_local_ones_and_damaged_outputs
         assert f"alice/split-train/1 keeps running on Kaggle. Pick it up with: {attach}" in capsys.readouterr().err
         assert server.runs[("split-train", 1)]["status"] == "QUEUED"
         assert remote.main(args) == 2  # the same command again would spend GPU hours twice
-        assert f"kaggle: alice/split-train version 1 is still queued; pick it up with: {attach}" in error_line(capsys)
+        assert f"kaggle: alice/split-train/1 is still queued; pick it up with: {attach}" in error_line(capsys)
         server.gate.set()
-        assert remote.main([*args, "--attach"]) == 0
+        copies = []
+
+        def killed_on_the_second_copy(*a):  # a kill -9 halfway through the install
+            copies.append(a)
+            if len(copies) == 2:
+                raise KeyboardInterrupt
+            return copy(*a)
+
+        copy = install._copy
+        with monkeypatch.context() as mp:
+            mp.setattr(install, "_copy", killed_on_the_second_copy)
+            assert remote.main([*args, "--attach"]) == 130
+        assert json.loads((project / "remote/split-train/state.json").read_text())["installing"] is True
+        assert (project / "weights/split/fold0.pth").is_file() and not (project / "weights/split/fold1.pth").exists()
+        assert remote.main([*args, "--attach"]) == 0  # installs again over its own half copy
         assert remote.main([*args, "--attach"]) == 0
         assert "alice/split-train version 1 is installed already" in capsys.readouterr().out
         assert len(server.kernels["alice/split-train"]) == 1  # attached: nothing pushed again
@@ -163,10 +198,14 @@ def test_ctrl_c_then_attach_installs_folds_beside_local_ones_and_damaged_outputs
         state = project / "remote2/split-train/state.json"
         state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "installed"}))
 
-        model.unlink()  # a file the kernel listed is not served
-        assert remote.main(attach) == 2
+        model.unlink()  # a file the kernel listed is not served; the plain command installs a finished version
+        assert remote.main([*args, "--weights-dir", "other", "--remote-dir", "remote2"]) == 2
+        said = capsys.readouterr()
+        assert "alice/split-train/1 finished and was never installed: installing it (no new run)" in said.out
         assert "weights/split/fold0.pth: listed by the kernel (remote.json) but not among the downloaded outputs" \
-            in error_line(capsys)
+            in error_line(capsys, said.err)
+        assert "fold0.pth: listed" in json.loads(state.read_text())["refused"]  # the next plain command pushes anew
+        assert len(server.kernels["alice/split-train"]) == 1
         model.write_bytes(kept[0][:-10] + b"0123456789")  # served damaged
         assert remote.main(attach) == 2
         assert "fold0.pth: sha256 differs from the kernel's" in error_line(capsys)

@@ -22,7 +22,9 @@ SCRIPT = Path(__file__).with_name("kaggle_train.py")
 SETTINGS = ("# settings: written by `python -m pipeline.remote`", "# end of settings")
 MACHINES = {"T4x2": "NvidiaTeslaT4", "P100": "NvidiaTeslaP100"}  # kernel-metadata.json's machine_shape
 SHIPPED = ("gbm_params", "pretrained_path", "aug")  # flags naming a local file the kernel needs: copied into the run
-NOT_REMOTE = {"track": "", "track_uri": "", "report": False, "resume": False, "overwrite": False, "device": "auto"}
+# train flags the kernel sets itself: no tracker or report there, a fresh folder, its own devices (--gpus 0,1 on two GPUs)
+NOT_REMOTE = {"track": "", "track_uri": "", "report": False, "resume": False, "overwrite": False, "device": "auto",
+              "gpus": ""}
 
 
 def code_dataset(folder: Path, dataset_id: str) -> tuple[str, bool]:
@@ -56,7 +58,8 @@ def kernel_data(data: str) -> str:
 
 def train_values(cfg: Config) -> dict:
     """train.json: the train flags of this run as the kernel passes them (--config), paths set there."""
-    values = {k: v for k, v in to_dict(cfg).items() if k in TRAIN_FLAGS} | NOT_REMOTE
+    here = ("weights_dir", "cache_dir")  # where this machine keeps them; the kernel sets its own
+    values = {k: v for k, v in to_dict(cfg).items() if k in TRAIN_FLAGS and k not in here} | NOT_REMOTE
     return without_local_paths(values) | {"exp": [cfg.exp_name]}  # no /home/me/... leaves this machine
 
 

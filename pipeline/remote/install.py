@@ -15,6 +15,7 @@ from pipeline.experiment import ARTIFACTS, RECIPE
 from pipeline.folds import folds_groups, read_description
 from pipeline.io import file_hash, read_json, write_csv, write_json
 from pipeline.predict import model_suffix
+from pipeline.remote.build import SHIPPED
 from pipeline.inputs.spec import DataSpec
 
 TABLES = {"oof.csv": ["id"], "oof_tta.csv": ["id"], "metrics.csv": ["fold", "epoch"],  # rows kept per fold, sorted by
@@ -36,7 +37,11 @@ def manifest(out: Path, run_hash: str) -> dict:
     if not path.is_file():
         raise PipelineError(f"{path}: missing; the kernel did not reach its end (see its log above)")
     found = read_json(path, "kernel manifest")
-    if found.get("run_hash") != run_hash or not isinstance(found.get("files"), dict):
+    files = found.get("files")
+    if not isinstance(files, dict) or not all(isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d)
+                                              for d in files.values()):
+        raise PipelineError(f"{path}: damaged (files must map each output to its sha256); download again with --attach")
+    if found.get("run_hash") != run_hash:
         raise PipelineError(f"{path}: written for run {str(found.get('run_hash'))[:12]}, this push is {run_hash[:12]}; "
                             "these outputs are not of the pushed config")
     for rel, digest in found["files"].items():
@@ -75,40 +80,69 @@ def finished(exp_src: Path, config: dict, files: dict, folds: list[int]) -> list
     return [k for k in folds if k in done and f"{prefix}/fold{k}{suffix}" in files]
 
 
-def install(exp_src: Path, config: dict, files: list[str], folds: list[int], cfg: Config) -> Path:
-    """Copy the kernel's folds into weights/<exp>/ under its lock: the whole folder when it holds no other folds,
-    else fold by fold beside the local ones (same recipe and folds, a fold trained both places only with
-    --overwrite), the CV then computed over every fold there."""
+def check_local(dst: Path, pushed: dict, folds: list[int], n_splits: int, overwrite: bool, folds_path: str) -> None:
+    """Before anything is uploaded: the kernel's folds can join weights/<exp>/ (none of them there already unless
+    --overwrite; the other folds there of the recipe and folds file pushed, unless --overwrite replaces them all)."""
+    if clash := clashes(dst, folds):
+        if not overwrite:
+            raise PipelineError(f"{dst}: fold(s) {', '.join(map(str, clash))} trained (or begun) here already; add "
+                                "--overwrite to replace them with the kernel's, or use another --exp; nothing was uploaded")
+    if (overwrite and len(folds) == n_splits) or not (dst / "config.json").is_file() or not experiment.done_folds(dst):
+        return
+    local = read_json(dst / "config.json", "experiment config")
+    differ = [f for f in RECIPE if f in pushed and f not in SHIPPED and local.get(f, pushed[f]) != pushed[f]
+              and not (f == "batch_size" and pushed[f] == 0)]
+    if not differ and local.get("folds_hash") not in (None, file_hash(Path(folds_path).read_bytes())):
+        differ = ["folds_hash"]
+    if differ:
+        f = differ[0]
+        raise PipelineError(f"{dst}: its folds were trained with {f}={local.get(f)!r}, the kernel would train with "
+                            f"{pushed.get(f, 'the folds file ' + folds_path)!r}; one experiment holds one recipe and "
+                            "one folds file: use the same flags, --overwrite --fold all, or another --exp; nothing was "
+                            "uploaded")
+
+
+def install(exp_src: Path, config: dict, files: list[str], folds: list[int], cfg: Config, overwrite: bool) -> Path:
+    """Copy the kernel's folds into weights/<exp>/ under its lock: the whole folder when it holds no other folds (or
+    --overwrite replaces them all), else fold by fold beside the local ones (same recipe and folds, a fold trained
+    both places only with --overwrite), the CV then computed over every fold there. config.json and cv.json are
+    written last: a kill on the way leaves no experiment that looks finished."""
     dst = experiment.experiment_dir(cfg.weights_dir, cfg.exp_name)
     dst.mkdir(parents=True, exist_ok=True)
     theirs = ExperimentConfig.from_dict(config, str(exp_src / "config.json"))
     with experiment.locked(dst):
+        others = (set(experiment.done_folds(dst)) | begun(dst)) - set(folds)  # a local fold's work is never removed
+        whole = not others or (overwrite and len(folds) == theirs.n_splits)
         local = read_json(dst / "config.json", "experiment config") if (dst / "config.json").is_file() else None
-        here = [p.name for p in dst.iterdir() if ARTIFACTS.fullmatch(p.name) and p.name != "config.json"]
-        if local is not None and here and (changed := experiment.changed_fields(local, theirs)):
+        if not whole and local is not None and (changed := experiment.changed_fields(local, theirs)):
             raise PipelineError(f"{dst}: trained here with {changed[0]}={local.get(changed[0])!r}, the kernel with "
                                 f"{config.get(changed[0])!r}; one experiment holds one recipe: use another --exp")
         clash = clashes(dst, folds)
-        if clash and not cfg.overwrite:
+        if clash and not overwrite:
             raise PipelineError(f"{dst}: fold(s) {', '.join(map(str, clash))} trained (or begun) here too; add "
                                 "--overwrite to replace them with the kernel's, or use another --exp")
-        names = [Path(f).name for f in files if ARTIFACTS.fullmatch(Path(f).name)]
-        others = [k for k in experiment.done_folds(dst) if k not in folds]
-        if not others:
+        names = [n for n in (Path(f).name for f in files) if ARTIFACTS.fullmatch(n)
+                 and not ((m := PER_FOLD.fullmatch(n)) and int(m.group(1) or m.group(2)) not in folds)]
+        if whole:
             experiment.remove_artifacts(dst)
-            for name in names:
+            for name in sorted(names, key=lambda n: (n == "config.json", n == "cv.json")):
                 _copy(exp_src / name, dst / name, config, cfg)
         else:
             _merge(exp_src, dst, names, folds, cfg)
     return dst
 
 
-def clashes(dst: Path, folds: list[int]) -> list[int]:
-    """The folds of `folds` that weights/<exp>/ holds already, finished or begun (a file of the fold)."""
+def begun(dst: Path) -> set[int]:
+    """The folds weights/<exp>/ holds a file of (a model, an epoch snapshot, preprocessing, OOF rows of its own)."""
     if not dst.is_dir():
-        return []
-    here = [p.name for p in dst.iterdir() if ARTIFACTS.fullmatch(p.name)]
-    return sorted({int(m.group(1) or m.group(2)) for n in here if (m := PER_FOLD.fullmatch(n))} & set(folds))
+        return set()
+    return {int(m.group(1) or m.group(2)) for p in dst.iterdir()
+            if ARTIFACTS.fullmatch(p.name) and (m := PER_FOLD.fullmatch(p.name))}
+
+
+def clashes(dst: Path, folds: list[int]) -> list[int]:
+    """The folds of `folds` that weights/<exp>/ holds already, finished or begun."""
+    return sorted((begun(dst) | set(experiment.done_folds(dst) if dst.is_dir() else [])) & set(folds))
 
 
 def _copy(src: Path, dst: Path, config: dict, cfg: Config) -> None:

@@ -62,7 +62,7 @@ def check_hash(folder: Path, name: str, expected: str) -> None:
         found = None
     if found != expected:
         fail(f"{folder / name}: holds {str(found)[:12]}, the push made {expected[:12]}; Kaggle was still processing the "
-             "new dataset version: push again in a few minutes (python -m pipeline.remote ... --resume)")
+             "new dataset version: run the same python -m pipeline.remote command again in a few minutes")
 
 
 def install(code: Path) -> str:
@@ -91,18 +91,20 @@ def train_config(run: Path, previous: Path | None) -> Path:
     return path
 
 
-def train(config: Path, site: str) -> str:
-    """python -m pipeline.train --config <config>, stopped like Ctrl-C (its last finished epoch kept) after HOURS."""
+def train(config: Path, site: str, started: float) -> str:
+    """python -m pipeline.train --config <config>, stopped like Ctrl-C (its last finished epoch kept) HOURS after the
+    script started; run from a scratch folder (a bundled sample is written there, not among the outputs)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([site, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--config", str(config)], cwd=WORKING, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--config", str(config)], env=env,
+                            cwd=tempfile.mkdtemp(prefix="pipeline-cwd-"),
                             preexec_fn=os.setpgrp)  # its own group: Ctrl-C for it and its fold processes, not for us
-    deadline = time.monotonic() + HOURS * 3600
+    deadline = started + HOURS * 3600
     while proc.poll() is None:
         if time.monotonic() > deadline:
             print(f"pipeline: {HOURS} h of training reached; stopping, the epoch snapshots stay in the outputs", flush=True)
             os.killpg(proc.pid, signal.SIGINT)
             try:
-                proc.wait(300)
+                proc.wait(120)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -135,10 +137,13 @@ def main() -> None:
     check_hash(run, "run.json", RUN_HASH)
     previous = mounted(PREVIOUS) if PREVIOUS else None
     (WORKING / "remote.json").unlink(missing_ok=True)
-    if previous is not None and (previous / "weights" / EXP).is_dir():
+    if previous is not None:
+        if not (previous / "weights" / EXP).is_dir():
+            fail(f"{previous}: the previous version left no weights/{EXP} to resume from; push a fresh run without "
+                 "--resume (its snapshots, if any, are in remote/<slug>/output/ where it was downloaded)")
         shutil.copytree(previous / "weights" / EXP, WORKING / "weights" / EXP, dirs_exist_ok=True)
         print(f"pipeline: resuming from {previous / 'weights' / EXP}", flush=True)
-    status = train(train_config(run, previous), install(code))
+    status = train(train_config(run, previous), install(code), started)
     write_manifest(status, time.monotonic() - started)
     print(f"pipeline: {status}", flush=True)
     if status.startswith("failed"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 
-DONE = {"COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"}  # KernelWorkerStatus names that end a watch
+DONE = {"COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED", "GONE"}  # statuses that end a watch
 MAX_POLL = 300.0  # seconds between status checks, at most
 
 
@@ -64,39 +64,54 @@ def clock(seconds: float) -> str:
 
 
 def status(api, ref: str, competition: str) -> str:
-    """The version's KernelWorkerStatus name (QUEUED, RUNNING, COMPLETE, ERROR, ...)."""
+    """The version's KernelWorkerStatus name (QUEUED, RUNNING, COMPLETE, ERROR, ...), GONE when Kaggle has no such
+    version (deleted on kaggle.com)."""
+    import requests
+
     from pipeline.kaggle_client import call
 
-    response = call(f"kernel {ref}", competition, api.kernels_status, ref)
+    try:
+        response = api.kernels_status(ref)
+    except requests.exceptions.HTTPError as e:
+        if e.response is not None and e.response.status_code == 404:
+            return "GONE"
+        response = call(f"kernel {ref}", competition, api.kernels_status, ref)  # the other errors, in one line
+    except (requests.exceptions.ConnectionError, ValueError):
+        response = call(f"kernel {ref}", competition, api.kernels_status, ref)
     return getattr(getattr(response, "status", None), "name", str(getattr(response, "status", "")))
 
 
 def watch(api, ref: str, competition: str, poll: float, attach: str) -> tuple[str, str]:
     """Poll ref's status (USER/SLUG/VERSION) with back-off until it ends: (status name, Kaggle's failure message).
     Ctrl-C stops watching only (exit 130): the kernel keeps running on Kaggle and `attach` picks it up."""
-    from pipeline.kaggle_client import call
-
     started, delay, last, tty = time.monotonic(), poll, None, sys.stdout.isatty()
     try:
         while True:
             try:
-                response = call(f"kernel {ref}", competition, api.kernels_status, ref)
+                now = status(api, ref, competition)
             except PipelineError as e:  # the network went: the kernel runs on regardless
                 raise PipelineError(f"{e}; the kernel keeps running on Kaggle, pick it up with: {attach}") from None
-            status = getattr(getattr(response, "status", None), "name", str(getattr(response, "status", "")))
-            line = f"kaggle: {ref} {status.lower()} {clock(time.monotonic() - started)}"
+            line = f"kaggle: {ref} {now.lower()} {clock(time.monotonic() - started)}"
             if tty:
-                print(f"\r{line}", end="\n" if status in DONE else "", flush=True)
-            elif status != last:
+                print(f"\r{line}", end="\n" if now in DONE else "", flush=True)
+            elif now != last:
                 print(line, flush=True)
-            last = status
-            if status in DONE:
-                return status, getattr(response, "failure_message", None) or ""
+            last = now
+            if now in DONE:
+                return now, failure(api, ref) if now != "COMPLETE" else ""
             time.sleep(delay)
             delay = min(delay * 1.5, MAX_POLL)
     except KeyboardInterrupt:
         print(f"\nstopped watching; {ref} keeps running on Kaggle. Pick it up with: {attach}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def failure(api, ref: str) -> str:
+    """Kaggle's failure message for an ended version ('' when it gives none)."""
+    try:
+        return getattr(api.kernels_status(ref), "failure_message", None) or ""
+    except Exception:  # noqa: BLE001 - a message to show, never a reason to stop
+        return ""
 
 
 def download(api, ref: str, out: Path, competition: str) -> Path:
