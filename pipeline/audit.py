@@ -278,21 +278,25 @@ def draw(out: Path, tr: fp.Units, te: fp.Units, table: pd.DataFrame, adversarial
                 ax.set_title(f"{name} ({pair['how']}, {pair['where']})", fontsize=7)
                 ax.axis("off")
         fig.suptitle(f"alike images (pHash within {hamming} bits, pixel correlation >= {fp.CORRELATION})", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "pairs.png", dpi=100)
-        plt.close(fig)
-        written.append("pairs.png")
+        written.append(_save(fig, out / "pairs.png"))
     features = adversarial.get("features") or []
     if features:
         fig, ax = plt.subplots(figsize=(6, 0.35 * len(features) + 1.2))
         ax.barh([f["name"] for f in features][::-1], [f["share"] for f in features][::-1])
         ax.set_xlabel("share of the adversarial model's gain")
         ax.set_title(f"train vs test: AUC {adversarial['auc']:.3f} ({describe(adversarial['interval'], 3)})", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "adversarial.png", dpi=100)
-        plt.close(fig)
-        written.append("adversarial.png")
+        written.append(_save(fig, out / "adversarial.png"))
     return written
+
+
+def _save(fig, path: Path) -> str:
+    """The figure as a PNG at `path`, closed; its file name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
 
 
 def markdown(result: dict, summary: str, tr: fp.Units, cfg: Config) -> str:

@@ -105,6 +105,13 @@ def test_refusals_come_before_anything_is_uploaded(project, monkeypatch, capsys)
         assert error_line(capsys) == "error: kaggle: kernel alice/no-train refused: Maximum weekly GPU quota reached"
     assert not (project / "weights/no").exists() and not (project / "remote/no-train/state.json").exists()
 
+    (project / "mine/code").mkdir(parents=True)  # a --remote-dir holding the user's own files: never removed
+    (project / "mine/code/notes.txt").write_text("mine")
+    with FakeKaggle() as server:
+        assert remote.main([*SAMPLE, "--exp", "no", "--remote-dir", "mine"]) == 2
+        assert "mine/code: holds notes.txt, which pipeline.remote did not write there" in error_line(capsys)
+    assert (project / "mine/code/notes.txt").read_text() == "mine" and server.datasets == {}
+
     record = project / "remote/gone-train/state.json"  # a version Kaggle no longer has (deleted on kaggle.com)
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"kernel": "alice/gone-train", "version": 9, "exp": "gone", "folds": [0],

@@ -23,8 +23,24 @@ SETTINGS = ("# settings: written by `python -m pipeline.remote`", "# end of sett
 MACHINES = {"T4x2": "NvidiaTeslaT4", "P100": "NvidiaTeslaP100"}  # kernel-metadata.json's machine_shape
 SHIPPED = ("gbm_params", "pretrained_path", "aug")  # flags naming a local file the kernel needs: copied into the run
 # train flags the kernel sets itself: no tracker or report there, a fresh folder, its own devices (--gpus 0,1 on two GPUs)
+# What each folder under --remote-dir holds; one holding anything else is not removed (a --remote-dir of other files)
+CODE_FILES = re.compile(r"[\w.+-]+\.whl|requirements\.txt|code\.json|dataset-metadata\.json")
+RUN_FILES = re.compile(r"train\.json|run\.json|folds\.csv|folds\.json|dataset-metadata\.json|(gbm_params|pretrained_path|aug)(\.\w+)?")
+KERNEL_FILES = re.compile(r"kaggle_train\.py|kernel-metadata\.json")
 NOT_REMOTE = {"track": "", "track_uri": "", "report": False, "resume": False, "overwrite": False, "device": "auto",
               "gpus": ""}
+
+
+def clear(folder: Path, ours: re.Pattern) -> None:
+    """An empty `folder`: made, or emptied when it holds only files of the kind this stage writes there."""
+    if folder.exists() or folder.is_symlink():
+        foreign = [p.name for p in folder.iterdir() if not (p.is_file() and ours.fullmatch(p.name))] \
+            if folder.is_dir() and not folder.is_symlink() else [folder.name]
+        if foreign:
+            raise PipelineError(f"{folder}: holds {foreign[0]}, which pipeline.remote did not write there; choose "
+                                "another --remote-dir")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
 
 
 def code_dataset(folder: Path, dataset_id: str) -> tuple[str, bool]:
@@ -32,9 +48,7 @@ def code_dataset(folder: Path, dataset_id: str) -> tuple[str, bool]:
     digest = wheels.content_hash(wheels.sources())
     if _hash_in(folder / "code.json") == digest and (folder / "requirements.txt").is_file():
         return digest, False
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    clear(folder, CODE_FILES)
     wheels.code_dataset(folder, dataset_id)
     return digest, True
 
@@ -83,9 +97,7 @@ def run_dataset(folder: Path, dataset_id: str, cfg: Config) -> tuple[str, dict[s
     if not folds.is_file() or not description_path(folds).is_file():
         raise PipelineError(f"--folds-path: {folds} (and {description_path(folds).name}) not found; make the folds "
                             f"first (python -m pipeline.make_folds --data {cfg.data}): the kernel trains on the same folds")
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    clear(folder, RUN_FILES)
     shipped = {field: f"{field}{path.suffix}" for field, path in shipped_files(cfg).items()}
     for field, name in shipped.items():
         shutil.copy2(getattr(cfg, field), folder / name)
@@ -115,9 +127,7 @@ def script(settings: dict) -> str:
 
 def kernel_folder(folder: Path, kernel_id: str, settings: dict, sources: dict, cfg: Config) -> dict:
     """kaggle_train.py and kernel-metadata.json (returned): a private GPU script kernel with its inputs."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    clear(folder, KERNEL_FILES)
     (folder / "kaggle_train.py").write_text(script(settings))
     metadata = {"id": kernel_id, "title": kernel_id.split("/")[1], "code_file": "kaggle_train.py",
                 "language": "python", "kernel_type": "script", "is_private": True, "enable_gpu": True,

@@ -1,7 +1,6 @@
 """A kernel version's downloaded outputs, checked, then installed as weights/<exp>/ the way a local run writes it."""
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -16,19 +15,12 @@ from pipeline.folds import folds_groups, read_description
 from pipeline.io import file_hash, read_json, write_csv, write_json
 from pipeline.predict import model_suffix
 from pipeline.remote.build import SHIPPED
+from pipeline.remote.kaggle_train import sha256  # the kernel's own, so both sides hash alike
 from pipeline.inputs.spec import DataSpec
 
 TABLES = {"oof.csv": ["id"], "oof_tta.csv": ["id"], "metrics.csv": ["fold", "epoch"],  # rows kept per fold, sorted by
           "schedule.csv": ["fold", "epoch", "step"], "selection.csv": ["fold"]}          # these as train writes them
 PER_FOLD = re.compile(r"fold(\d+)\..+|oof(?:_tta)?\.fold(\d+)\.npz")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest(out: Path, run_hash: str) -> dict:
